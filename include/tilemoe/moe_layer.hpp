@@ -1,0 +1,86 @@
+// The MoE layer forward pass: router -> top-k -> (token rounding) -> metadata -> experts ->
+// combine. One API for the CPU and the GPU: the device of the tensors picks the backend.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include "tilemoe/config.hpp"
+#include "tilemoe/rounding.hpp"
+#include "tilemoe/routing.hpp"
+#include "tilemoe/tensor.hpp"
+
+namespace tilemoe {
+
+// Weights in checkpoint layout (a linear layer's weight is [out, in]).
+struct MoeWeights {
+  Tensor router;       // [E, d] f32
+  Tensor router_bias;  // [E] f32, DeepSeek-V3's correction bias (chooses, never weighs); may be empty
+  Tensor w13;          // [E, 2n, d] gate rows then up rows (gated), or [E, n, d]
+  Tensor w2;           // [E, d, n]
+  Tensor shared_w13;   // [S, 2ns, d] or empty when S = 0
+  Tensor shared_w2;    // [S, d, ns]
+
+  DType dtype() const { return w13.dtype(); }
+  Device device() const { return w13.device(); }
+  MoeWeights to(Device device) const;  // router weights stay fp32
+  MoeWeights to(DType dtype) const;    // converts the expert weights (CPU)
+  void validate(const MoeConfig& cfg) const;  // shapes, dtypes, one device
+};
+
+// Seeded random weights scaled by 1/sqrt(fan_in), so activations stay O(1) through the layer.
+MoeWeights random_weights(const MoeConfig& cfg, DType dtype, std::uint64_t seed);
+// Seeded random tokens [T, d] with entries ~ N(0, 1).
+Tensor random_tokens(std::int64_t T, std::int64_t d, DType dtype, std::uint64_t seed);
+
+// How the routed experts are computed. All compute the same function.
+enum class Algorithm {
+  sequential,  // one GEMM per expert, expert after expert ("Sequential!")
+  grouped,     // all experts' work in one pass over the expert-sorted rows
+  fused,       // GPU: Hopper path (TMA + wgmma, fused gather / SwiGLU)
+};
+const char* to_string(Algorithm a);
+Algorithm parse_algorithm(std::string_view s);
+
+struct ForwardOptions {
+  Algorithm algorithm = Algorithm::grouped;
+  std::optional<RoundingOptions> rounding;  // tile-aware token rounding when set
+  int num_threads = 0;                      // CPU: 0 = all hardware threads
+};
+
+// What a forward computed on the way, for tools, tests and teaching (host copies).
+struct ForwardTrace {
+  Routing routing;                 // the routing actually used (after rounding)
+  std::vector<std::int64_t> counts;  // per expert
+  std::optional<RoundingMetrics> rounding;
+};
+
+// out [T, d], same dtype and device as x. x is [T, d] (f32 or bf16, same dtype as the expert
+// weights). Throws InvalidArgument on mismatched shapes, dtypes, devices or non-finite x (CPU).
+Tensor moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,
+                   const ForwardOptions& opt = {}, ForwardTrace* trace = nullptr);
+
+// ---- the stages, exposed for teaching and tests (CPU tensors) ----
+// logits [T, E] fp32 = x . router^T
+Tensor router_logits(const MoeWeights& w, const Tensor& x);
+// y [A, d] fp32, row i for sorted position i, of the routed experts only.
+Tensor experts_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,
+                       const Routing& r, const RoutingMetadata& meta, Algorithm algorithm,
+                       int num_threads = 0);
+// out[t] = sum over t's assignments a of weight[a] * y[slot[a]], in fp32; [T, d] fp32.
+Tensor combine(const Routing& r, const RoutingMetadata& meta, const Tensor& y);
+// shared experts of every token, added into out [T, d] fp32.
+void add_shared_experts(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, Tensor& out,
+                        int num_threads = 0);
+
+// The float64 reference: the same layer for a given routing, every operation in double from
+// the stored (possibly bf16) inputs. [T * d] row-major.
+std::vector<double> reference_forward(const MoeConfig& cfg, const MoeWeights& w,
+                                      const Tensor& x, const Routing& r);
+
+// ||a - b|| / ||b|| (0 when both are zero; inf when a has a NaN or Inf).
+double relative_error(const std::vector<float>& a, const std::vector<double>& b);
+double relative_error(const std::vector<double>& a, const std::vector<double>& b);
+
+}  // namespace tilemoe

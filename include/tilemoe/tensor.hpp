@@ -1,0 +1,77 @@
+// Tensor: a shape, an element type, a device and shared ownership of one buffer.
+// Copies share the buffer (like torch.Tensor); clone() or to() make new ones. Device buffers
+// are allocated through the CUDA backend when the library is built with it.
+#pragma once
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tilemoe/dtype.hpp"
+#include "tilemoe/error.hpp"
+
+namespace tilemoe {
+
+using Shape = std::vector<std::int64_t>;
+std::string to_string(const Shape& s);
+
+class Tensor {
+ public:
+  Tensor() = default;
+  // Uninitialized storage (on the GPU: device memory, not zeroed).
+  static Tensor empty(Shape shape, DType dtype, Device device = Device::cpu);
+  static Tensor zeros(Shape shape, DType dtype, Device device = Device::cpu);
+  // A CPU tensor holding a copy of values, converted to dtype (f32, bf16 or f64).
+  static Tensor from_floats(Shape shape, const std::vector<float>& values, DType dtype = DType::f32);
+
+  bool defined() const { return storage_ != nullptr || numel_ == 0; }
+  const Shape& shape() const { return shape_; }
+  int rank() const { return static_cast<int>(shape_.size()); }
+  std::int64_t dim(int i) const;
+  std::int64_t numel() const { return numel_; }
+  std::size_t nbytes() const { return static_cast<std::size_t>(numel_) * dtype_size(dtype_); }
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+  bool is_cuda() const { return device_ == Device::cuda; }
+
+  void* raw() { return storage_.get(); }
+  const void* raw() const { return storage_.get(); }
+  // Typed pointer; throws if T does not match dtype(). On a CUDA tensor it is a device pointer.
+  template <class T> T* data() {
+    check_type(dtype_of<T>());
+    return static_cast<T*>(raw());
+  }
+  template <class T> const T* data() const {
+    check_type(dtype_of<T>());
+    return static_cast<const T*>(raw());
+  }
+
+  Tensor to(Device device) const;  // a copy on that device (a copy even if already there)
+  Tensor to(DType dtype) const;    // a converted copy (CPU tensors, float types)
+  Tensor clone() const { return to(device_); }
+  // The values as floats on the host (f32, bf16 or f64 tensors, any device).
+  std::vector<float> to_floats() const;
+  std::vector<double> to_doubles() const;
+
+ private:
+  void check_type(DType want) const;
+  std::shared_ptr<void> storage_;
+  Shape shape_;
+  std::int64_t numel_ = 0;
+  DType dtype_ = DType::f32;
+  Device device_ = Device::cpu;
+};
+
+// Throws InvalidArgument naming `name` unless t has this rank and, where expected[i] >= 0,
+// this extent; e.g. check_shape(x, "x", {-1, d}).
+void check_shape(const Tensor& t, const char* name, const Shape& expected);
+void check_dtype(const Tensor& t, const char* name, std::initializer_list<DType> allowed);
+// Throws InvalidArgument if any element is NaN or Inf (host copy for CUDA tensors).
+void check_finite(const Tensor& t, const char* name);
+
+// Whether the library was built with CUDA and a usable GPU is present.
+bool cuda_available();
+Device default_device();
+
+}  // namespace tilemoe

@@ -1,0 +1,9 @@
+// The whole public API.
+#pragma once
+#include "tilemoe/config.hpp"
+#include "tilemoe/dtype.hpp"
+#include "tilemoe/error.hpp"
+#include "tilemoe/moe_layer.hpp"
+#include "tilemoe/rounding.hpp"
+#include "tilemoe/routing.hpp"
+#include "tilemoe/tensor.hpp"

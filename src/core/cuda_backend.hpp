@@ -1,0 +1,21 @@
+// The seam between the portable core and the CUDA backend. Plain C++ declarations only: the
+// core never includes a CUDA header. src/cuda/ implements these when the library is built with
+// CUDA; src/core/no_cuda.cpp implements them otherwise (each throws, saying so).
+#pragma once
+#include <cstddef>
+
+#include "tilemoe/moe_layer.hpp"
+
+namespace tilemoe::detail {
+
+bool cuda_built();             // compiled with the CUDA backend
+bool cuda_device_present();    // ... and a device answers
+void* cuda_alloc(std::size_t bytes);
+void cuda_free(void* p) noexcept;
+enum class CopyKind { host_to_device, device_to_host, device_to_device };
+void cuda_copy(void* dst, const void* src, std::size_t bytes, CopyKind kind);
+
+Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,
+                        const ForwardOptions& opt, ForwardTrace* trace);
+
+}  // namespace tilemoe::detail

@@ -1,0 +1,211 @@
+// Tensor storage, conversion and checks (CPU side; device memory through cuda_backend.hpp).
+#include "tilemoe/tensor.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <sstream>
+
+#include "cuda_backend.hpp"
+
+namespace tilemoe {
+
+std::size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::f32: return 4;
+    case DType::bf16: return 2;
+    case DType::f64: return 8;
+    case DType::i32: return 4;
+    case DType::i64: return 8;
+  }
+  return 0;
+}
+
+const char* to_string(DType t) {
+  switch (t) {
+    case DType::f32: return "fp32";
+    case DType::bf16: return "bf16";
+    case DType::f64: return "fp64";
+    case DType::i32: return "int32";
+    case DType::i64: return "int64";
+  }
+  return "?";
+}
+
+const char* to_string(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
+
+DType parse_dtype(std::string_view s) {
+  if (s == "fp32" || s == "f32" || s == "float32" || s == "float") return DType::f32;
+  if (s == "bf16" || s == "bfloat16") return DType::bf16;
+  throw InvalidArgument(detail::concat("dtype = '", s, "': expected fp32 or bf16"));
+}
+
+Device parse_device(std::string_view s) {
+  if (s == "cpu") return Device::cpu;
+  if (s == "cuda" || s == "gpu") return Device::cuda;
+  throw InvalidArgument(detail::concat("device = '", s, "': expected cpu or cuda"));
+}
+
+std::string to_string(const Shape& s) {
+  std::ostringstream os;
+  os << '[';
+  for (std::size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << ']';
+  return os.str();
+}
+
+bool cuda_available() { return detail::cuda_built() && detail::cuda_device_present(); }
+Device default_device() { return cuda_available() ? Device::cuda : Device::cpu; }
+
+Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
+  Tensor t;
+  std::int64_t n = 1;
+  for (auto e : shape) {
+    check_arg(e >= 0, "shape", to_string(shape), "non-negative extents");
+    n *= e;
+  }
+  t.shape_ = std::move(shape);
+  t.numel_ = n;
+  t.dtype_ = dtype;
+  t.device_ = device;
+  const std::size_t bytes = std::max<std::size_t>(t.nbytes(), 1);
+  if (device == Device::cpu) {
+    t.storage_ = std::shared_ptr<void>(::operator new(bytes), [](void* p) { ::operator delete(p); });
+  } else {
+    t.storage_ = std::shared_ptr<void>(detail::cuda_alloc(bytes), detail::cuda_free);
+  }
+  return t;
+}
+
+Tensor Tensor::zeros(Shape shape, DType dtype, Device device) {
+  Tensor t = empty(std::move(shape), dtype, device);
+  if (device == Device::cpu) {
+    std::memset(t.raw(), 0, t.nbytes());
+  } else {
+    Tensor h = zeros(t.shape_, dtype, Device::cpu);
+    detail::cuda_copy(t.raw(), h.raw(), t.nbytes(), detail::CopyKind::host_to_device);
+  }
+  return t;
+}
+
+Tensor Tensor::from_floats(Shape shape, const std::vector<float>& values, DType dtype) {
+  Tensor t = empty(std::move(shape), dtype);
+  check_arg(static_cast<std::int64_t>(values.size()) == t.numel(), "values.size()", values.size(),
+            detail::concat("the shape's element count ", t.numel()));
+  switch (dtype) {
+    case DType::f32: std::memcpy(t.raw(), values.data(), t.nbytes()); break;
+    case DType::bf16: {
+      auto* p = t.data<bf16>();
+      for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = bf16::from_float(values[i]);
+      break;
+    }
+    case DType::f64: {
+      auto* p = t.data<double>();
+      for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = values[i];
+      break;
+    }
+    default:
+      throw InvalidArgument(detail::concat("dtype = ", to_string(dtype), ": expected fp32, bf16 or fp64"));
+  }
+  return t;
+}
+
+std::int64_t Tensor::dim(int i) const {
+  check_arg(i >= 0 && i < rank(), "dim", i, detail::concat("0 <= dim < rank (", rank(), ")"));
+  return shape_[static_cast<std::size_t>(i)];
+}
+
+void Tensor::check_type(DType want) const {
+  if (want != dtype_)
+    throw InvalidArgument(detail::concat("tensor dtype = ", to_string(dtype_), ": expected ",
+                                         to_string(want), " for this access"));
+}
+
+Tensor Tensor::to(Device device) const {
+  Tensor t = empty(shape_, dtype_, device);
+  if (nbytes() == 0) return t;
+  using detail::CopyKind;
+  if (device_ == Device::cpu && device == Device::cpu) {
+    std::memcpy(t.raw(), raw(), nbytes());
+  } else if (device_ == Device::cpu) {
+    detail::cuda_copy(t.raw(), raw(), nbytes(), CopyKind::host_to_device);
+  } else if (device == Device::cpu) {
+    detail::cuda_copy(t.raw(), raw(), nbytes(), CopyKind::device_to_host);
+  } else {
+    detail::cuda_copy(t.raw(), raw(), nbytes(), CopyKind::device_to_device);
+  }
+  return t;
+}
+
+Tensor Tensor::to(DType dtype) const {
+  if (device_ != Device::cpu) return to(Device::cpu).to(dtype).to(device_);
+  if (dtype == dtype_) return clone();
+  std::vector<float> f = to_floats();
+  if (dtype == DType::f64) {
+    Tensor t = empty(shape_, dtype);
+    std::vector<double> d = to_doubles();
+    std::memcpy(t.raw(), d.data(), t.nbytes());
+    return t;
+  }
+  return from_floats(shape_, f, dtype);
+}
+
+std::vector<double> Tensor::to_doubles() const {
+  if (device_ != Device::cpu) return to(Device::cpu).to_doubles();
+  std::vector<double> out(static_cast<std::size_t>(numel_));
+  switch (dtype_) {
+    case DType::f32: { auto* p = data<float>(); for (std::int64_t i = 0; i < numel_; ++i) out[i] = p[i]; break; }
+    case DType::bf16: { auto* p = data<bf16>(); for (std::int64_t i = 0; i < numel_; ++i) out[i] = p[i].to_float(); break; }
+    case DType::f64: std::memcpy(out.data(), raw(), nbytes()); break;
+    case DType::i32: { auto* p = data<std::int32_t>(); for (std::int64_t i = 0; i < numel_; ++i) out[i] = p[i]; break; }
+    case DType::i64: { auto* p = data<std::int64_t>(); for (std::int64_t i = 0; i < numel_; ++i) out[i] = static_cast<double>(p[i]); break; }
+  }
+  return out;
+}
+
+std::vector<float> Tensor::to_floats() const {
+  if (device_ != Device::cpu) return to(Device::cpu).to_floats();
+  if (dtype_ == DType::f32) {
+    std::vector<float> out(static_cast<std::size_t>(numel_));
+    std::memcpy(out.data(), raw(), nbytes());
+    return out;
+  }
+  if (dtype_ == DType::bf16) {
+    std::vector<float> out(static_cast<std::size_t>(numel_));
+    auto* p = data<bf16>();
+    for (std::int64_t i = 0; i < numel_; ++i) out[i] = p[i].to_float();
+    return out;
+  }
+  std::vector<double> d = to_doubles();
+  return std::vector<float>(d.begin(), d.end());
+}
+
+void check_shape(const Tensor& t, const char* name, const Shape& expected) {
+  bool ok = t.rank() == static_cast<int>(expected.size());
+  for (std::size_t i = 0; ok && i < expected.size(); ++i)
+    ok = expected[i] < 0 || expected[i] == t.shape()[i];
+  if (!ok) {
+    std::ostringstream want;
+    want << '[';
+    for (std::size_t i = 0; i < expected.size(); ++i)
+      want << (i ? ", " : "") << (expected[i] < 0 ? std::string("*") : std::to_string(expected[i]));
+    want << ']';
+    throw InvalidArgument(detail::concat(name, ".shape = ", to_string(t.shape()), ": expected ", want.str()));
+  }
+}
+
+void check_dtype(const Tensor& t, const char* name, std::initializer_list<DType> allowed) {
+  for (DType d : allowed)
+    if (t.dtype() == d) return;
+  std::string list;
+  for (DType d : allowed) list += (list.empty() ? "" : " or ") + std::string(to_string(d));
+  throw InvalidArgument(detail::concat(name, ".dtype = ", to_string(t.dtype()), ": expected ", list));
+}
+
+void check_finite(const Tensor& t, const char* name) {
+  const std::vector<float> v = t.to_floats();
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (!std::isfinite(v[i]))
+      throw InvalidArgument(detail::concat(name, "[", i, "] = ", v[i], ": expected finite values"));
+}
+
+}  // namespace tilemoe

@@ -1,0 +1,4 @@
+#include "commands.hpp"
+namespace tilemoe::tool {
+int cmd_demo(int, char**) { return 0; }
+}

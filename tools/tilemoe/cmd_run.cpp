@@ -1,0 +1,4 @@
+#include "commands.hpp"
+namespace tilemoe::tool {
+int cmd_run(int, char**) { return 0; }
+}

@@ -73,5 +73,9 @@ void check_finite(const Tensor& t, const char* name);
 // Whether the library was built with CUDA and a usable GPU is present.
 bool cuda_available();
 Device default_device();
+// Waits for the device's queued work (no-op for the CPU); for timing from the host.
+void synchronize(Device device);
+// The accelerator's name ("NVIDIA H100 80GB HBM3"), or "cpu".
+std::string device_name(Device device);
 
 }  // namespace tilemoe

@@ -3,6 +3,7 @@
 // CUDA; src/core/no_cuda.cpp implements them otherwise (each throws, saying so).
 #pragma once
 #include <cstddef>
+#include <string>
 
 #include "tilemoe/moe_layer.hpp"
 
@@ -14,6 +15,8 @@ void* cuda_alloc(std::size_t bytes);
 void cuda_free(void* p) noexcept;
 enum class CopyKind { host_to_device, device_to_host, device_to_device };
 void cuda_copy(void* dst, const void* src, std::size_t bytes, CopyKind kind);
+void cuda_synchronize();
+std::string cuda_device_name();
 
 Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,
                         const ForwardOptions& opt, ForwardTrace* trace);

@@ -14,6 +14,8 @@ bool cuda_device_present() { return false; }
 void* cuda_alloc(std::size_t) { no_cuda(); }
 void cuda_free(void*) noexcept {}
 void cuda_copy(void*, const void*, std::size_t, CopyKind) { no_cuda(); }
+void cuda_synchronize() {}
+std::string cuda_device_name() { return "none"; }
 Tensor cuda_moe_forward(const MoeConfig&, const MoeWeights&, const Tensor&, const ForwardOptions&,
                         ForwardTrace*) {
   no_cuda();

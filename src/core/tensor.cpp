@@ -55,6 +55,12 @@ std::string to_string(const Shape& s) {
 
 bool cuda_available() { return detail::cuda_built() && detail::cuda_device_present(); }
 Device default_device() { return cuda_available() ? Device::cuda : Device::cpu; }
+void synchronize(Device device) {
+  if (device == Device::cuda) detail::cuda_synchronize();
+}
+std::string device_name(Device device) {
+  return device == Device::cuda ? detail::cuda_device_name() : std::string("cpu");
+}
 
 Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
   Tensor t;

@@ -42,3 +42,25 @@ class Args {
 std::string json_escape(const std::string& s);
 
 }  // namespace tilemoe::tool
+
+#include <functional>
+
+#include "tilemoe/tilemoe.hpp"
+
+namespace tilemoe::tool {
+
+struct Timing {
+  double median_ms = 0;
+  double min_ms = 0;
+  int repeats = 0;
+};
+// Runs fn once to warm up, then `repeats` times, synchronizing `device` around each run; the
+// median and the best wall-clock time. Shows "label i/N" on stderr when it takes over a second.
+Timing time_runs(const std::function<void()>& fn, int repeats, Device device, const std::string& label);
+
+// Bytes the layer's weights and a forward over T tokens need; throws InvalidArgument with the
+// figures when that passes 80% of this machine's memory (CPU).
+double layer_bytes(const MoeConfig& cfg, DType dtype, std::int64_t T);
+void check_fits(const MoeConfig& cfg, DType dtype, std::int64_t T, Device device);
+
+}  // namespace tilemoe::tool

@@ -1,0 +1,162 @@
+// The CPU forward (sequential and grouped, fp32 and bf16) against the float64 reference, over
+// edge shapes; and bad input.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "tilemoe/tilemoe.hpp"
+
+using namespace tilemoe;
+
+namespace {
+MoeConfig layer(std::int64_t d, std::int64_t n, int E, int K, Activation act = Activation::swiglu) {
+  MoeConfig c;
+  c.name = "test";
+  c.d_model = d;
+  c.d_expert = n;
+  c.num_experts = E;
+  c.top_k = K;
+  c.activation = act;
+  return c;
+}
+
+// Bound fitting the storage precision: fp32 accumulation differences, or bf16 rounding of the
+// activation and the output (2^-9 relative each).
+double bound(DType t) { return t == DType::f32 ? 1e-5 : 1e-2; }
+
+void expect_matches_reference(const MoeConfig& c, std::int64_t T, DType dtype, std::uint64_t seed,
+                              Algorithm alg = Algorithm::grouped, int threads = 0) {
+  MoeWeights w = random_weights(c, dtype, seed);
+  Tensor x = random_tokens(T, c.d_model, dtype, seed + 1);
+  ForwardTrace tr;
+  ForwardOptions opt;
+  opt.algorithm = alg;
+  opt.num_threads = threads;
+  Tensor out = moe_forward(c, w, x, opt, &tr);
+  ASSERT_EQ(out.shape(), (Shape{T, c.d_model}));
+  ASSERT_EQ(out.dtype(), dtype);
+  const double err = relative_error(out.to_floats(), reference_forward(c, w, x, tr.routing));
+  EXPECT_LT(err, bound(dtype)) << c.name << " T=" << T << " d=" << c.d_model << " n=" << c.d_expert
+                               << " E=" << c.num_experts << " K=" << c.top_k << " "
+                               << to_string(dtype) << " " << to_string(alg);
+}
+}  // namespace
+
+TEST(Forward, ShapeMatrix) {
+  std::uint64_t seed = 100;
+  for (Algorithm alg : {Algorithm::sequential, Algorithm::grouped})
+    for (DType dt : {DType::f32, DType::bf16}) {
+      expect_matches_reference(layer(64, 32, 8, 2), 1, dt, ++seed, alg);       // T = 1
+      expect_matches_reference(layer(72, 40, 13, 3), 50, dt, ++seed, alg);     // E % 8 != 0, d % 64 != 0
+      expect_matches_reference(layer(33, 17, 5, 5), 9, dt, ++seed, alg);       // K = E
+      expect_matches_reference(layer(48, 24, 64, 1), 3, dt, ++seed, alg);      // most experts empty
+      expect_matches_reference(layer(32, 16, 24, 16), 40, dt, ++seed, alg);    // K = 16
+      expect_matches_reference(layer(130, 70, 16, 4), 700, dt, ++seed, alg, 3);  // several tiles
+    }
+}
+
+TEST(Forward, EveryTopK) {
+  for (int K = 1; K <= 16; ++K) expect_matches_reference(layer(40, 24, 16, K), 21, DType::f32, 300 + K);
+}
+
+TEST(Forward, ActivationsAndPresets) {
+  for (Activation a : {Activation::swiglu, Activation::geglu, Activation::gelu, Activation::relu,
+                       Activation::clamped_swiglu})
+    expect_matches_reference(layer(48, 32, 8, 2, a), 30, DType::f32, 400 + static_cast<int>(a));
+  expect_matches_reference(preset("tiny"), 64, DType::bf16, 501);
+  expect_matches_reference(preset("tiny-deepseek"), 64, DType::f32, 502);  // shared expert, bias
+  expect_matches_reference(preset("tiny-deepseek"), 64, DType::bf16, 503);
+}
+
+TEST(Forward, OneExpertTakesEveryToken) {
+  MoeConfig c = layer(64, 32, 8, 1);
+  MoeWeights w = random_weights(c, DType::f32, 7);
+  // A router that always prefers expert 5: zero weights except a large bias on row 5 through x.
+  float* r = w.router.data<float>();
+  for (std::int64_t i = 0; i < w.router.numel(); ++i) r[i] = 0.0f;
+  for (std::int64_t j = 0; j < c.d_model; ++j) r[5 * c.d_model + j] = 1.0f;
+  Tensor x = random_tokens(200, c.d_model, DType::f32, 8);
+  float* xp = x.data<float>();
+  for (std::int64_t t = 0; t < 200; ++t) xp[t * c.d_model] = 1000.0f;  // sum of x row >> 0
+  ForwardTrace tr;
+  Tensor out = moe_forward(c, w, x, {}, &tr);
+  EXPECT_EQ(tr.counts[5], 200);
+  EXPECT_LT(relative_error(out.to_floats(), reference_forward(c, w, x, tr.routing)), 1e-5);
+}
+
+TEST(Forward, SequentialAndGroupedAgree) {
+  const MoeConfig& c = preset("small");
+  MoeWeights w = random_weights(c, DType::f32, 9);
+  Tensor x = random_tokens(333, c.d_model, DType::f32, 10);
+  ForwardOptions a, b;
+  a.algorithm = Algorithm::sequential;
+  b.algorithm = Algorithm::grouped;
+  std::vector<float> oa = moe_forward(c, w, x, a).to_floats(), ob = moe_forward(c, w, x, b).to_floats();
+  std::vector<double> od(ob.begin(), ob.end());
+  EXPECT_LT(relative_error(oa, od), 1e-6);
+}
+
+TEST(Forward, RejectsBadInput) {
+  const MoeConfig& c = preset("tiny");
+  MoeWeights w = random_weights(c, DType::f32, 1);
+  auto expect_error = [](auto fn, const std::string& needle) {
+    try {
+      fn();
+      FAIL() << "no exception; expected one naming " << needle;
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error([&] { moe_forward(c, w, random_tokens(4, c.d_model + 1, DType::f32, 2)); }, "x.shape");
+  expect_error([&] { moe_forward(c, w, Tensor::zeros({0, c.d_model}, DType::f32)); }, "tokens");
+  expect_error([&] { moe_forward(c, w, random_tokens(4, c.d_model, DType::bf16, 2)); }, "x.dtype");
+  Tensor x = random_tokens(4, c.d_model, DType::f32, 2);
+  x.data<float>()[5] = NAN;
+  expect_error([&] { moe_forward(c, w, x); }, "x[5]");
+  x.data<float>()[5] = INFINITY;
+  expect_error([&] { moe_forward(c, w, x); }, "x[5]");
+  MoeConfig k_too_big = c;
+  k_too_big.top_k = 9;
+  expect_error([&] { moe_forward(k_too_big, w, random_tokens(4, c.d_model, DType::f32, 2)); }, "top_k = 9");
+  MoeConfig zero = c;
+  zero.d_expert = 0;
+  expect_error([&] { random_weights(zero, DType::f32, 1); }, "d_expert = 0");
+  MoeConfig no_experts = c;
+  no_experts.num_experts = 0;
+  expect_error([&] { no_experts.validate(); }, "num_experts = 0");
+  MoeWeights bad = w;
+  bad.w2 = Tensor::zeros({8, 64, 31}, DType::f32);
+  expect_error([&] { moe_forward(c, bad, random_tokens(4, c.d_model, DType::f32, 2)); }, "w2.shape");
+  expect_error([&] { preset("deepseek-v4"); }, "deepseek-v4");
+  expect_error([&] { parse_algorithm("fast"); }, "fast");
+  ForwardOptions fused;
+  fused.algorithm = Algorithm::fused;
+  expect_error([&] { moe_forward(c, w, random_tokens(4, c.d_model, DType::f32, 2), fused); }, "fused");
+}
+
+TEST(Config, PresetsAreValidAndMatchPublishedFigures) {
+  for (const auto& c : presets()) EXPECT_NO_THROW(c.validate()) << c.name;
+  const MoeConfig& ds = preset("deepseek-v3");
+  EXPECT_EQ(ds.d_model, 7168);
+  EXPECT_EQ(ds.d_expert, 2048);
+  EXPECT_EQ(ds.num_experts, 256);
+  EXPECT_EQ(ds.top_k, 8);
+  EXPECT_EQ(ds.num_shared, 1);
+  EXPECT_EQ(ds.n_groups, 8);
+  EXPECT_EQ(ds.topk_groups, 4);
+  EXPECT_FLOAT_EQ(ds.routed_scale, 2.5f);
+  EXPECT_EQ(ds.router, RouterKind::sigmoid_group_topk);
+  EXPECT_EQ(preset("gpt-oss-120b").activation, Activation::clamped_swiglu);
+  EXPECT_EQ(preset("mixtral-8x7b").router, RouterKind::topk_softmax);
+  EXPECT_FALSE(preset("olmoe-1b-7b").renormalize);
+  // SwiGLU expert: 3 matrices of d x n, 2 FLOPs per multiply-add, K + shared experts per token.
+  EXPECT_DOUBLE_EQ(ds.flops_per_token(), 2.0 * 3 * 7168 * (8.0 * 2048 + 2048));
+}
+
+TEST(Bf16, RoundsToNearestEven) {
+  EXPECT_EQ(bf16::from_float(1.0f).bits, 0x3f80);
+  EXPECT_EQ(bf16::from_float(1.00390625f).bits, 0x3f80);  // halfway, to even (down)
+  EXPECT_EQ(bf16::from_float(1.01171875f).bits, 0x3f82);  // halfway, to even (up)
+  EXPECT_TRUE(std::isnan(bf16::from_float(NAN).to_float()));
+  EXPECT_EQ(bf16::from_float(-2.5f).to_float(), -2.5f);
+}

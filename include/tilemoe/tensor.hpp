@@ -25,7 +25,7 @@ class Tensor {
   // A CPU tensor holding a copy of values, converted to dtype (f32, bf16 or f64).
   static Tensor from_floats(Shape shape, const std::vector<float>& values, DType dtype = DType::f32);
 
-  bool defined() const { return storage_ != nullptr || numel_ == 0; }
+  bool defined() const { return storage_ != nullptr; }
   const Shape& shape() const { return shape_; }
   int rank() const { return static_cast<int>(shape_.size()); }
   std::int64_t dim(int i) const;

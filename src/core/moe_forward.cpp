@@ -147,7 +147,7 @@ Tensor moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,
   check_finite(x, "x");
   const RouterConfig rc = cfg.router_config();
   Tensor logits = router_logits(w, x);
-  Routing routing = route(rc, logits, w.router_bias);
+  Routing routing = route(rc, logits, cfg.router_bias ? w.router_bias : Tensor());
   std::optional<RoundingMetrics> metrics;
   if (opt.rounding) {
     metrics.emplace();

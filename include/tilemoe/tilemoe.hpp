@@ -4,6 +4,7 @@
 #include "tilemoe/dtype.hpp"
 #include "tilemoe/error.hpp"
 #include "tilemoe/moe_layer.hpp"
+#include "tilemoe/perf_model.hpp"
 #include "tilemoe/rounding.hpp"
 #include "tilemoe/routing.hpp"
 #include "tilemoe/tensor.hpp"

@@ -1,0 +1,138 @@
+// Variant efficiencies: the documented defaults, the chapter's assumptions, and measured values
+// from bench_moe_variants' JSON. Efficiency = share of the card's achievable bf16 GEMM rate
+// (743 TFLOP/s on our H100) that the MoE layer reaches when compute bound.
+#include <algorithm>
+
+#include "perf/json.hpp"
+#include "perf/kv_file.hpp"
+#include "tilemoe/error.hpp"
+#include "tilemoe/perf_model.hpp"
+
+namespace tilemoe::perf {
+
+namespace {
+
+// Anchor: SonicMoE's DeepSeek-V3.2 layer forward, 534.8 TFLOP/s on one H100 (arXiv 2512.14080;
+// REFERENCES.md), over our measured 743 TFLOP/s achievable GEMM rate.
+constexpr double kFused = 534.8 / 743.0;               // 0.720
+// The chapter ("Your Custom Model"): IO overlap x1.15 ("reduces latency by 10-15%").
+constexpr double kIoOverlapGain = 1.15;
+// SonicMoE token rounding (their Algorithm 4): +16% forward kernel throughput at K/E = 1/64,
+// E = 128 (+26% at E = 256; we take the smaller).
+constexpr double kRoundingGain = 1.16;
+// The chapter: "baseline_util = 0.45  # Typical for vanilla MoE".
+constexpr double kSequential = 0.45;
+
+}  // namespace
+
+std::vector<Variant> default_variants() {
+  const double rounding_io = kFused;                     // 0.720
+  const double rounding = rounding_io / kIoOverlapGain;  // 0.626
+  const double grouped = rounding / kRoundingGain;       // 0.540
+  return {
+      {"sequential", kSequential, false, false,
+       "chapter: vanilla MoE utilization 0.45"},
+      {"grouped", grouped, false, false,
+       "derived: grouped+rounding / 1.16 (SonicMoE token rounding +16% at E 128)"},
+      {"grouped+rounding", rounding, false, false,
+       "derived: +io_overlap / 1.15 (chapter: IO overlap x1.15)"},
+      {"grouped+rounding+io_overlap", rounding_io, false, false,
+       "SonicMoE DeepSeek-V3.2 layer fwd 534.8 TFLOP/s on H100 / 743 achievable"},
+      {"fused", kFused, true, false,
+       "SonicMoE 534.8 TFLOP/s / 743; gather + SwiGLU fused (less activation IO)"},
+  };
+}
+
+std::vector<Variant> chapter_variants() {
+  // The chapter's chain taken literally: 0.45 -> 0.78 -> x1.15. Read as shares of our achievable
+  // rate, 0.897 is 666 TFLOP/s, well above SonicMoE's measured 534.8; read as shares of the
+  // 989 TFLOP/s peak it would be 887 TFLOP/s, above what a plain 8192^3 GEMM reaches (743).
+  const double optimized = 0.78;
+  return {
+      {"sequential", kSequential, false, false, "chapter: baseline_util 0.45"},
+      {"grouped", optimized / kRoundingGain, false, false, "chapter 0.78 / 1.16 (SonicMoE rounding gain)"},
+      {"grouped+rounding", optimized, false, false, "chapter: optimized_util 0.78"},
+      {"grouped+rounding+io_overlap", optimized * kIoOverlapGain, false, false, "chapter: 0.78 x 1.15"},
+      {"fused", optimized * kIoOverlapGain, true, false, "chapter: 0.78 x 1.15, fused IO"},
+  };
+}
+
+BenchFile parse_bench_json(std::string_view text) {
+  const json::Value root = json::parse(text);
+  const std::string what = "bench json";
+  BenchFile f;
+  if (const auto* v = root.find("card")) f.card = v->scalar_text(what + " card");
+  if (const auto* v = root.find("date")) f.date = v->scalar_text(what + " date");
+  if (const auto* v = root.find("commit")) f.commit = v->scalar_text(what + " commit");
+  const json::Value& results = root.at("results", what);
+  if (!results.is(json::Value::Kind::array))
+    throw InvalidArgument(detail::concat(what, ": \"results\": expected an array, got ",
+                                         json::kind_name(results.kind)));
+  for (size_t i = 0; i < results.items.size(); ++i) {
+    const json::Value& r = results.items[i];
+    const std::string w = detail::concat(what, " results[", i, "]");
+    BenchResult b;
+    b.config = r.at("config", w).as_string(w + ".config");
+    b.variant = r.at("variant", w).as_string(w + ".variant");
+    const double tokens = r.at("tokens", w).as_number(w + ".tokens");
+    check_arg(tokens >= 1, (w + ".tokens").c_str(), tokens, ">= 1");
+    b.tokens = static_cast<std::int64_t>(tokens);
+    b.ms = r.at("ms", w).as_number(w + ".ms");
+    check_arg(b.ms > 0, (w + ".ms").c_str(), b.ms, "> 0");
+    b.tflops = r.at("tflops", w).as_number(w + ".tflops");
+    check_arg(b.tflops > 0, (w + ".tflops").c_str(), b.tflops, "> 0");
+    f.results.push_back(std::move(b));
+  }
+  return f;
+}
+
+BenchFile read_bench_json(const std::string& path) {
+  try {
+    return parse_bench_json(read_text_file(path));
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(detail::concat("file '", path, "': ", e.what()));
+  }
+}
+
+std::vector<Variant> variants_from_bench(const BenchFile& bench, const Hardware& hw,
+                                         std::string_view config_name,
+                                         std::vector<Variant> variants) {
+  // Per variant name: the result with the most tokens (the compute-bound end), of this config
+  // when the file has it for that variant.
+  auto pick = [&](const std::string& name) -> const BenchResult* {
+    const BenchResult* best = nullptr;
+    bool best_same = false;
+    for (const auto& r : bench.results) {
+      if (r.variant != name) continue;
+      const bool same = r.config == config_name;
+      if (!best || (same && !best_same) || (same == best_same && r.tokens > best->tokens)) {
+        best = &r;
+        best_same = same;
+      }
+    }
+    return best;
+  };
+  auto describe = [&](const BenchResult& r) {
+    return detail::concat("measured: ", r.tflops, " TFLOP/s / ", hw.achievable_bf16_tflops, " (",
+                          r.config, ", T ", r.tokens, ", ", bench.card.empty() ? "card ?" : bench.card,
+                          bench.date.empty() ? "" : ", ", bench.date, ")");
+  };
+  for (auto& v : variants) {
+    if (const BenchResult* r = pick(v.name)) {
+      v.efficiency = r->tflops / hw.achievable_bf16_tflops;
+      v.measured = true;
+      v.source = describe(*r);
+    }
+  }
+  for (const auto& r : bench.results) {
+    const bool known = std::any_of(variants.begin(), variants.end(),
+                                   [&](const Variant& v) { return v.name == r.variant; });
+    if (known) continue;
+    const BenchResult* best = pick(r.variant);
+    variants.push_back({r.variant, best->tflops / hw.achievable_bf16_tflops,
+                        false, true, describe(*best)});
+  }
+  return variants;
+}
+
+}  // namespace tilemoe::perf

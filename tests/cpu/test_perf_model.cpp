@@ -1,0 +1,343 @@
+// The throughput model's formulas against hand-computed cases, its readers, and its errors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "perf/json.hpp"  // internal header (tests also see src/)
+#include "tilemoe/error.hpp"
+#include "tilemoe/perf_model.hpp"
+
+using namespace tilemoe;
+using namespace tilemoe::perf;
+
+namespace {
+
+// A card with round numbers: 100 TFLOP/s and 1 TB/s achievable, 400 GB/s NVLink (200 per
+// direction), comm efficiency 0.5 -> 100 GB/s for an all-to-all.
+Hardware round_card() {
+  Hardware h;
+  h.name = "round";
+  h.description = "round card";
+  h.bf16_tflops = 200; h.fp8_tflops = 400; h.hbm_gb = 80; h.hbm_tbps = 2; h.nvlink_gbps = 400;
+  h.network_gbps = 10; h.gpus_per_node = 8;
+  h.achievable_bf16_tflops = 100; h.achievable_hbm_tbps = 1; h.comm_efficiency = 0.5;
+  return h;
+}
+
+// d 1024, n 512, E 8, K 2, SwiGLU, no shared experts, one layer.
+ModelSpec small_model() {
+  ModelSpec m;
+  m.moe.name = "hand";
+  m.moe.d_model = 1024; m.moe.d_expert = 512; m.moe.num_experts = 8; m.moe.top_k = 2;
+  m.moe.num_layers = 1; m.moe.n_heads = 8; m.moe.n_kv_heads = 8; m.moe.head_dim = 128;
+  m.moe.vocab = 1000;
+  return m;
+}
+
+Variant plain(double eff, bool fused = false) { return {"v", eff, fused, false, "test"}; }
+
+Workload prefill(std::int64_t t) {
+  Workload w;
+  w.mode = Mode::prefill;
+  w.tokens_per_gpu = t;
+  w.seq_len = 1024;
+  return w;
+}
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  const std::string path = ::testing::TempDir() + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+template <class F>
+std::string error_of(F f) {
+  try {
+    f();
+  } catch (const InvalidArgument& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST(PerfFormula, SwigluExpertFlopsPerToken) {
+  EXPECT_DOUBLE_EQ(expert_flops_per_token(7168, 2048, true), 2.0 * 3 * 7168 * 2048);  // 88,080,384
+  EXPECT_DOUBLE_EQ(expert_flops_per_token(7168, 2048, true), 88080384.0);
+  EXPECT_DOUBLE_EQ(expert_flops_per_token(1024, 4096, false), 2.0 * 2 * 1024 * 4096);
+  // MoeConfig's own count agrees (K routed + shared experts).
+  const MoeConfig& c = preset("deepseek-v3");
+  EXPECT_DOUBLE_EQ(c.flops_per_token(), 9 * expert_flops_per_token(7168, 2048, true));
+}
+
+TEST(PerfFormula, DispatchBytes) {
+  // 4096 tokens x 8 experts x 7168 x 2 bytes, 7 of 8 GPUs remote: 411,041,792 bytes.
+  EXPECT_DOUBLE_EQ(dispatch_bytes(4096, 8, 7168, 8, 2.0), 411041792.0);
+  EXPECT_DOUBLE_EQ(dispatch_bytes(4096, 8, 7168, 1, 2.0), 0.0);  // one GPU: nothing leaves
+  EXPECT_DOUBLE_EQ(dispatch_bytes(10, 2, 100, 2, 1.0), 1000.0);
+}
+
+TEST(PerfFormula, ExpertsTouched) {
+  EXPECT_DOUBLE_EQ(experts_touched(8, 2, 1, 1), 2.0);  // one token reaches exactly K experts
+  EXPECT_NEAR(experts_touched(8, 2, 1, 1024), 8.0, 1e-9);
+  EXPECT_NEAR(experts_touched(256, 8, 8, 1), 32 * (1 - std::pow(1 - 8.0 / 256, 8)), 1e-12);
+}
+
+TEST(PerfFormula, TokensPerDay) {
+  EXPECT_DOUBLE_EQ(tokens_per_day(1e6), 8.64e10);
+  EXPECT_DOUBLE_EQ(tokens_per_day(2000), 172.8e6);
+}
+
+TEST(PerfFormula, WinningBound) {
+  EXPECT_EQ(winning_bound(2, 1, 0.5), Bound::compute);
+  EXPECT_EQ(winning_bound(1, 2, 0.5), Bound::memory);
+  EXPECT_EQ(winning_bound(1, 2, 3), Bound::network);
+}
+
+TEST(PerfFormula, AttentionParams) {
+  ModelSpec m = small_model();
+  m.moe.d_model = 4096; m.moe.n_heads = 32; m.moe.n_kv_heads = 8; m.moe.head_dim = 128;
+  EXPECT_DOUBLE_EQ(attention_params(m), 4096.0 * 4096 + 2 * 4096.0 * 1024 + 4096.0 * 4096);
+  EXPECT_DOUBLE_EQ(kv_elems_per_token(m), 2.0 * 8 * 128);
+  // DeepSeek-V3 MLA: about 187M per layer, 576 cached elements per token.
+  const ModelSpec ds = load_model("deepseek-v3");
+  EXPECT_NEAR(attention_params(ds) / 1e6, 187.1, 0.5);
+  EXPECT_DOUBLE_EQ(kv_elems_per_token(ds), 576.0);
+}
+
+TEST(PerfFormula, DeepSeekV3ParamCount) {
+  const ParamCount p = count_params(load_model("deepseek-v3"));
+  EXPECT_NEAR(p.total() / 1e9, 671.0, 671.0 * 0.01);          // published 671B
+  EXPECT_NEAR(p.active_per_token / 1e9, 37.0, 37.0 * 0.03);   // published 37B activated
+}
+
+TEST(PerfLayer, ComputeBoundHandComputed) {
+  // T 1024, ep 1: rows 2048; routed 2048 x 2*3*1024*512 = 6,442,450,944 FLOP; router
+  // 2*1024*1024*8 = 16,777,216; at 100 TFLOP/s x 1.0: 64.59 us.
+  // Weights: 8 experts x 3*1024*512 x 2 B + router 1024*8*2 = 25,182,208 B. Activations
+  // (unfused, 5d + 6n per row): 2*(2048*8192 + 2*1024*1024) + 4*1024*8 = 37,781,504 B.
+  // At 1 TB/s: 62.96 us < 64.59 us: compute wins, barely.
+  const LayerCost l = moe_layer_cost(small_model(), round_card(), Layout{1, 1}, prefill(1024), plain(1.0));
+  EXPECT_DOUBLE_EQ(l.flops_routed, 6442450944.0);
+  EXPECT_DOUBLE_EQ(l.flops_router, 16777216.0);
+  EXPECT_DOUBLE_EQ(l.flops, 6459228160.0);
+  EXPECT_NEAR(l.weight_bytes, 25182208.0, 1e-3);
+  EXPECT_DOUBLE_EQ(l.act_bytes, 37781504.0);
+  EXPECT_NEAR(l.t_compute, 64.5922816e-6, 1e-12);
+  EXPECT_NEAR(l.t_memory, 62.963712e-6, 1e-9);
+  EXPECT_EQ(l.t_network, 0.0);
+  EXPECT_EQ(l.bound, Bound::compute);
+  EXPECT_DOUBLE_EQ(l.t_total, l.t_compute);
+  // Fused IO: 3d + 2n per row: 2*(2048*4096 + 2*1024*1024) + 32768 = 21,004,288 B.
+  const LayerCost f = moe_layer_cost(small_model(), round_card(), Layout{1, 1}, prefill(1024), plain(1.0, true));
+  EXPECT_DOUBLE_EQ(f.act_bytes, 21004288.0);
+  // Half the efficiency doubles the compute time.
+  const LayerCost h = moe_layer_cost(small_model(), round_card(), Layout{1, 1}, prefill(1024), plain(0.5));
+  EXPECT_NEAR(h.t_compute, 2 * l.t_compute, 1e-15);
+}
+
+TEST(PerfLayer, MemoryBoundAtSmallBatch) {
+  // 16 tokens: 32 rows, 0.1 GFLOP (1 us) against the 25 MB of expert weights (25 us).
+  const LayerCost l = moe_layer_cost(small_model(), round_card(), Layout{1, 1}, prefill(16), plain(1.0));
+  EXPECT_EQ(l.bound, Bound::memory);
+  EXPECT_GT(l.t_memory, 10 * l.t_compute);
+}
+
+TEST(PerfLayer, NetworkBoundAllToAll) {
+  // ep 8 on one node: dispatch = combine = 1024*2*1024*2*7/8 = 3,670,016 B; at 200 GB/s x 0.5
+  // per direction: 73.4 us for both, more than compute (~8 us) and memory.
+  ModelSpec m = small_model();
+  const LayerCost l = moe_layer_cost(m, round_card(), Layout{8, 8}, prefill(1024), plain(1.0));
+  EXPECT_DOUBLE_EQ(l.dispatch_bytes, 3670016.0);
+  EXPECT_DOUBLE_EQ(l.combine_bytes, 3670016.0);
+  EXPECT_NEAR(l.t_network, 2 * 3670016.0 / 100e9, 1e-15);
+  EXPECT_EQ(l.bound, Bound::network);
+  EXPECT_NEAR(l.t_total, std::max(l.t_compute, l.t_memory) + l.t_network, 1e-15);
+}
+
+TEST(PerfLayer, TrainingCountsTheBackward) {
+  Workload t = prefill(1024);
+  t.mode = Mode::training;
+  const LayerCost f = moe_layer_cost(small_model(), round_card(), Layout{1, 1}, prefill(1024), plain(1.0));
+  const LayerCost b = moe_layer_cost(small_model(), round_card(), Layout{1, 1}, t, plain(1.0));
+  EXPECT_NEAR(b.t_compute, 3 * f.t_compute, 1e-15);
+  EXPECT_DOUBLE_EQ(b.flops, 3 * f.flops);
+  t.recompute = true;
+  EXPECT_NEAR(moe_layer_cost(small_model(), round_card(), Layout{1, 1}, t, plain(1.0)).t_compute,
+              4 * f.t_compute, 1e-15);
+}
+
+TEST(PerfLayer, ImbalanceScalesTheBusiestGpu) {
+  Workload w = prefill(1024);
+  const LayerCost a = moe_layer_cost(small_model(), round_card(), Layout{8, 8}, w, plain(1.0));
+  w.imbalance = 2.0;
+  const LayerCost b = moe_layer_cost(small_model(), round_card(), Layout{8, 8}, w, plain(1.0));
+  EXPECT_DOUBLE_EQ(b.flops_routed, 2 * a.flops_routed);
+  EXPECT_DOUBLE_EQ(b.dispatch_bytes, 2 * a.dispatch_bytes);
+  EXPECT_DOUBLE_EQ(b.flops_router, a.flops_router);  // the router sees the GPU's own tokens
+  w.imbalance = 0.5;
+  EXPECT_NE(error_of([&] { w.validate(); }).find("--imbalance = 0.5"), std::string::npos);
+}
+
+TEST(PerfLayer, Fp8UsesTheFp8RateAndRejectsCardsWithout) {
+  Workload w = prefill(1024);
+  w.precision = Precision::fp8;
+  const LayerCost a = moe_layer_cost(small_model(), round_card(), Layout{1, 1}, prefill(1024), plain(1.0));
+  const LayerCost b = moe_layer_cost(small_model(), round_card(), Layout{1, 1}, w, plain(1.0));
+  EXPECT_NEAR(b.t_compute, a.t_compute / 2, 1e-15);  // fp8 peak 2x, same achieved share
+  const std::string e = error_of([&] { moe_layer_cost(small_model(), load_hardware("a100"), Layout{1, 1}, w, plain(1.0)); });
+  EXPECT_NE(e.find("no fp8"), std::string::npos) << e;
+}
+
+TEST(PerfModel, TokensPerDayArithmetic) {
+  const ModelSpec m = load_model("sonic-7b");
+  const ModelCost c = model_cost(m, load_hardware("h100"), Layout{8, 8}, prefill(8192), default_variants().back());
+  EXPECT_DOUBLE_EQ(c.tokens_per_step, 8.0 * 8192);
+  EXPECT_NEAR(c.tokens_per_second, c.tokens_per_step / c.t_step, 1e-6);
+  EXPECT_NEAR(c.tokens_per_day, c.tokens_per_second * 86400, 1e-3);
+  // The step is its parts: 32 MoE blocks + LM head (no dense layers, no gradient sync).
+  EXPECT_NEAR(c.t_step, 32 * c.t_block + c.t_head, 1e-12);
+}
+
+TEST(PerfModel, VariantsOrderedAndDefaultsCited) {
+  const auto v = default_variants();
+  ASSERT_EQ(v.size(), 5u);
+  EXPECT_EQ(v.front().name, "sequential");
+  EXPECT_DOUBLE_EQ(v.front().efficiency, 0.45);
+  EXPECT_NEAR(v.back().efficiency, 534.8 / 743, 1e-12);
+  for (size_t i = 1; i < v.size(); ++i) EXPECT_GE(v[i].efficiency, v[i - 1].efficiency);
+  for (const auto& x : v) EXPECT_FALSE(x.source.empty());
+  EXPECT_NEAR(chapter_variants()[3].efficiency, 0.78 * 1.15, 1e-12);
+}
+
+TEST(PerfModel, MemoryDoesNotFitSaysByHowMuch) {
+  const ModelSpec m = load_model("deepseek-v3");
+  const Hardware h = load_hardware("h100");
+  const ModelCost c = model_cost(m, h, Layout{8, 8}, prefill(8192), default_variants().back());
+  EXPECT_FALSE(c.fits());
+  const std::string e = error_of([&] { check_fits(c, h); });
+  EXPECT_NE(e.find("weights need 197.7 GB per GPU, 117.7 GB over the 80.0 GB"), std::string::npos) << e;
+  // Enough GPUs make it fit: the smallest such count fits, one node fewer does not.
+  const int g = smallest_fitting_num_gpus(m, h, prefill(8192), default_variants().back());
+  ASSERT_GT(g, 8);
+  EXPECT_TRUE(model_cost(m, h, Layout{g, default_ep(g, 256)}, prefill(8192), default_variants().back()).fits());
+  EXPECT_FALSE(model_cost(m, h, Layout{g - 8, default_ep(g - 8, 256)}, prefill(8192), default_variants().back()).fits());
+}
+
+TEST(PerfModel, TrainingMemoryZeroStages) {
+  const ModelSpec m = load_model("sonic-7b");
+  const Hardware h = load_hardware("h100");
+  Workload w = prefill(4096);
+  w.mode = Mode::training;
+  const ParamCount p = count_params(m);
+  Layout l{8, 8, 0};
+  const double z0 = model_cost(m, h, l, w, default_variants()[0]).memory.optimizer;
+  EXPECT_NEAR(z0, 12 * (p.experts / 8 + p.replicated), 1);
+  l.zero_stage = 1;
+  const MemoryUse z1 = model_cost(m, h, l, w, default_variants()[0]).memory;
+  EXPECT_NEAR(z1.optimizer, 12 * (p.experts / 8 + p.replicated / 8), 1);
+  EXPECT_NEAR(z1.gradients, 2 * (p.experts / 8 + p.replicated), 1);
+  l.zero_stage = 2;
+  EXPECT_NEAR(model_cost(m, h, l, w, default_variants()[0]).memory.gradients, 2 * (p.experts / 8 + p.replicated / 8), 1);
+}
+
+TEST(PerfErrors, BadInput) {
+  const MoeConfig& c = preset("deepseek-v3");
+  EXPECT_NE(error_of([] { load_hardware("h300"); }).find("h100, h100-pcie, h200, a100, b200"), std::string::npos);
+  EXPECT_NE(error_of([] { load_model("gpt-5"); }).find("expected one of"), std::string::npos);
+  EXPECT_NE(error_of([&] { validate_layout(Layout{0, 1}, c); }).find("--num-gpus = 0"), std::string::npos);
+  EXPECT_NE(error_of([&] { validate_layout(Layout{8, 3}, c); }).find("a divisor of --num-gpus (8)"), std::string::npos);
+  EXPECT_NE(error_of([&] { validate_layout(Layout{24, 24}, c); }).find("a divisor of the 256 experts"), std::string::npos);
+  EXPECT_NE(error_of([&] { validate_layout(Layout{8, 8, 4}, c); }).find("--zero = 4"), std::string::npos);
+  EXPECT_NE(error_of([] { parse_mode("serve"); }).find("prefill, decode or training"), std::string::npos);
+  Workload w;
+  w.tokens_per_gpu = 0;
+  EXPECT_NE(error_of([&] { w.validate(); }).find("--batch-tokens = 0"), std::string::npos);
+  EXPECT_EQ(default_ep(8, 256), 8);
+  EXPECT_EQ(default_ep(24, 256), 8);
+  EXPECT_EQ(default_ep(6, 8), 2);
+}
+
+TEST(PerfJson, ParsesTheSubset) {
+  const json::Value v = json::parse(R"( {"a": [1, -2.5e3, true, false, null], "s": "x\"y\\z\n\u0041",
+                                        "o": {"k": {}} , "e": []} )");
+  ASSERT_TRUE(v.is(json::Value::Kind::object));
+  const json::Value& a = v.at("a", "t");
+  ASSERT_EQ(a.items.size(), 5u);
+  EXPECT_DOUBLE_EQ(a.items[0].num, 1);
+  EXPECT_DOUBLE_EQ(a.items[1].num, -2500);
+  EXPECT_TRUE(a.items[2].b);
+  EXPECT_TRUE(a.items[4].is(json::Value::Kind::null));
+  EXPECT_EQ(v.at("s", "t").as_string("s"), "x\"y\\z\nA");
+  EXPECT_TRUE(v.at("o", "t").at("k", "t").is(json::Value::Kind::object));
+  EXPECT_TRUE(v.at("e", "t").items.empty());
+  EXPECT_EQ(v.find("missing"), nullptr);
+}
+
+TEST(PerfJson, ErrorsNameThePlace) {
+  EXPECT_NE(error_of([] { json::parse("{\"a\": 1,}"); }).find("line 1"), std::string::npos);
+  EXPECT_NE(error_of([] { json::parse("{\"a\": \"open"); }).find("unterminated string"), std::string::npos);
+  EXPECT_NE(error_of([] { json::parse("[1 2]"); }).find("expected ']'"), std::string::npos);
+  EXPECT_NE(error_of([] { json::parse("{}\n x"); }).find("line 2"), std::string::npos);
+  EXPECT_NE(error_of([] { json::parse("-"); }).find("expected a digit"), std::string::npos);
+  EXPECT_NE(error_of([] { json::parse("{\"a\": 1}").at("b", "cfg"); }).find("missing member \"b\""), std::string::npos);
+}
+
+TEST(PerfBench, MeasuredEfficiencyFromBenchJson) {
+  const BenchFile b = parse_bench_json(R"({"card": "NVIDIA H100 80GB HBM3", "date": "2026-11-27",
+    "commit": "abc1234", "results": [
+      {"config": "sonic-7b", "tokens": 8192, "variant": "grouped", "ms": 1.0, "tflops": 300},
+      {"config": "sonic-7b", "tokens": 24576, "variant": "grouped", "ms": 2.0, "tflops": 371.5},
+      {"config": "qwen3-30b-a3b", "tokens": 65536, "variant": "grouped", "ms": 9.0, "tflops": 100},
+      {"config": "sonic-7b", "tokens": 24576, "variant": "torch_grouped_mm", "ms": 1.5, "tflops": 445.8}]})");
+  EXPECT_EQ(b.card, "NVIDIA H100 80GB HBM3");
+  ASSERT_EQ(b.results.size(), 4u);
+  const auto v = variants_from_bench(b, load_hardware("h100"), "sonic-7b", default_variants());
+  ASSERT_EQ(v.size(), 6u);
+  EXPECT_EQ(v[1].name, "grouped");
+  EXPECT_TRUE(v[1].measured);
+  EXPECT_DOUBLE_EQ(v[1].efficiency, 371.5 / 743);  // same config, most tokens
+  EXPECT_FALSE(v[0].measured);                      // sequential: not in the file, default
+  EXPECT_DOUBLE_EQ(v[0].efficiency, 0.45);
+  EXPECT_EQ(v[5].name, "torch_grouped_mm");
+  EXPECT_DOUBLE_EQ(v[5].efficiency, 0.6);
+  EXPECT_NE(error_of([] { parse_bench_json(R"({"results": [{"config": "x", "tokens": 0, "variant": "g", "ms": 1, "tflops": 1}]})"); })
+                .find("tokens = 0"), std::string::npos);
+  EXPECT_NE(error_of([] { parse_bench_json(R"({"card": "x"})"); }).find("missing member \"results\""), std::string::npos);
+}
+
+TEST(PerfFiles, HardwareAndConfigFiles) {
+  const std::string hw = write_temp("hw.txt", "# a tuned H100\nbase = h100\nhbm_gb = 94\nname = h100-nvl\n");
+  const Hardware h = load_hardware(hw);
+  EXPECT_EQ(h.name, "h100-nvl");
+  EXPECT_DOUBLE_EQ(h.hbm_gb, 94);
+  EXPECT_DOUBLE_EQ(h.achievable_bf16_tflops, 743);  // inherited: the peak did not change
+  const std::string hj = write_temp("hw.json", R"({"name": "x", "bf16_tflops": 1000, "hbm_gb": 100,
+      "hbm_tbps": 4, "nvlink_gbps": 800})");
+  const Hardware x = load_hardware(hj);
+  EXPECT_NEAR(x.achievable_bf16_tflops, 1000 * 743.0 / 989, 1e-9);  // derived, and said so
+  EXPECT_NE(x.achievable_source.find("derived"), std::string::npos);
+  EXPECT_NE(error_of([&] { load_hardware(write_temp("bad.txt", "bf16 = 3\n")); }).find("key 'bf16' unknown"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { load_hardware(write_temp("neg.txt", "base = h100\nhbm_gb = -1\n")); }).find("hbm_gb = -1"),
+            std::string::npos);
+
+  const std::string cfg = write_temp("mine.cfg", "base = deepseek-v3\nnum_experts = 128\nnum_layers = 30\n");
+  const ModelSpec m = load_model(cfg);
+  EXPECT_EQ(m.moe.name, "mine");
+  EXPECT_EQ(m.moe.num_experts, 128);
+  EXPECT_EQ(m.moe.d_model, 7168);
+  EXPECT_TRUE(m.mla.enabled());
+  const std::string cj = write_temp("c.json", R"({"d_model": 2048, "d_expert": 768, "num_experts": 128,
+      "top_k": 8, "num_layers": 48, "n_heads": 32, "n_kv_heads": 4, "head_dim": 128, "vocab": 151936})");
+  EXPECT_EQ(load_model(cj).moe.d_expert, 768);
+  EXPECT_NE(error_of([&] { load_model(write_temp("k.cfg", "d_model = 1024\nexperts = 8\n")); }).find("key 'experts' unknown"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { load_model(write_temp("z.cfg", "d_model = 1024\nd_expert = 64\nnum_experts = 8\ntop_k = 9\n")); })
+                .find("top_k = 9"), std::string::npos);
+  EXPECT_NE(error_of([] { load_model("no/such/file.cfg"); }).find("no such file"), std::string::npos);
+}

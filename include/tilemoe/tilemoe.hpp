@@ -1,5 +1,6 @@
 // The whole public API.
 #pragma once
+#include "tilemoe/balance.hpp"
 #include "tilemoe/config.hpp"
 #include "tilemoe/dtype.hpp"
 #include "tilemoe/error.hpp"

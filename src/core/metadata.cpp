@@ -10,7 +10,7 @@ RoutingMetadata build_metadata(const Routing& r) {
   m.counts.assign(static_cast<std::size_t>(E), 0);
   for (std::int64_t a = 0; a < A; ++a) {
     const int e = r.expert[a];
-    check_arg(e >= 0 && e < E, "routing.expert", e, detail::concat("0 <= expert < ", E));
+    if (e < 0 || e >= E) check_arg(false, "routing.expert", e, detail::concat("0 <= expert < ", E));
     ++m.counts[e];
   }
   m.offsets.assign(static_cast<std::size_t>(E) + 1, 0);

@@ -139,15 +139,16 @@ void Routing::validate() const {
             detail::concat("expert.size() = ", expert.size()));
   std::vector<std::int64_t> seen(static_cast<std::size_t>(num_experts), -1);
   for (std::int64_t t = 0; t < num_tokens; ++t) {
-    check_arg(token_offsets[t + 1] >= token_offsets[t], "routing.token_offsets", t,
-              "non-decreasing offsets");
+    if (token_offsets[t + 1] < token_offsets[t])
+      check_arg(false, "routing.token_offsets", t, "non-decreasing offsets");
     for (std::int64_t a = token_offsets[t]; a < token_offsets[t + 1]; ++a) {
       const int e = expert[a];
-      check_arg(e >= 0 && e < num_experts, "routing.expert", e,
-                detail::concat("0 <= expert < ", num_experts));
-      check_arg(std::isfinite(weight[a]), "routing.weight", weight[a], "finite weights");
-      check_arg(seen[e] != t, "routing.expert", e,
-                detail::concat("no expert twice for one token (token ", t, ")"));
+      // The messages are built only on failure: this loop runs over every assignment.
+      if (e < 0 || e >= num_experts)
+        check_arg(false, "routing.expert", e, detail::concat("0 <= expert < ", num_experts));
+      if (!std::isfinite(weight[a])) check_arg(false, "routing.weight", weight[a], "finite weights");
+      if (seen[e] == t)
+        check_arg(false, "routing.expert", e, detail::concat("no expert twice for one token (token ", t, ")"));
       seen[e] = t;
     }
   }

@@ -15,12 +15,13 @@ Timing time_runs(const std::function<void()>& fn, int repeats, Device device, co
   synchronize(device);
   std::vector<double> ms;
   bool shown = false;
+  const bool show_progress = isatty(STDERR_FILENO);  // a terminal, not a log
   for (int i = 0; i < repeats; ++i) {
     const auto t0 = clock::now();
     fn();
     synchronize(device);
     ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
-    if (std::chrono::duration<double>(clock::now() - start).count() > 1.0) {
+    if (show_progress && std::chrono::duration<double>(clock::now() - start).count() > 1.0) {
       std::fprintf(stderr, "\r  %s %d/%d", label.c_str(), i + 1, repeats);
       shown = true;
     }

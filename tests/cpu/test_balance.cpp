@@ -7,6 +7,7 @@
 #include <random>
 #include <string>
 
+#include "expect_invalid.hpp"
 #include "tilemoe/balance.hpp"
 #include "tilemoe/tilemoe.hpp"
 
@@ -48,16 +49,6 @@ double max_abs(const std::vector<double>& a) {
   double m = 0;
   for (double v : a) m = std::max(m, std::abs(v));
   return m;
-}
-
-template <class Fn>
-void expect_invalid(Fn fn, const std::string& must_mention) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected InvalidArgument mentioning '" << must_mention << "'";
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find(must_mention), std::string::npos) << e.what();
-  }
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include <cmath>
 
+#include "expect_invalid.hpp"
 #include "tilemoe/tilemoe.hpp"
 
 using namespace tilemoe;
@@ -99,39 +100,31 @@ TEST(Forward, SequentialAndGroupedAgree) {
 TEST(Forward, RejectsBadInput) {
   const MoeConfig& c = preset("tiny");
   MoeWeights w = random_weights(c, DType::f32, 1);
-  auto expect_error = [](auto fn, const std::string& needle) {
-    try {
-      fn();
-      FAIL() << "no exception; expected one naming " << needle;
-    } catch (const InvalidArgument& e) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
-    }
-  };
-  expect_error([&] { moe_forward(c, w, random_tokens(4, c.d_model + 1, DType::f32, 2)); }, "x.shape");
-  expect_error([&] { moe_forward(c, w, Tensor::zeros({0, c.d_model}, DType::f32)); }, "tokens");
-  expect_error([&] { moe_forward(c, w, random_tokens(4, c.d_model, DType::bf16, 2)); }, "x.dtype");
+  expect_invalid([&] { moe_forward(c, w, random_tokens(4, c.d_model + 1, DType::f32, 2)); }, "x.shape");
+  expect_invalid([&] { moe_forward(c, w, Tensor::zeros({0, c.d_model}, DType::f32)); }, "tokens");
+  expect_invalid([&] { moe_forward(c, w, random_tokens(4, c.d_model, DType::bf16, 2)); }, "x.dtype");
   Tensor x = random_tokens(4, c.d_model, DType::f32, 2);
   x.data<float>()[5] = NAN;
-  expect_error([&] { moe_forward(c, w, x); }, "x[5]");
+  expect_invalid([&] { moe_forward(c, w, x); }, "x[5]");
   x.data<float>()[5] = INFINITY;
-  expect_error([&] { moe_forward(c, w, x); }, "x[5]");
+  expect_invalid([&] { moe_forward(c, w, x); }, "x[5]");
   MoeConfig k_too_big = c;
   k_too_big.top_k = 9;
-  expect_error([&] { moe_forward(k_too_big, w, random_tokens(4, c.d_model, DType::f32, 2)); }, "top_k = 9");
+  expect_invalid([&] { moe_forward(k_too_big, w, random_tokens(4, c.d_model, DType::f32, 2)); }, "top_k = 9");
   MoeConfig zero = c;
   zero.d_expert = 0;
-  expect_error([&] { random_weights(zero, DType::f32, 1); }, "d_expert = 0");
+  expect_invalid([&] { random_weights(zero, DType::f32, 1); }, "d_expert = 0");
   MoeConfig no_experts = c;
   no_experts.num_experts = 0;
-  expect_error([&] { no_experts.validate(); }, "num_experts = 0");
+  expect_invalid([&] { no_experts.validate(); }, "num_experts = 0");
   MoeWeights bad = w;
   bad.w2 = Tensor::zeros({8, 64, 31}, DType::f32);
-  expect_error([&] { moe_forward(c, bad, random_tokens(4, c.d_model, DType::f32, 2)); }, "w2.shape");
-  expect_error([&] { preset("deepseek-v4"); }, "deepseek-v4");
-  expect_error([&] { parse_algorithm("fast"); }, "fast");
+  expect_invalid([&] { moe_forward(c, bad, random_tokens(4, c.d_model, DType::f32, 2)); }, "w2.shape");
+  expect_invalid([&] { preset("deepseek-v4"); }, "deepseek-v4");
+  expect_invalid([&] { parse_algorithm("fast"); }, "fast");
   ForwardOptions fused;
   fused.algorithm = Algorithm::fused;
-  expect_error([&] { moe_forward(c, w, random_tokens(4, c.d_model, DType::f32, 2), fused); }, "fused");
+  expect_invalid([&] { moe_forward(c, w, random_tokens(4, c.d_model, DType::f32, 2), fused); }, "fused");
 }
 
 TEST(Config, PresetsAreValidAndMatchPublishedFigures) {

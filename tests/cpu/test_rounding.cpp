@@ -11,6 +11,7 @@
 #include <set>
 #include <string>
 
+#include "expect_invalid.hpp"
 #include "tilemoe/balance.hpp"
 #include "tilemoe/tilemoe.hpp"
 
@@ -41,16 +42,6 @@ std::vector<std::pair<int, float>> token_row(const Routing& r, std::int64_t t) {
   std::vector<std::pair<int, float>> v;
   for (auto a = r.token_offsets[t]; a < r.token_offsets[t + 1]; ++a) v.emplace_back(r.expert[a], r.weight[a]);
   return v;
-}
-
-template <class Fn>
-void expect_invalid(Fn fn, const std::string& must_mention) {
-  try {
-    fn();
-    ADD_FAILURE() << "expected InvalidArgument mentioning '" << must_mention << "'";
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find(must_mention), std::string::npos) << e.what();
-  }
 }
 
 }  // namespace

@@ -24,5 +24,5 @@ if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then
 fi
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release ${TILEMOE_CMAKE_ARGS:-} >/dev/null
 backend="CPU only"
-grep -q '^CMAKE_CUDA_COMPILER:FILEPATH=/' "$BUILD_DIR/CMakeCache.txt" && backend="CPU + CUDA"
+grep -qE '^CMAKE_CUDA_COMPILER:[A-Z]+=/' "$BUILD_DIR/CMakeCache.txt" && backend="CPU + CUDA"
 echo "setup: configured $BUILD_DIR ($backend)"

@@ -1,0 +1,378 @@
+// bench_moe_variants: the MoE layer forward on the GPU, for presets x token counts, timed as
+//   sequential        one cuBLAS GEMM pair per expert from a host loop (the baseline)
+//   grouped           one launch per projection for all experts (no host sync)
+//   grouped+rounding  the same after tile-aware token rounding (nearest, M = 128)
+//   dense_cublas      a cuBLAS GEMM pair with the same FLOPs ([T*K, d] x [d, 2n], [T*K, n] x [n, d],
+//                     plus the shared experts' pair): the upper bound
+//   torch_grouped_mm  PyTorch on the same inputs (router, sort, torch._grouped_mm, SwiGLU,
+//                     torch._grouped_mm, weighted index_add), benchmarks/peers/torch_pipeline.py
+// Each time: warm-up, then the median of --reps runs, each after an L2 flush, by CUDA events.
+// Our variants are the whole layer (router included), as is the PyTorch pipeline.
+// Prints ms, TFLOP/s, share of the upper bound and speedup over sequential; writes JSON.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tilemoe/tilemoe.hpp"
+
+#if TILEMOE_WITH_CUDA
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+namespace bench {
+void time_stages(const tilemoe::MoeConfig& c, const tilemoe::MoeWeights& w, const tilemoe::Tensor& x, int reps);
+}
+#endif
+
+using namespace tilemoe;
+
+namespace {
+
+struct Args {
+  std::vector<std::string> configs{"sonic-7b", "qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b", "deepseek-v3"};
+  std::vector<std::int64_t> tokens{24576};
+  int reps = 10, warmup = 3;
+  std::string json, dump, torch_script, python = "python3";
+  std::uint64_t seed = 1234;
+  bool sequential = true;
+  bool stages = false;
+};
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> v;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');)
+    if (!item.empty()) v.push_back(item);
+  return v;
+}
+
+void usage() {
+  std::puts(
+      "usage: bench_moe_variants [--configs a,b] [--tokens 4096,24576] [--reps N] [--warmup N]\n"
+      "                          [--json out.json] [--dump dir --torch peers/torch_pipeline.py [--python python3]]\n"
+      "                          [--no-sequential] [--stages] [--seed S]");
+}
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    std::string k = argv[i];
+    auto val = [&]() -> std::string {
+      if (i + 1 >= argc) throw InvalidArgument(k + ": expected a value");
+      return argv[++i];
+    };
+    if (k == "--configs") a.configs = split(val());
+    else if (k == "--tokens") {
+      a.tokens.clear();
+      for (auto& t : split(val())) a.tokens.push_back(std::stoll(t));
+    } else if (k == "--reps") a.reps = std::stoi(val());
+    else if (k == "--warmup") a.warmup = std::stoi(val());
+    else if (k == "--json") a.json = val();
+    else if (k == "--dump") a.dump = val();
+    else if (k == "--torch") a.torch_script = val();
+    else if (k == "--python") a.python = val();
+    else if (k == "--seed") a.seed = std::stoull(val());
+    else if (k == "--no-sequential") a.sequential = false;
+    else if (k == "--stages") a.stages = true;
+    else if (k == "--help" || k == "-h") { usage(); std::exit(0); }
+    else throw InvalidArgument("argument '" + k + "': unknown (see --help)");
+  }
+  return a;
+}
+
+// Uniform values of standard deviation sd from a counter-based hash, on all cores: the layer's
+// weights at any size in seconds (values do not change the timing; zeros would).
+Tensor fast_random(Shape shape, float sd, std::uint64_t seed, DType dt) {
+  Tensor t = Tensor::empty(std::move(shape), DType::bf16);
+  bf16* p = t.data<bf16>();
+  const std::int64_t n = t.numel();
+  const int threads = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> pool;
+  for (int i = 0; i < threads; ++i)
+    pool.emplace_back([=] {
+      const float scale = sd * 1.7320508f / 2147483648.0f;
+      for (std::int64_t j = n * i / threads; j < n * (i + 1) / threads; ++j) {
+        std::uint64_t z = seed + static_cast<std::uint64_t>(j) * 0x9e3779b97f4a7c15ull;
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+        z ^= z >> 31;
+        p[j] = bf16::from_float(static_cast<float>(static_cast<std::int32_t>(z >> 32)) * scale);
+      }
+    });
+  for (auto& th : pool) th.join();
+  return dt == DType::bf16 ? t : t.to(dt);
+}
+
+struct Result {
+  std::string config;
+  std::int64_t tokens;
+  std::string variant;
+  double ms, tflops;
+};
+
+void write_file(const std::string& path, const void* data, std::size_t bytes) {
+  std::ofstream f(path, std::ios::binary);
+  f.write(static_cast<const char*>(data), static_cast<std::streamsize>(bytes));
+  if (!f) throw Error("cannot write " + path);
+}
+
+std::string now_utc() {
+  std::time_t t = std::time(nullptr);
+  char buf[64];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+  return buf;
+}
+
+#if TILEMOE_WITH_CUDA
+#define CK(call)                                                                                  \
+  do {                                                                                            \
+    cudaError_t e_ = (call);                                                                      \
+    if (e_ != cudaSuccess) throw DeviceError(std::string(#call) + ": " + cudaGetErrorString(e_)); \
+  } while (0)
+#define CB(call)                                                                              \
+  do {                                                                                        \
+    cublasStatus_t s_ = (call);                                                               \
+    if (s_ != CUBLAS_STATUS_SUCCESS) throw DeviceError(std::string(#call) + ": cuBLAS error"); \
+  } while (0)
+
+class Timer {
+ public:
+  Timer() {
+    CK(cudaEventCreate(&a_));
+    CK(cudaEventCreate(&b_));
+    int l2 = 0;
+    CK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, 0));
+    flush_bytes_ = static_cast<std::size_t>(l2) * 2;
+    CK(cudaMalloc(&flush_, flush_bytes_));
+  }
+  ~Timer() {
+    cudaFree(flush_);
+    cudaEventDestroy(a_);
+    cudaEventDestroy(b_);
+  }
+  // Median ms of fn() over reps, each after an L2 flush; fn enqueues on cudaStreamPerThread.
+  template <class Fn>
+  double median_ms(Fn&& fn, int warmup, int reps) {
+    cudaStream_t s = cudaStreamPerThread;
+    for (int i = 0; i < warmup; ++i) fn();
+    CK(cudaStreamSynchronize(s));
+    std::vector<double> v;
+    for (int i = 0; i < reps; ++i) {
+      CK(cudaMemsetAsync(flush_, i & 0xff, flush_bytes_, s));
+      CK(cudaEventRecord(a_, s));
+      fn();
+      CK(cudaEventRecord(b_, s));
+      CK(cudaEventSynchronize(b_));
+      float ms = 0;
+      CK(cudaEventElapsedTime(&ms, a_, b_));
+      v.push_back(ms);
+    }
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  }
+
+ private:
+  cudaEvent_t a_, b_;
+  void* flush_ = nullptr;
+  std::size_t flush_bytes_ = 0;
+};
+
+// The upper bound: dense GEMM pairs with the routed (M = T*K) and shared (M = T*S) shapes.
+double dense_ms(const MoeConfig& c, std::int64_t T, Timer& timer, const Args& a) {
+  cublasHandle_t h;
+  CB(cublasCreate(&h));
+  CB(cublasSetStream(h, cudaStreamPerThread));
+  struct Pair { std::int64_t M, n; };
+  std::vector<Pair> pairs{{T * c.top_k, c.d_expert}};
+  if (c.num_shared > 0) pairs.push_back({T * c.num_shared, c.d_shared});
+  const std::int64_t d = c.d_model;
+  const bool gated = is_gated(c.activation);
+  std::vector<Tensor> bufs;
+  struct G { int m, n, k; const void *A, *B; void* C; };
+  std::vector<G> gemms;
+  for (auto [M, n] : pairs) {
+    const std::int64_t r13 = gated ? 2 * n : n;
+    Tensor x = fast_random({M, d}, 1.0f, 11, DType::bf16).to(Device::cuda);
+    Tensor w1 = fast_random({r13, d}, 0.02f, 12, DType::bf16).to(Device::cuda);
+    Tensor h1 = Tensor::empty({M, r13}, DType::bf16, Device::cuda);
+    Tensor a1 = fast_random({M, n}, 1.0f, 13, DType::bf16).to(Device::cuda);
+    Tensor w2 = fast_random({d, n}, 0.02f, 14, DType::bf16).to(Device::cuda);
+    Tensor y = Tensor::empty({M, d}, DType::bf16, Device::cuda);
+    gemms.push_back({int(r13), int(M), int(d), w1.raw(), x.raw(), h1.raw()});
+    gemms.push_back({int(d), int(M), int(n), w2.raw(), a1.raw(), y.raw()});
+    for (auto* t : {&x, &w1, &h1, &a1, &w2, &y}) bufs.push_back(*t);
+  }
+  const float one = 1.0f, zero = 0.0f;
+  auto run = [&] {
+    for (const G& g : gemms)
+      CB(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, g.m, g.n, g.k, &one, g.A, CUDA_R_16BF, g.k, g.B, CUDA_R_16BF, g.k,
+                      &zero, g.C, CUDA_R_16BF, g.m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  };
+  const double ms = timer.median_ms(run, a.warmup, a.reps);
+  CK(cudaStreamSynchronize(cudaStreamPerThread));
+  cublasDestroy(h);
+  return ms;
+}
+#endif
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const Args a = parse(argc, argv);
+#if !TILEMOE_WITH_CUDA
+    std::puts("bench_moe_variants: this build has no CUDA backend; nothing to time (configure with -DTILEMOE_CUDA=ON on a GPU machine)");
+    return 2;
+#else
+    if (!cuda_available()) {
+      std::puts("bench_moe_variants: no CUDA GPU found; nothing to time");
+      return 2;
+    }
+    cudaDeviceProp prop{};
+    CK(cudaGetDeviceProperties(&prop, 0));
+    const std::string card = prop.name;
+    const char* commit_env = std::getenv("TILEMOE_COMMIT");
+    const std::string commit = commit_env ? commit_env : "unknown";
+    std::printf("card: %s   commit: %s   date: %s   reps %d (median), warm-up %d, L2 flushed\n", card.c_str(),
+                commit.c_str(), now_utc().c_str(), a.reps, a.warmup);
+    Timer timer;
+    std::vector<Result> results;
+    std::vector<std::string> dumped;
+    for (const std::string& name : a.configs) {
+      const MoeConfig& c = preset(name);
+      for (std::int64_t T : a.tokens) {
+        const double flops = c.flops_per_token() * static_cast<double>(T);
+        auto add = [&](const std::string& variant, double ms) {
+          results.push_back({c.name, T, variant, ms, flops / (ms * 1e-3) / 1e12});
+          std::printf("  %-16s T=%-7lld %-17s %9.3f ms %8.1f TFLOP/s\n", c.name.c_str(), (long long)T, variant.c_str(),
+                      ms, results.back().tflops);
+          std::fflush(stdout);
+        };
+        const std::uint64_t seed = a.seed + static_cast<std::uint64_t>(T);
+        const std::int64_t d = c.d_model, n = c.d_expert, rows = is_gated(c.activation) ? 2 * n : n;
+        MoeWeights wh;
+        wh.router = fast_random({c.num_experts, d}, 1.0f / std::sqrt(float(d)), seed + 1, DType::f32);
+        if (c.router_bias) wh.router_bias = fast_random({c.num_experts}, 0.01f, seed + 2, DType::f32);
+        wh.w13 = fast_random({c.num_experts, rows, d}, 1.0f / std::sqrt(float(d)), seed + 3, DType::bf16);
+        wh.w2 = fast_random({c.num_experts, d, n}, 1.0f / std::sqrt(float(n)), seed + 4, DType::bf16);
+        if (c.num_shared > 0) {
+          const std::int64_t ns = c.d_shared, srows = is_gated(c.activation) ? 2 * ns : ns;
+          wh.shared_w13 = fast_random({c.num_shared, srows, d}, 1.0f / std::sqrt(float(d)), seed + 5, DType::bf16);
+          wh.shared_w2 = fast_random({c.num_shared, d, ns}, 1.0f / std::sqrt(float(ns)), seed + 6, DType::bf16);
+        }
+        const Tensor xh = fast_random({T, d}, 1.0f, seed + 7, DType::bf16);
+        MoeWeights w = wh.to(Device::cuda);
+        const Tensor x = xh.to(Device::cuda);
+
+        ForwardOptions og;
+        og.algorithm = Algorithm::grouped;
+        ForwardTrace tr;
+        (void)moe_forward(c, w, x, og, &tr);  // the routing, for the dump
+        if (a.sequential) {
+          ForwardOptions os;
+          os.algorithm = Algorithm::sequential;
+          add("sequential", timer.median_ms([&] { (void)moe_forward(c, w, x, os); }, a.warmup, a.reps));
+        }
+        add("grouped", timer.median_ms([&] { (void)moe_forward(c, w, x, og); }, a.warmup, a.reps));
+        ForwardOptions orr = og;
+        orr.rounding = RoundingOptions{};
+        try {
+          add("grouped+rounding", timer.median_ms([&] { (void)moe_forward(c, w, x, orr); }, a.warmup, a.reps));
+        } catch (const Error& e) {
+          std::printf("  grouped+rounding skipped: %s\n", e.what());
+        }
+        add("dense_cublas", dense_ms(c, T, timer, a));
+        if (a.stages) bench::time_stages(c, w, x, a.reps);
+
+        if (!a.dump.empty()) {
+          const std::string dir = a.dump + "/" + c.name + "_T" + std::to_string(T);
+          if (std::system(("mkdir -p '" + dir + "'").c_str()) != 0) throw Error("cannot create " + dir);
+          const std::int64_t wbytes = static_cast<std::int64_t>(wh.w13.nbytes() + wh.w2.nbytes());
+          const bool dump_weights = wbytes <= (std::int64_t(4) << 30);
+          write_file(dir + "/x.bin", xh.raw(), xh.nbytes());
+          write_file(dir + "/router.bin", wh.router.raw(), wh.router.nbytes());
+          if (c.router_bias) write_file(dir + "/router_bias.bin", wh.router_bias.raw(), wh.router_bias.nbytes());
+          write_file(dir + "/ids.bin", tr.routing.expert.data(), tr.routing.expert.size() * 4);
+          write_file(dir + "/weights.bin", tr.routing.weight.data(), tr.routing.weight.size() * 4);
+          if (dump_weights) {
+            write_file(dir + "/w13.bin", wh.w13.raw(), wh.w13.nbytes());
+            write_file(dir + "/w2.bin", wh.w2.raw(), wh.w2.nbytes());
+            if (c.num_shared > 0) {
+              write_file(dir + "/shared_w13.bin", wh.shared_w13.raw(), wh.shared_w13.nbytes());
+              write_file(dir + "/shared_w2.bin", wh.shared_w2.raw(), wh.shared_w2.nbytes());
+            }
+          }
+          std::ofstream m(dir + "/meta.json");
+          m << "{\"config\": \"" << c.name << "\", \"tokens\": " << T << ", \"d\": " << d << ", \"n\": " << n
+            << ", \"experts\": " << c.num_experts << ", \"topk\": " << c.top_k << ", \"shared\": " << c.num_shared
+            << ", \"d_shared\": " << c.d_shared << ", \"router\": \"" << to_string(c.router)
+            << "\", \"gated\": " << (is_gated(c.activation) ? "true" : "false")
+            << ", \"weights_dumped\": " << (dump_weights ? "true" : "false") << ", \"flops\": " << flops
+            << ", \"reps\": " << a.reps << ", \"warmup\": " << a.warmup << "}\n";
+          dumped.push_back(dir);
+        }
+      }
+    }
+
+    if (!a.torch_script.empty() && !dumped.empty()) {
+      std::string cmd = a.python + " '" + a.torch_script + "'";
+      for (auto& d : dumped) cmd += " '" + d + "'";
+      cmd += " 2>&1";
+      std::printf("running the PyTorch pipeline: %s\n", cmd.c_str());
+      std::fflush(stdout);
+      if (FILE* p = popen(cmd.c_str(), "r")) {
+        char line[4096];
+        while (std::fgets(line, sizeof line, p)) {
+          std::fputs(line, stdout);
+          char cfg[256];
+          long long T = 0;
+          double ms = 0;
+          if (std::sscanf(line, "RESULT %255s %lld %lf", cfg, &T, &ms) == 3) {
+            const double flops = preset(cfg).flops_per_token() * static_cast<double>(T);
+            results.push_back({cfg, T, "torch_grouped_mm", ms, flops / (ms * 1e-3) / 1e12});
+          }
+        }
+        const int rc = pclose(p);
+        if (rc != 0) std::printf("PyTorch pipeline exited with %d\n", rc);
+      }
+    }
+
+    // Table.
+    std::map<std::pair<std::string, std::int64_t>, std::map<std::string, double>> ms;
+    for (auto& r : results) ms[{r.config, r.tokens}][r.variant] = r.ms;
+    std::printf("\n%-16s %7s %-17s %9s %9s %9s %9s\n", "config", "T", "variant", "ms", "TFLOP/s", "%dense", "x seq");
+    for (auto& r : results) {
+      auto& m = ms[{r.config, r.tokens}];
+      const double dense = m.count("dense_cublas") ? m["dense_cublas"] : 0;
+      const double seq = m.count("sequential") ? m["sequential"] : 0;
+      std::printf("%-16s %7lld %-17s %9.3f %9.1f %8.1f%% %9.2f\n", r.config.c_str(), (long long)r.tokens,
+                  r.variant.c_str(), r.ms, r.tflops, dense > 0 ? 100.0 * dense / r.ms : 0.0, seq > 0 ? seq / r.ms : 0.0);
+    }
+    if (!a.json.empty()) {
+      std::ofstream f(a.json);
+      f << "{\"card\": \"" << card << "\", \"date\": \"" << now_utc() << "\", \"commit\": \"" << commit
+        << "\", \"reps\": " << a.reps << ", \"warmup\": " << a.warmup << ",\n \"results\": [\n";
+      for (std::size_t i = 0; i < results.size(); ++i) {
+        const auto& r = results[i];
+        f << "  {\"config\": \"" << r.config << "\", \"tokens\": " << r.tokens << ", \"variant\": \"" << r.variant
+          << "\", \"ms\": " << r.ms << ", \"tflops\": " << r.tflops << "}" << (i + 1 < results.size() ? "," : "")
+          << "\n";
+      }
+      f << " ]}\n";
+      std::printf("wrote %s\n", a.json.c_str());
+    }
+    return 0;
+#endif
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_moe_variants: %s\n", e.what());
+    return 1;
+  }
+}

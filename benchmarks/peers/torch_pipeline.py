@@ -1,0 +1,135 @@
+#!/usr/bin/env python3
+"""The MoE layer forward in PyTorch, on the inputs bench_moe_variants dumped, timed the same way
+(warm-up, L2 flush before each repeat, CUDA events, median).
+
+Pipeline (bf16, the usual eager PyTorch MoE): router logits in fp32 (x.float() @ Wr^T), scores
+and top-k as the preset's router does (softmax / top-k-then-softmax / DeepSeek-V3 sigmoid with
+bias and groups); then, with the routing bench_moe_variants used (ids.bin, weights.bin, so the
+expert loads are identical), a stable argsort by expert, counts -> int32 end offsets, a gather of
+x rows, torch._grouped_mm with w13, SwiGLU, torch._grouped_mm with w2, the routing weights in
+fp32 and index_add_ into fp32 [T, d]; shared experts as dense matmuls. Weights come from the dump
+or, for layers over 4 GiB of weights, are drawn here with the same shapes and scale (the values
+do not change the timing).
+
+Usage: torch_pipeline.py CASE_DIR [CASE_DIR ...]   prints "RESULT config tokens ms" per case
+and writes CASE_DIR/torch.json.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def load(path, dtype, shape):
+    a = np.fromfile(path, dtype=np.uint16 if dtype == torch.bfloat16 else np.float32 if dtype == torch.float32 else np.int32)
+    t = torch.from_numpy(a.reshape(shape))
+    if dtype == torch.bfloat16:
+        t = t.view(torch.bfloat16)
+    return t.cuda()
+
+
+def route(logits, meta, bias):
+    E, K = meta["experts"], meta["topk"]
+    kind = meta["router"]
+    if kind == "topk_softmax":
+        v, i = torch.topk(logits, K, dim=-1)
+        return i, torch.softmax(v, dim=-1)
+    if kind == "sigmoid_group_topk":
+        s = torch.sigmoid(logits)
+        c = s + bias if bias is not None else s
+        G = 8 if E % 8 == 0 and E >= 64 else 1
+        if G > 1:
+            gs = c.view(-1, G, E // G).topk(2, dim=-1).values.sum(-1)
+            keep = gs.topk(G // 2, dim=-1).indices
+            mask = torch.zeros_like(gs).scatter_(1, keep, 1.0).repeat_interleave(E // G, dim=1)
+            c = c.masked_fill(mask == 0, float("-inf"))
+        i = c.topk(K, dim=-1).indices
+        w = s.gather(1, i)
+        return i, w / w.sum(-1, keepdim=True) * 2.5
+    p = torch.softmax(logits, dim=-1)
+    v, i = torch.topk(p, K, dim=-1)
+    return i, v / v.sum(-1, keepdim=True)
+
+
+def main():
+    cases = sys.argv[1:]
+    if not torch.cuda.is_available():
+        print("torch_pipeline: no CUDA GPU")
+        return 2
+    if not hasattr(torch, "_grouped_mm"):
+        print("torch_pipeline: this PyTorch has no torch._grouped_mm")
+        return 2
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
+    for case in cases:
+        meta = json.load(open(os.path.join(case, "meta.json")))
+        T, d, n, E, K = meta["tokens"], meta["d"], meta["n"], meta["experts"], meta["topk"]
+        S, ns = meta["shared"], meta["d_shared"]
+        bf = torch.bfloat16
+        x = load(os.path.join(case, "x.bin"), bf, (T, d))
+        wr = load(os.path.join(case, "router.bin"), torch.float32, (E, d))
+        bias = load(os.path.join(case, "router_bias.bin"), torch.float32, (E,)) if os.path.exists(os.path.join(case, "router_bias.bin")) else None
+        ids = load(os.path.join(case, "ids.bin"), torch.int32, (T, K)).long()
+        wts = load(os.path.join(case, "weights.bin"), torch.float32, (T, K))
+        g = torch.Generator(device="cuda").manual_seed(0)
+        if meta["weights_dumped"]:
+            w13 = load(os.path.join(case, "w13.bin"), bf, (E, 2 * n, d))
+            w2 = load(os.path.join(case, "w2.bin"), bf, (E, d, n))
+            if S:
+                sw13 = load(os.path.join(case, "shared_w13.bin"), bf, (S, 2 * ns, d))
+                sw2 = load(os.path.join(case, "shared_w2.bin"), bf, (S, d, ns))
+        else:
+            w13 = (torch.randn(E, 2 * n, d, device="cuda", generator=g, dtype=bf) / d ** 0.5)
+            w2 = (torch.randn(E, d, n, device="cuda", generator=g, dtype=bf) / n ** 0.5)
+            if S:
+                sw13 = torch.randn(S, 2 * ns, d, device="cuda", generator=g, dtype=bf) / d ** 0.5
+                sw2 = torch.randn(S, d, ns, device="cuda", generator=g, dtype=bf) / ns ** 0.5
+        w13_t = w13.transpose(1, 2)  # [E, d, 2n], the layout torch._grouped_mm wants for B
+        w2_t = w2.transpose(1, 2)    # [E, n, d]
+
+        def forward():
+            logits = x.float() @ wr.t()
+            route(logits, meta, bias)  # the router's work; the dumped routing is used below
+            flat = ids.reshape(-1)
+            order = torch.argsort(flat, stable=True)
+            offs = torch.cumsum(torch.bincount(flat, minlength=E), 0).to(torch.int32)
+            tok = order // K
+            xs = x.index_select(0, tok)
+            h = torch._grouped_mm(xs, w13_t, offs=offs)
+            a = F.silu(h[:, :n]) * h[:, n:]
+            y = torch._grouped_mm(a, w2_t, offs=offs)
+            out = torch.zeros(T, d, dtype=torch.float32, device="cuda")
+            out.index_add_(0, tok, y.float() * wts.reshape(-1)[order].unsqueeze(1))
+            for s in range(S):
+                hs = x @ sw13[s].t()
+                out += (F.silu(hs[:, :ns]) * hs[:, ns:]) @ sw2[s].t()
+            return out.to(bf)
+
+        reps, warm = meta.get("reps", 10), meta.get("warmup", 3)
+        for _ in range(warm):
+            forward()
+        torch.cuda.synchronize()
+        times = []
+        a_ev, b_ev = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        for i in range(reps):
+            flush.fill_(i & 0xFF)
+            a_ev.record()
+            forward()
+            b_ev.record()
+            b_ev.synchronize()
+            times.append(a_ev.elapsed_time(b_ev))
+        ms = sorted(times)[len(times) // 2]
+        print(f"RESULT {meta['config']} {T} {ms:.4f}", flush=True)
+        json.dump({"config": meta["config"], "tokens": T, "variant": "torch_grouped_mm", "ms": ms,
+                   "torch": torch.__version__, "weights_dumped": meta["weights_dumped"]},
+                  open(os.path.join(case, "torch.json"), "w"))
+        del w13, w2, w13_t, w2_t, x
+        torch.cuda.empty_cache()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build, GPU tests, compute-sanitizer, benchmark, example.
+# Usage: scripts/gpu_check.sh [build] [tests] [sanitize] [bench] [example]   (default: all)
+# Logs go to $OUT (or ./gpu_out); a short summary table is printed last.
+set -u
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+STEPS=${*:-build tests sanitize bench example}
+has() { [[ " $STEPS " == *" $1 "* ]]; }
+SUMMARY=()
+note() { SUMMARY+=("$1"); echo "== $1"; }
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
+BUILD=build
+if has build; then
+  start=$SECONDS
+  cmake -S . -B $BUILD -G Ninja -DTILEMOE_CUDA=ON > "$OUT/cmake.log" 2>&1 &&
+    ninja -C $BUILD -j16 -k 0 ${BUILD_TARGETS:-} > "$OUT/build.log" 2>&1
+  rc=$?
+  note "build rc=$rc ($((SECONDS - start)) s)"
+  if [ $rc -ne 0 ]; then grep -E "error|FAILED" -A3 "$OUT/build.log" | head -60; fi
+fi
+T=$BUILD/tests/tilemoe_tests_gpu
+if has tests; then
+  start=$SECONDS
+  $T --gtest_brief=1 > "$OUT/tests_gpu.log" 2>&1
+  rc=$?
+  note "tests_gpu rc=$rc ($((SECONDS - start)) s): $(grep -E '^\[  (PASSED|FAILED)' "$OUT/tests_gpu.log" | tr '\n' ' ')"
+  grep -E "Failure|FAILED|error|Expected|Which is|seed=|actual" "$OUT/tests_gpu.log" | head -60
+  $BUILD/tests/tilemoe_tests_cpu --gtest_brief=1 > "$OUT/tests_cpu.log" 2>&1
+  note "tests_cpu rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/tests_cpu.log" | tr '\n' ' ')"
+fi
+if has sanitize; then
+  # Small cases only (TILEMOE_SANITIZE=1 in the tests); the 131072-token and 22 GB DeepSeek-V3
+  # runs and the fp32 cuBLAS matrix are left to the plain run. racecheck is far slower than
+  # memcheck, so it takes the suites whose kernels use shared memory, minus the graph replays.
+  F_MEM='-GpuForward.LargeTokenCounts:GpuForward.DeepSeekV3SizedLayer:GpuForward.SequentialFp32ShapeMatrix'
+  F_RACE='GpuRouter.*:GpuMetadata.*:GpuCombine.*:GpuGroupedGemm.*:GpuRounding.MatchesCpuRoundRouting:GpuForward.OneExpertTakesEveryToken'
+  for tool in memcheck racecheck; do
+    start=$SECONDS
+    F=$F_MEM; [ $tool = racecheck ] && F=$F_RACE
+    TILEMOE_SANITIZE=1 timeout 420 compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_brief=1 --gtest_filter="$F" \
+      > "$OUT/sanitize_$tool.log" 2>&1
+    rc=$?
+    note "sanitizer $tool rc=$rc ($((SECONDS - start)) s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_$tool.log" | tail -1) $(grep -E '^\[  (PASSED|FAILED)' "$OUT/sanitize_$tool.log" | tr '\n' ' ')"
+    grep -E "^=========  *(Invalid|Race|Error)" "$OUT/sanitize_$tool.log" | sort | uniq -c | head -10
+  done
+fi
+if has bench; then
+  B=$BUILD/bin/bench_moe_variants
+  if [ -x $B ]; then
+    start=$SECONDS
+    mkdir -p "$OUT/bench_inputs"
+    PYTHONUNBUFFERED=1 $B --configs ${BENCH_CONFIGS:-sonic-7b,qwen3-30b-a3b,olmoe-1b-7b,mixtral-8x7b,deepseek-v3} \
+      --tokens ${BENCH_TOKENS:-24576} --json "$OUT/bench.json" --dump /tmp/bench_inputs \
+      --torch benchmarks/peers/torch_pipeline.py > "$OUT/bench.log" 2>&1
+    note "bench rc=$? ($((SECONDS - start)) s)"
+    tail -40 "$OUT/bench.log"
+  fi
+fi
+if has example; then
+  E=$BUILD/bin
+  for p in grouped_gemm_naive grouped_gemm; do
+    if [ -x $E/$p ]; then
+      $E/$p --experts 128 --tokens 24576 --d 1536 --n 256 --topk 8 > "$OUT/example_$p.log" 2>&1
+      note "example $p rc=$?: $(tail -2 "$OUT/example_$p.log" | tr '\n' ' ')"
+    fi
+  done
+fi
+(cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz *.log 2>/dev/null && rm -f cmake.log build.log tests_cpu.log)
+echo
+echo "==================== summary ===================="
+cat "$OUT/card.txt"
+for s in "${SUMMARY[@]}"; do echo "$s"; done

@@ -1,0 +1,70 @@
+// DeviceBuffer: RAII ownership of one cudaMalloc'd block. Workspace: a grow-only scratch area
+// carved into aligned pieces, reused across forwards so that the forward allocates nothing but
+// its output (which keeps it capturable in a CUDA graph once warmed up).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <utility>
+
+#include "check.cuh"
+
+namespace tilemoe::detail {
+
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(std::size_t bytes) { reset(bytes); }
+  ~DeviceBuffer() { release(); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      release();
+      p_ = std::exchange(o.p_, nullptr);
+      bytes_ = std::exchange(o.bytes_, 0);
+    }
+    return *this;
+  }
+  void reset(std::size_t bytes) {
+    release();
+    if (bytes > 0) TILEMOE_CUDA_CHECK(cudaMalloc(&p_, bytes));
+    bytes_ = bytes;
+  }
+  // Grows (never shrinks); the old contents are lost.
+  void reserve(std::size_t bytes) {
+    if (bytes > bytes_) reset(bytes);
+  }
+  void* get() const { return p_; }
+  std::size_t size() const { return bytes_; }
+
+ private:
+  void release() noexcept {
+    if (p_) cudaFree(p_);
+    p_ = nullptr;
+    bytes_ = 0;
+  }
+  void* p_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+// Carves typed, 256-byte aligned pieces out of a base pointer (or, with base == nullptr, only
+// counts the bytes needed).
+class Carver {
+ public:
+  explicit Carver(void* base = nullptr) : base_(static_cast<char*>(base)) {}
+  template <class T>
+  T* take(std::size_t count) {
+    offset_ = (offset_ + 255) / 256 * 256;
+    T* p = base_ ? reinterpret_cast<T*>(base_ + offset_) : nullptr;
+    offset_ += count * sizeof(T);
+    return p;
+  }
+  std::size_t bytes() const { return (offset_ + 255) / 256 * 256; }
+
+ private:
+  char* base_;
+  std::size_t offset_ = 0;
+};
+
+}  // namespace tilemoe::detail

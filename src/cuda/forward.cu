@@ -1,0 +1,212 @@
+// The MoE forward on the GPU (detail::cuda_moe_forward): router -> top-k -> (rounding) ->
+// metadata -> experts (grouped or sequential) -> combine, all on cudaStreamPerThread.
+// grouped: no host synchronization unless a trace is asked for (token rounding included: it
+// runs on the device too), so a warmed-up forward can be captured in a CUDA graph. Scratch memory comes from a per-thread grow-only
+// buffer; only the output is allocated per call.
+// dtypes: grouped runs bf16 only (fp32 throws InvalidArgument, pointing at sequential);
+// sequential runs bf16 and fp32 through cuBLAS.
+#include <algorithm>
+#include <algorithm>
+#include <cstring>
+
+#include "context.cuh"
+#include "core/cuda_backend.hpp"
+#include "heuristics.hpp"
+#include "stages.hpp"
+#include "tilemoe/rounding.hpp"
+
+namespace tilemoe::detail {
+namespace {
+
+template <class T>
+std::vector<T> to_host(const T* p, std::size_t count) {
+  std::vector<T> v(count);
+  if (count) {
+    TILEMOE_CUDA_CHECK(cudaMemcpyAsync(v.data(), p, count * sizeof(T), cudaMemcpyDeviceToHost, current_stream()));
+    TILEMOE_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
+  }
+  return v;
+}
+
+const std::uint16_t* u16(const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); }
+
+// The metrics round_routing reports on the CPU, from the top-k and the rounded routing.
+RoundingMetrics rounding_metrics(const Routing& topk, const Routing& r, int tile) {
+  const int E = topk.num_experts;
+  RoundingMetrics m;
+  m.counts_before.assign(E, 0);
+  m.counts_after.assign(E, 0);
+  for (auto e : topk.expert) ++m.counts_before[e];
+  for (auto e : r.expert) ++m.counts_after[e];
+  m.utilization_before = tile_utilization(m.counts_before, tile);
+  m.utilization_after = tile_utilization(m.counts_after, tile);
+  m.padded_rows_before = padded_rows(m.counts_before, tile);
+  m.padded_rows_after = padded_rows(m.counts_after, tile);
+  for (int e = 0; e < E; ++e) {
+    m.dropped += std::max<std::int64_t>(0, m.counts_before[e] - m.counts_after[e]);
+    m.added += std::max<std::int64_t>(0, m.counts_after[e] - m.counts_before[e]);
+  }
+  std::int64_t changed = 0;
+  for (std::int64_t t = 0; t < topk.num_tokens; ++t) {
+    const auto a0 = topk.token_offsets[t], a1 = topk.token_offsets[t + 1];
+    const auto b0 = r.token_offsets[t], b1 = r.token_offsets[t + 1];
+    bool same = a1 - a0 == b1 - b0;
+    for (std::int64_t i = 0; same && i < a1 - a0; ++i) same = topk.expert[a0 + i] == r.expert[b0 + i];
+    changed += same ? 0 : 1;
+  }
+  m.tokens_changed = topk.num_tokens == 0 ? 0.0 : static_cast<double>(changed) / static_cast<double>(topk.num_tokens);
+  m.max_load = E == 0 ? 0 : *std::max_element(m.counts_after.begin(), m.counts_after.end());
+  m.min_load = E == 0 ? 0 : *std::min_element(m.counts_after.begin(), m.counts_after.end());
+  m.assignments_before = topk.num_assignments();
+  m.assignments_after = r.num_assignments();
+  return m;
+}
+
+}  // namespace
+
+Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, const ForwardOptions& opt,
+                        ForwardTrace* trace) {
+  using namespace gpu;
+  const bool bf = x.dtype() == DType::bf16;
+  if (opt.algorithm == Algorithm::fused)
+    throw InvalidArgument("algorithm = fused: the Hopper fused path is not built yet; use grouped or sequential on cuda");
+  if (opt.algorithm == Algorithm::grouped && !bf)
+    throw InvalidArgument("x.dtype = fp32: algorithm grouped on cuda runs bf16 only; use bf16 tensors, or "
+                          "algorithm sequential (cuBLAS, fp32) on cuda");
+  const RouterConfig rc = cfg.router_config();
+  const std::int64_t T = x.dim(0), d = cfg.d_model, n = cfg.d_expert;
+  const int E = cfg.num_experts, K = cfg.top_k, S = cfg.num_shared;
+  const std::int64_t ns = cfg.d_shared;
+  const bool gated = is_gated(cfg.activation);
+  const int tile_m = grouped_tile_m();
+  const std::size_t es = bf ? 2 : 4;
+
+  // One scratch layout for every stage (sized for the rounded routing when rounding is on).
+  std::int64_t A = T * K;
+  std::int64_t A_cap = A;  // rounding adds at most tile - 1 assignments per expert
+  if (opt.rounding) A_cap = rounding_capacity(T, K, E, opt.rounding->tile);
+  const std::int64_t lda = act_row_stride(n), lda_s = act_row_stride(ns);
+  auto layout = [&](Carver& c) {
+    struct P {
+      float* logits; void* rscratch; std::int32_t* ids; float* wts; Metadata m; void* meta_scratch; std::size_t meta_bytes;
+      std::uint16_t* act; void* y; std::int64_t* s_off; std::int32_t* s_tiles; std::uint16_t* act_s; void* ys;
+      float* probs; std::int32_t* r_expert; float* r_weight; std::int32_t* r_tok; std::int64_t* r_off;
+      std::int32_t* target; void* r_scratch; std::size_t r_bytes;
+    } p{};
+    p.logits = c.take<float>(static_cast<std::size_t>(T * E));
+    p.rscratch = c.take<unsigned char>(router_scratch_bytes(T, d, E, bf));
+    p.ids = c.take<std::int32_t>(static_cast<std::size_t>(A));
+    if (opt.rounding) {
+      p.probs = c.take<float>(static_cast<std::size_t>(T * E));
+      p.r_expert = c.take<std::int32_t>(static_cast<std::size_t>(A_cap));
+      p.r_weight = c.take<float>(static_cast<std::size_t>(A_cap));
+      p.r_tok = c.take<std::int32_t>(static_cast<std::size_t>(A_cap));
+      p.r_off = c.take<std::int64_t>(static_cast<std::size_t>(T) + 1);
+      p.target = c.take<std::int32_t>(static_cast<std::size_t>(E));
+      p.r_bytes = rounding_scratch_bytes(T, K, E, opt.rounding->tile);
+      p.r_scratch = c.take<unsigned char>(p.r_bytes);
+    }
+    p.wts = c.take<float>(static_cast<std::size_t>(A));
+    p.m.counts = c.take<std::int32_t>(static_cast<std::size_t>(E));
+    p.m.offsets = c.take<std::int64_t>(static_cast<std::size_t>(E) + 1);
+    p.m.tile_offsets = c.take<std::int32_t>(static_cast<std::size_t>(E) + 1);
+    p.m.sorted = c.take<std::int32_t>(static_cast<std::size_t>(A_cap));
+    p.m.slot = c.take<std::int32_t>(static_cast<std::size_t>(A_cap));
+    p.m.sorted_token = c.take<std::int32_t>(static_cast<std::size_t>(A_cap));
+    p.meta_bytes = metadata_scratch_bytes(A_cap, E);
+    p.meta_scratch = c.take<unsigned char>(p.meta_bytes);
+    const bool grouped = opt.algorithm == Algorithm::grouped;
+    p.act = c.take<std::uint16_t>(grouped ? static_cast<std::size_t>(A_cap * lda) : 0);
+    p.y = c.take<unsigned char>(static_cast<std::size_t>(A_cap * d) * es);
+    p.s_off = c.take<std::int64_t>(static_cast<std::size_t>(S) + 1);
+    p.s_tiles = c.take<std::int32_t>(static_cast<std::size_t>(S) + 1);
+    p.act_s = c.take<std::uint16_t>(grouped ? static_cast<std::size_t>(S * T * lda_s) : 0);
+    p.ys = c.take<unsigned char>(static_cast<std::size_t>(S * T * d) * es);
+    return p;
+  };
+  Carver sizer;
+  layout(sizer);
+  DeviceBuffer& buf = scratch(Scratch::forward);
+  buf.reserve(sizer.bytes());
+  Carver carver(buf.get());
+  const auto P = layout(carver);
+
+  // Router.
+  router_logits(x.raw(), bf, w.router.data<float>(), T, d, E, P.logits, P.rscratch);
+  const float* bias = cfg.router_bias && w.router_bias.numel() > 0 ? w.router_bias.data<float>() : nullptr;
+  router_topk(rc, P.logits, bias, T, P.ids, P.wts);
+
+  // Token rounding, on the device: the rounded routing keeps the capacity A_cap, unused slots
+  // carry expert id E and are ignored from the metadata on.
+  const std::int32_t* expert = P.ids;
+  const float* weight = P.wts;
+  const std::int64_t* token_offsets = nullptr;
+  const std::int32_t* token_of = nullptr;
+  if (opt.rounding) {
+    router_probs(rc, P.logits, T, P.probs);
+    build_metadata(P.ids, nullptr, K, A, E, tile_m, P.m, P.meta_scratch, P.meta_bytes);
+    round_routing(*opt.rounding, T, K, E, P.ids, P.wts, P.probs, P.m, P.r_expert, P.r_weight, P.r_tok, P.r_off,
+                  P.target, P.r_scratch, P.r_bytes);
+    expert = P.r_expert;
+    weight = P.r_weight;
+    token_offsets = P.r_off;
+    token_of = P.r_tok;
+    A = A_cap;
+  }
+
+  build_metadata(expert, token_of, K, A, E, tile_m, P.m, P.meta_scratch, P.meta_bytes);
+
+  // Experts.
+  if (opt.algorithm == Algorithm::grouped) {
+    const std::int64_t max_tiles = (A + std::int64_t(E) * (tile_m - 1)) / tile_m + 1;
+    grouped_up(u16(x), d, u16(w.w13), n, gated, cfg.activation, E, P.m.offsets, P.m.tile_offsets, max_tiles,
+               P.m.sorted_token, P.act, lda);
+    grouped_down(P.act, lda, n, u16(w.w2), d, E, P.m.offsets, P.m.tile_offsets, max_tiles,
+                 static_cast<std::uint16_t*>(P.y));
+    if (S > 0) {
+      uniform_offsets(T, S, tile_m, P.s_off, P.s_tiles);
+      const std::int64_t s_tiles = S * ((T + tile_m - 1) / tile_m);
+      grouped_up(u16(x), d, u16(w.shared_w13), ns, gated, cfg.activation, S, P.s_off, P.s_tiles, s_tiles, nullptr,
+                 P.act_s, lda_s);
+      grouped_down(P.act_s, lda_s, ns, u16(w.shared_w2), d, S, P.s_off, P.s_tiles, s_tiles,
+                   static_cast<std::uint16_t*>(P.ys));
+    }
+  } else {
+    std::vector<std::int64_t> offsets = to_host(P.m.offsets, static_cast<std::size_t>(E) + 1);
+    sequential_experts(x.raw(), bf, d, w.w13.raw(), w.w2.raw(), n, gated, cfg.activation, offsets, P.m.sorted_token,
+                       P.y);
+    if (S > 0) {
+      std::vector<std::int64_t> soff(static_cast<std::size_t>(S) + 1);
+      for (int s = 0; s <= S; ++s) soff[s] = s * T;
+      sequential_experts(x.raw(), bf, d, w.shared_w13.raw(), w.shared_w2.raw(), ns, gated, cfg.activation, soff,
+                         nullptr, P.ys);
+    }
+  }
+
+  Tensor out = Tensor::empty({T, d}, x.dtype(), Device::cuda);
+  combine(P.y, bf, S > 0 ? P.ys : nullptr, S, weight, P.m.slot, token_offsets, K, T, d, out.raw(), bf);
+
+  if (trace) {
+    std::vector<std::int32_t> counts = to_host(P.m.counts, static_cast<std::size_t>(E));
+    trace->counts.assign(counts.begin(), counts.end());
+    Routing topk = Routing::from_topk(T, E, K, to_host(P.ids, static_cast<std::size_t>(T * K)),
+                                      to_host(P.wts, static_cast<std::size_t>(T * K)));
+    if (opt.rounding) {
+      Routing r;
+      r.num_tokens = T;
+      r.num_experts = E;
+      r.token_offsets = to_host(P.r_off, static_cast<std::size_t>(T) + 1);
+      const std::size_t total = static_cast<std::size_t>(r.token_offsets.back());
+      r.expert = to_host(P.r_expert, total);
+      r.weight = to_host(P.r_weight, total);
+      trace->rounding = rounding_metrics(topk, r, opt.rounding->tile);
+      trace->routing = std::move(r);
+    } else {
+      trace->routing = std::move(topk);
+      trace->rounding.reset();
+    }
+  }
+  return out;
+}
+
+}  // namespace tilemoe::detail

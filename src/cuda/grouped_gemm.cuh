@@ -1,0 +1,33 @@
+// What the grouped GEMM kernels share: their arguments and the Hopper kernel's launcher.
+#pragma once
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "tilemoe/config.hpp"
+
+namespace tilemoe::detail::gpu {
+
+struct GemmArgs {
+  const __nv_bfloat16* A;         // rows of K elements, stride lda
+  std::int64_t lda;
+  const std::int32_t* gather;     // sorted position -> A row; null: see a_local
+  bool a_local;                   // without gather: row = p - offsets[e] (true) or p (false)
+  const __nv_bfloat16* B;         // [E, rows_b, K]
+  std::int64_t b_expert_stride;   // rows_b * K
+  std::int64_t K;
+  std::int64_t N;                 // output columns
+  bool gated;                     // up: gate rows j, up rows N + j
+  Activation act;
+  const std::int64_t* offsets;    // [E + 1]
+  const std::int32_t* tile_offsets;  // [E + 1]
+  int E;
+  __nv_bfloat16* C;
+  std::int64_t ldc;
+};
+
+// The sm_90a kernel (sm90/grouped_wgmma.cu): runs it and returns true where it applies (an
+// H100/H200, 16-byte aligned operands), else returns false and launches nothing.
+bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles);
+
+}  // namespace tilemoe::detail::gpu

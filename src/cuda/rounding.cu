@@ -1,0 +1,383 @@
+// Tile-aware token rounding on the GPU: src/core/rounding.cpp's algorithm, reproduced exactly,
+// with no host synchronization (the rounded routing's size stays on the device; the buffers have
+// a host-known capacity, unused slots carry expert id E).
+//   1. targets: one block; per-expert floor/ceil to tile multiples by the rule (the stochastic
+//      draw is the same splitmix64 counter hash; balanced sorts experts by remainder in-block).
+//   2. drops: one radix sort of the top-k assignments by (expert, prob descending), stable so
+//      that equal probs keep token order; rank >= target drops.
+//   3. adds: a block per expert that gains tokens; an MSB radix select over (prob descending)
+//      of the tokens that did not choose it, ties taken in token order by a block scan.
+//   4. the new routing, token by token: kept assignments in top-k order, then the added ones by
+//      (prob descending, expert ascending) with weight = prob.
+#include <algorithm>
+#include <climits>
+#include <cub/block/block_radix_sort.cuh>
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+
+#include "buffer.cuh"
+#include "context.cuh"
+#include "stages.hpp"
+
+namespace tilemoe::detail::gpu {
+namespace {
+
+constexpr int kThreads = 1024, kItems = 4;  // targets: E <= 4096 in one block
+
+__device__ __forceinline__ std::uint64_t splitmix64_at(std::uint64_t seed, std::uint64_t e) {
+  std::uint64_t z = seed + (e + 1) * 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+__global__ void __launch_bounds__(kThreads) targets_kernel(const std::int32_t* __restrict__ counts, int E, std::int64_t T,
+                                                          int M, RoundingRule rule, std::uint64_t seed,
+                                                          std::int32_t* __restrict__ target) {
+  using Reduce = cub::BlockReduce<long long, kThreads>;
+  using Sort = cub::BlockRadixSort<unsigned, kThreads, kItems>;
+  __shared__ union {
+    typename Reduce::TempStorage reduce;
+    typename Sort::TempStorage sort;
+    struct {
+      std::int32_t order[kThreads * kItems];  // experts in flip order
+      std::int32_t c[kThreads * kItems];      // targets, while thread 0 walks the flips
+    } walk;
+  } sh;
+  __shared__ long long D_shared;
+  std::int32_t* order = sh.walk.order;
+  long long f[kItems], lo[kItems], up[kItems], rem[kItems], c[kItems];
+  long long dsum = 0;
+  for (int i = 0; i < kItems; ++i) {
+    const int e = threadIdx.x * kItems + i;
+    f[i] = e < E ? counts[e] : 0;
+    lo[i] = f[i] / M * M;
+    rem[i] = f[i] - lo[i];
+    up[i] = rem[i] > 0 ? min(lo[i] + M, static_cast<long long>(T)) : lo[i];
+    if (e >= E || rem[i] == 0) {
+      c[i] = f[i];
+    } else if (rule == RoundingRule::up) {
+      c[i] = up[i];
+    } else if (rule == RoundingRule::down) {
+      c[i] = lo[i];
+    } else if (rule == RoundingRule::stochastic) {
+      const double u = static_cast<double>(splitmix64_at(seed, e) >> 11) * 0x1.0p-53;
+      c[i] = u < static_cast<double>(rem[i]) / static_cast<double>(M) ? up[i] : lo[i];
+    } else {  // nearest, and balanced's start
+      c[i] = 2 * rem[i] > M ? up[i] : lo[i];
+    }
+    dsum += c[i] - f[i];
+  }
+  if (rule == RoundingRule::balanced) {
+    const long long D = Reduce(sh.reduce).Sum(dsum);
+    if (threadIdx.x == 0) D_shared = D;
+    __syncthreads();
+    long long Dv = D_shared;
+    if (2 * Dv > M || 2 * Dv < -M) {
+      const bool down = 2 * Dv > M;  // down: flip rounded-up experts, smallest remainder first
+      unsigned key[kItems];
+      for (int i = 0; i < kItems; ++i) {
+        const int e = threadIdx.x * kItems + i;
+        const unsigned r = static_cast<unsigned>(down ? rem[i] : (M - 1 - rem[i]));
+        key[i] = e < E ? (r << 13) | static_cast<unsigned>(e) : ~0u;  // ties: lower expert first
+      }
+      Sort(sh.sort).SortBlockedToStriped(key);
+      __syncthreads();  // the sort's storage becomes the walk's
+      for (int i = 0; i < kItems; ++i) order[i * kThreads + threadIdx.x] = static_cast<std::int32_t>(key[i] & 8191u);
+      __syncthreads();
+      for (int i = 0; i < kItems; ++i) sh.walk.c[threadIdx.x * kItems + i] = static_cast<std::int32_t>(c[i]);
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        for (int j = 0; j < E; ++j) {
+          if (down ? 2 * Dv <= M : 2 * Dv >= -M) break;
+          const int e = order[j];
+          const long long fe = counts[e], le = fe / M * M, ue = min(le + M, static_cast<long long>(T));
+          if (down && sh.walk.c[e] > fe) {
+            Dv -= sh.walk.c[e] - le;
+            sh.walk.c[e] = static_cast<std::int32_t>(le);
+          } else if (!down && sh.walk.c[e] < fe) {
+            Dv += ue - sh.walk.c[e];
+            sh.walk.c[e] = static_cast<std::int32_t>(ue);
+          }
+        }
+      }
+      __syncthreads();
+      for (int i = 0; i < kItems; ++i) c[i] = sh.walk.c[threadIdx.x * kItems + i];
+    }
+  }
+  for (int i = 0; i < kItems; ++i) {
+    const int e = threadIdx.x * kItems + i;
+    if (e < E) target[e] = static_cast<std::int32_t>(c[i]);
+  }
+}
+
+// Drop ranking keys: (expert, prob descending); probs are >= 0, so ~bits orders them descending.
+__global__ void drop_keys_kernel(const std::int32_t* __restrict__ sorted, const std::int32_t* __restrict__ sorted_token,
+                                 const std::int32_t* __restrict__ ids, const float* __restrict__ probs, int E,
+                                 std::int64_t A, unsigned long long* __restrict__ keys, std::int32_t* __restrict__ pos) {
+  for (std::int64_t p = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; p < A;
+       p += std::int64_t(gridDim.x) * blockDim.x) {
+    const int e = ids[sorted[p]];
+    const std::int64_t t = sorted_token[p];
+    const unsigned pb = ~__float_as_uint(probs[t * E + e]);
+    keys[p] = (static_cast<unsigned long long>(e) << 32) | pb;
+    pos[p] = static_cast<std::int32_t>(p);
+  }
+}
+
+__global__ void drop_mark_kernel(const unsigned long long* __restrict__ keys, const std::int32_t* __restrict__ pos,
+                                 const std::int32_t* __restrict__ sorted, const std::int64_t* __restrict__ offsets,
+                                 const std::int32_t* __restrict__ target, std::int64_t A,
+                                 unsigned char* __restrict__ dropped) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < A;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    const int e = static_cast<int>(keys[i] >> 32);
+    dropped[sorted[pos[i]]] = (i - offsets[e]) >= target[e] ? 1 : 0;
+  }
+}
+
+constexpr int kAddThreads = 512;
+
+// One block per expert e that gains R = target - count tokens: the R best (prob descending,
+// token ascending) tokens that did not choose e.
+__global__ void __launch_bounds__(kAddThreads) add_kernel(const std::int32_t* __restrict__ counts,
+                                                          const std::int32_t* __restrict__ target,
+                                                          const std::int32_t* __restrict__ ids,
+                                                          const float* __restrict__ probs, std::int64_t T, int K, int E,
+                                                          unsigned long long* __restrict__ added,
+                                                          int* __restrict__ n_added,
+                                                          std::int32_t* __restrict__ added_per_token) {
+  const int e = blockIdx.x;
+  const int R = target[e] - counts[e];
+  if (R <= 0) return;
+  using Scan = cub::BlockScan<int, kAddThreads>;
+  __shared__ typename Scan::TempStorage scan;
+  __shared__ int hist[256];
+  __shared__ unsigned prefix_s, need_s;
+  __shared__ int running;
+  auto key_of = [&](std::int64_t t, bool& ok) {
+    ok = true;
+    for (int k = 0; k < K; ++k)
+      if (ids[t * K + k] == e) ok = false;
+    return ~__float_as_uint(probs[t * E + e]);
+  };
+  unsigned prefix = 0, mask = 0, need = static_cast<unsigned>(R);
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
+    __syncthreads();
+    for (std::int64_t t = threadIdx.x; t < T; t += blockDim.x) {
+      bool ok;
+      const unsigned u = key_of(t, ok);
+      if (ok && (u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      unsigned cum = 0;
+      int b = 0;
+      for (; b < 255; ++b) {
+        if (cum + hist[b] >= need) break;
+        cum += hist[b];
+      }
+      prefix_s = prefix | (static_cast<unsigned>(b) << shift);
+      need_s = need - cum;
+    }
+    __syncthreads();
+    prefix = prefix_s;
+    need = need_s;
+    mask |= 255u << shift;
+    __syncthreads();
+  }
+  // Every token strictly better than the threshold key, and the first `need` equal to it.
+  if (threadIdx.x == 0) running = 0;
+  __syncthreads();
+  for (std::int64_t base = 0; base < T; base += blockDim.x) {
+    const std::int64_t t = base + threadIdx.x;
+    bool ok = false;
+    unsigned u = 0;
+    if (t < T) u = key_of(t, ok);
+    const int tie = ok && u == prefix ? 1 : 0;
+    int before, total;
+    Scan(scan).ExclusiveSum(tie, before, total);
+    const bool take = ok && (u < prefix || (tie && static_cast<unsigned>(running + before) < need));
+    if (take) {
+      const int slot = atomicAdd(n_added, 1);
+      added[slot] = (static_cast<unsigned long long>(t) << 44) | (static_cast<unsigned long long>(u) << 12) |
+                    static_cast<unsigned long long>(e);
+      atomicAdd(&added_per_token[t], 1);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) running += total;
+    __syncthreads();
+  }
+}
+
+__global__ void token_counts_kernel(const unsigned char* __restrict__ dropped, const std::int32_t* __restrict__ added,
+                                    std::int64_t T, int K, std::int64_t* __restrict__ count) {
+  for (std::int64_t t = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; t <= T;
+       t += std::int64_t(gridDim.x) * blockDim.x) {
+    if (t == T) { count[T] = 0; continue; }
+    int kept = 0;
+    for (int k = 0; k < K; ++k) kept += dropped[t * K + k] ? 0 : 1;
+    count[t] = kept + added[t];
+  }
+}
+
+__global__ void write_kernel(const unsigned char* __restrict__ dropped, const std::int32_t* __restrict__ ids,
+                             const float* __restrict__ weights, const unsigned long long* __restrict__ added,
+                             std::int64_t n_cap, const std::int64_t* __restrict__ offsets, std::int64_t T, int K,
+                             std::int64_t A_cap, int E, std::int32_t* __restrict__ expert_out,
+                             float* __restrict__ weight_out, std::int32_t* __restrict__ token_of) {
+  const std::int64_t total = offsets[T];
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < A_cap;
+       i += std::int64_t(gridDim.x) * blockDim.x) {
+    if (i < T) {
+      const std::int64_t t = i;
+      std::int64_t p = offsets[t];
+      for (int k = 0; k < K; ++k) {
+        const std::int64_t a = t * K + k;
+        if (dropped[a]) continue;
+        expert_out[p] = ids[a];
+        weight_out[p] = weights[a];
+        token_of[p] = static_cast<std::int32_t>(t);
+        ++p;
+      }
+      // This token's added experts: the sorted keys (t << 44 | ~prob << 12 | e) from t << 44.
+      const unsigned long long lo_key = static_cast<unsigned long long>(t) << 44;
+      std::int64_t l = 0, h = n_cap;
+      while (l < h) {
+        const std::int64_t m = (l + h) >> 1;
+        if (added[m] < lo_key) l = m + 1; else h = m;
+      }
+      for (std::int64_t j = l; j < n_cap && (added[j] >> 44) == static_cast<unsigned long long>(t); ++j) {
+        expert_out[p] = static_cast<std::int32_t>(added[j] & 4095u);
+        weight_out[p] = __uint_as_float(~static_cast<unsigned>((added[j] >> 12) & 0xffffffffu));
+        token_of[p] = static_cast<std::int32_t>(t);
+        ++p;
+      }
+    }
+    if (i >= total) {  // unused slots
+      expert_out[i] = E;
+      weight_out[i] = 0.0f;
+      token_of[i] = 0;
+    }
+  }
+}
+
+struct Scratch {
+  unsigned long long* drop_keys;
+  unsigned long long* drop_keys_out;
+  std::int32_t* drop_pos;
+  std::int32_t* drop_pos_out;
+  unsigned char* dropped;
+  unsigned long long* added;
+  unsigned long long* added_out;
+  int* n_added;
+  std::int32_t* added_per_token;
+  std::int64_t* tcount;
+  void* cub;
+  std::size_t cub_bytes;
+};
+
+int bits_for(std::uint64_t v) {
+  int b = 1;
+  while (b < 64 && (std::uint64_t(1) << b) <= v) ++b;
+  return b;
+}
+
+Scratch carve(void* base, std::int64_t T, int K, int E, int tile) {
+  const std::int64_t A = T * K, n_cap = std::int64_t(E) * (tile - 1);
+  std::size_t b1 = 0, b2 = 0, b3 = 0;
+  cudaStream_t st = current_stream();
+  TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, b1, static_cast<const unsigned long long*>(nullptr),
+                                                     static_cast<unsigned long long*>(nullptr),
+                                                     static_cast<const std::int32_t*>(nullptr),
+                                                     static_cast<std::int32_t*>(nullptr), static_cast<int>(A), 0, 32 + bits_for(E), st));
+  TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, b2, static_cast<const unsigned long long*>(nullptr),
+                                                    static_cast<unsigned long long*>(nullptr),
+                                                    static_cast<int>(std::max<std::int64_t>(n_cap, 1)), 0, 64, st));
+  TILEMOE_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, b3, static_cast<const std::int64_t*>(nullptr),
+                                                   static_cast<std::int64_t*>(nullptr), static_cast<int>(T + 1), st));
+  Carver c(base);
+  Scratch s;
+  s.drop_keys = c.take<unsigned long long>(A);
+  s.drop_keys_out = c.take<unsigned long long>(A);
+  s.drop_pos = c.take<std::int32_t>(A);
+  s.drop_pos_out = c.take<std::int32_t>(A);
+  s.dropped = c.take<unsigned char>(A);
+  s.added = c.take<unsigned long long>(std::max<std::int64_t>(n_cap, 1));
+  s.added_out = c.take<unsigned long long>(std::max<std::int64_t>(n_cap, 1));
+  s.n_added = c.take<int>(1);
+  s.added_per_token = c.take<std::int32_t>(T);
+  s.tcount = c.take<std::int64_t>(T + 1);
+  s.cub_bytes = std::max({b1, b2, b3});
+  s.cub = c.take<unsigned char>(s.cub_bytes);
+  s.cub_bytes = s.cub_bytes;
+  return s;
+}
+
+int blocks_for(std::int64_t items, int threads) {
+  return static_cast<int>(std::max<std::int64_t>(
+      1, std::min<std::int64_t>((items + threads - 1) / threads, std::int64_t(device_props().sm_count) * 16)));
+}
+
+}  // namespace
+
+std::int64_t rounding_capacity(std::int64_t T, int K, int E, int tile) { return T * K + std::int64_t(E) * (tile - 1); }
+
+std::size_t rounding_scratch_bytes(std::int64_t T, int K, int E, int tile) {
+  Scratch s = carve(nullptr, T, K, E, tile);
+  Carver c;
+  const std::int64_t A = T * K, n_cap = std::max<std::int64_t>(std::int64_t(E) * (tile - 1), 1);
+  c.take<unsigned long long>(A); c.take<unsigned long long>(A); c.take<std::int32_t>(A); c.take<std::int32_t>(A);
+  c.take<unsigned char>(A); c.take<unsigned long long>(n_cap); c.take<unsigned long long>(n_cap); c.take<int>(1);
+  c.take<std::int32_t>(T); c.take<std::int64_t>(T + 1); c.take<unsigned char>(s.cub_bytes);
+  return c.bytes();
+}
+
+void round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, const std::int32_t* ids,
+                   const float* weights, const float* probs, const Metadata& topk, std::int32_t* expert_out,
+                   float* weight_out, std::int32_t* token_of, std::int64_t* token_offsets, std::int32_t* target,
+                   void* scratch, std::size_t scratch_bytes) {
+  opt.validate();
+  check_arg(E >= 1 && E <= 4096, "num_experts", E, "<= 4096 for token rounding on the GPU");
+  check_arg(T < (std::int64_t(1) << 20), "tokens", T, "< 2^20 for token rounding on the GPU");
+  check_arg(opt.tile <= (1 << 19), "tile", opt.tile, "<= 2^19 on the GPU");
+  check_arg(scratch_bytes >= rounding_scratch_bytes(T, K, E, opt.tile), "rounding scratch", scratch_bytes,
+            "rounding_scratch_bytes()");
+  const std::int64_t A = T * K, n_cap = std::int64_t(E) * (opt.tile - 1), A_cap = rounding_capacity(T, K, E, opt.tile);
+  Scratch s = carve(scratch, T, K, E, opt.tile);
+  cudaStream_t st = current_stream();
+  targets_kernel<<<1, kThreads, 0, st>>>(topk.counts, E, T, opt.tile, opt.rule, opt.seed, target);
+  TILEMOE_CHECK_LAUNCH();
+  if (A > 0) {
+    drop_keys_kernel<<<blocks_for(A, 256), 256, 0, st>>>(topk.sorted, topk.sorted_token, ids, probs, E, A, s.drop_keys,
+                                                         s.drop_pos);
+    TILEMOE_CHECK_LAUNCH();
+    TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.cub, s.cub_bytes, s.drop_keys, s.drop_keys_out, s.drop_pos,
+                                                       s.drop_pos_out, static_cast<int>(A), 0, 32 + bits_for(E), st));
+    drop_mark_kernel<<<blocks_for(A, 256), 256, 0, st>>>(s.drop_keys_out, s.drop_pos_out, topk.sorted, topk.offsets,
+                                                         target, A, s.dropped);
+    TILEMOE_CHECK_LAUNCH();
+  }
+  TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.added, 0xff, sizeof(unsigned long long) * std::max<std::int64_t>(n_cap, 1), st));
+  TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.n_added, 0, sizeof(int), st));
+  TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.added_per_token, 0, sizeof(std::int32_t) * T, st));
+  if (n_cap > 0) {
+    add_kernel<<<E, kAddThreads, 0, st>>>(topk.counts, target, ids, probs, T, K, E, s.added, s.n_added,
+                                          s.added_per_token);
+    TILEMOE_CHECK_LAUNCH();
+    TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(s.cub, s.cub_bytes, s.added, s.added_out, static_cast<int>(n_cap),
+                                                      0, 64, st));
+  }
+  token_counts_kernel<<<blocks_for(T + 1, 256), 256, 0, st>>>(s.dropped, s.added_per_token, T, K, s.tcount);
+  TILEMOE_CHECK_LAUNCH();
+  TILEMOE_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(s.cub, s.cub_bytes, s.tcount, token_offsets, static_cast<int>(T + 1), st));
+  write_kernel<<<blocks_for(A_cap, 256), 256, 0, st>>>(s.dropped, ids, weights, n_cap > 0 ? s.added_out : s.added,
+                                                       n_cap > 0 ? n_cap : 0, token_offsets, T, K, A_cap, E, expert_out,
+                                                       weight_out, token_of);
+  TILEMOE_CHECK_LAUNCH();
+}
+
+}  // namespace tilemoe::detail::gpu

@@ -1,0 +1,124 @@
+// The CUDA runtime seam of the core (cuda_backend.hpp): allocation, copies, device presence;
+// plus the per-thread context (stream, cuBLAS handle, device properties, scratch buffers) and
+// the error reporting behind the check macros.
+#include <array>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "context.cuh"
+#include "core/cuda_backend.hpp"
+
+namespace tilemoe::detail {
+
+void throw_cuda_error(cudaError_t err, const char* call, const char* file, int line) {
+  throw DeviceError(concat("CUDA error ", cudaGetErrorName(err), " (", cudaGetErrorString(err),
+                           ") in ", call, " at ", file, ":", line));
+}
+
+void throw_cublas_error(cublasStatus_t st, const char* call, const char* file, int line) {
+  throw DeviceError(concat("cuBLAS error ", cublasGetStatusName(st), " (", cublasGetStatusString(st),
+                           ") in ", call, " at ", file, ":", line));
+}
+
+bool cuda_built() { return true; }
+
+bool cuda_device_present() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no device" error
+    return false;
+  }
+  return n > 0;
+}
+
+void* cuda_alloc(std::size_t bytes) {
+  void* p = nullptr;
+  TILEMOE_CUDA_CHECK(cudaMalloc(&p, bytes));
+  return p;
+}
+
+void cuda_free(void* p) noexcept {
+  if (p) cudaFree(p);  // errors at process teardown are ignored on purpose
+}
+
+void cuda_copy(void* dst, const void* src, std::size_t bytes, CopyKind kind) {
+  if (bytes == 0) return;
+  cudaMemcpyKind k = kind == CopyKind::host_to_device   ? cudaMemcpyHostToDevice
+                     : kind == CopyKind::device_to_host ? cudaMemcpyDeviceToHost
+                                                        : cudaMemcpyDeviceToDevice;
+  TILEMOE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, k, current_stream()));
+  TILEMOE_CUDA_CHECK(cudaStreamSynchronize(current_stream()));
+}
+
+const DeviceProps& device_props() {
+  static std::mutex mu;
+  static std::vector<std::unique_ptr<DeviceProps>> cache;
+  int dev = 0;
+  TILEMOE_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  if (cache.size() <= static_cast<std::size_t>(dev)) cache.resize(dev + 1);
+  if (!cache[dev]) {
+    cudaDeviceProp p{};
+    TILEMOE_CUDA_CHECK(cudaGetDeviceProperties(&p, dev));
+    auto d = std::make_unique<DeviceProps>();
+    d->device = dev;
+    d->sm_count = p.multiProcessorCount;
+    d->cc_major = p.major;
+    d->cc_minor = p.minor;
+    d->smem_optin = p.sharedMemPerBlockOptin;
+    d->l2_bytes = static_cast<std::size_t>(p.l2CacheSize);
+    std::snprintf(d->name, sizeof(d->name), "%s", p.name);
+    cache[dev] = std::move(d);
+  }
+  return *cache[dev];
+}
+
+namespace {
+// One per thread (and device in use by it). The handle is destroyed with the thread; at process
+// exit the CUDA runtime may already be gone, so errors there are ignored.
+struct ThreadContext {
+  int device = -1;
+  cublasHandle_t handle = nullptr;
+  DeviceBuffer cublas_ws;
+  std::array<DeviceBuffer, static_cast<int>(Scratch::count)> scratch;
+  ~ThreadContext() {
+    if (handle) cublasDestroy(handle);
+  }
+};
+thread_local ThreadContext tctx;
+
+void bind_device() {
+  int dev = 0;
+  TILEMOE_CUDA_CHECK(cudaGetDevice(&dev));
+  if (tctx.device == dev) return;
+  if (tctx.handle) {
+    cublasDestroy(tctx.handle);
+    tctx.handle = nullptr;
+  }
+  for (auto& b : tctx.scratch) b.reset(0);
+  tctx.cublas_ws.reset(0);
+  tctx.device = dev;
+}
+}  // namespace
+
+cublasHandle_t cublas_handle() {
+  bind_device();
+  if (!tctx.handle) {
+    TILEMOE_CUBLAS_CHECK(cublasCreate(&tctx.handle));
+    TILEMOE_CUBLAS_CHECK(cublasSetStream(tctx.handle, current_stream()));
+    // Our own workspace, so that cuBLAS allocates nothing inside a graph capture.
+    tctx.cublas_ws.reset(std::size_t(32) << 20);
+    TILEMOE_CUBLAS_CHECK(cublasSetWorkspace(tctx.handle, tctx.cublas_ws.get(), tctx.cublas_ws.size()));
+    TILEMOE_CUBLAS_CHECK(cublasSetMathMode(tctx.handle, CUBLAS_DEFAULT_MATH));
+  }
+  return tctx.handle;
+}
+
+DeviceBuffer& scratch(Scratch which) {
+  bind_device();
+  return tctx.scratch[static_cast<int>(which)];
+}
+
+}  // namespace tilemoe::detail

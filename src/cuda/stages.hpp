@@ -1,0 +1,96 @@
+// The GPU stages of the forward, as plain C++ declarations over device pointers (no CUDA
+// header), so that forward.cu composes them and the GPU tests can check each against the CPU.
+// Every function enqueues on the library's stream (cudaStreamPerThread) and returns at once,
+// unless it says it synchronizes.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "tilemoe/config.hpp"
+#include "tilemoe/rounding.hpp"
+
+namespace tilemoe::detail::gpu {
+
+// ---- router (router.cu) ----
+// logits [T, E] fp32 = x [T, d] . w [E, d]^T with fp32 accuracy. x is fp32 (one fp32 GEMM) or
+// bf16 (w split into three bf16 parts in scratch, three bf16 GEMMs accumulating in fp32).
+std::size_t router_scratch_bytes(std::int64_t T, std::int64_t d, int E, bool x_bf16);
+void router_logits(const void* x, bool x_bf16, const float* w, std::int64_t T, std::int64_t d, int E,
+                   float* logits, void* scratch);
+// The fused scores + top-k + weights of every RouterKind, the CPU's tie rule (lower index wins):
+// ids [T, K] int32 and weights [T, K] fp32 from logits [T, E]; bias [E] may be null.
+void router_topk(const RouterConfig& rc, const float* logits, const float* bias, std::int64_t T,
+                 std::int32_t* ids, float* weights);
+// probs [T, E]: softmax of each row, or the sigmoid for sigmoid_group_topk (as
+// router_probabilities() on the CPU).
+void router_probs(const RouterConfig& rc, const float* logits, std::int64_t T, float* probs);
+
+// ---- metadata (metadata.cu) ----
+struct Metadata {
+  std::int32_t* counts = nullptr;        // [E]
+  std::int64_t* offsets = nullptr;       // [E + 1], exclusive scan of counts
+  std::int32_t* tile_offsets = nullptr;  // [E + 1], exclusive scan of ceil(counts / tile_m)
+  std::int32_t* sorted = nullptr;        // [A] sorted position -> assignment
+  std::int32_t* slot = nullptr;          // [A] assignment -> sorted position
+  std::int32_t* sorted_token = nullptr;  // [A] sorted position -> token
+};
+// Bytes of scratch the metadata of A assignments over E experts needs (CUB's sort included).
+std::size_t metadata_scratch_bytes(std::int64_t A, int E);
+// Stable sort of the assignments by expert. token_of [A] gives each assignment's token; null
+// means uniform top-k (token = a / K). tile_m: the row tile the grouped GEMM will use.
+// An expert id equal to E marks an unused slot: not counted, sorted after offsets[E].
+void build_metadata(const std::int32_t* expert, const std::int32_t* token_of, int K, std::int64_t A,
+                    int E, int tile_m, const Metadata& m, void* scratch, std::size_t scratch_bytes);
+// offsets[e] = e * rows, tile_offsets[e] = e * ceil(rows / tile_m), e = 0..E (dense passes).
+void uniform_offsets(std::int64_t rows, int E, int tile_m, std::int64_t* offsets, std::int32_t* tile_offsets);
+
+// ---- token rounding (rounding.cu) ----
+// The CPU's round_routing (src/core/rounding.cpp) on the device, bit for bit, without a host
+// synchronization. Inputs: top-k ids / weights [T, K], probs [T, E] (router_probs), and the
+// top-k metadata (counts, offsets, sorted, sorted_token). Outputs, of capacity
+// rounding_capacity(): expert (E in unused slots), weight, token_of, token_offsets [T + 1],
+// target [E] (the rounded counts).
+std::int64_t rounding_capacity(std::int64_t T, int K, int E, int tile);
+std::size_t rounding_scratch_bytes(std::int64_t T, int K, int E, int tile);
+void round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, const std::int32_t* ids,
+                   const float* weights, const float* probs, const Metadata& topk, std::int32_t* expert_out,
+                   float* weight_out, std::int32_t* token_of, std::int64_t* token_offsets, std::int32_t* target,
+                   void* scratch, std::size_t scratch_bytes);
+
+// ---- experts (grouped_gemm.cu) ----
+// Row tile of the grouped kernels (tile_offsets must be built with it).
+int grouped_tile_m();
+// act [A, lda_act] bf16 = activation(x[row(p)] . w13[e]^T) for every sorted position p of
+// expert e; row(p) = gather[p], or p - offsets[e] when gather is null (a dense pass).
+// max_tiles: an upper bound of tile_offsets[E] known on the host (A / tile_m + E).
+void grouped_up(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13, std::int64_t n,
+                bool gated, Activation act, int E, const std::int64_t* offsets,
+                const std::int32_t* tile_offsets, std::int64_t max_tiles, const std::int32_t* gather,
+                std::uint16_t* a_out, std::int64_t lda_act);
+// y [A, d] bf16 = act[p] . w2[e]^T.
+void grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::int64_t n, const std::uint16_t* w2,
+                  std::int64_t d, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
+                  std::int64_t max_tiles, std::uint16_t* y);
+
+// ---- combine (combine.cu) ----
+// out[t] = sum_{a of t} weight[a] * y[slot[a]] + sum_s y_shared[s * T + t], fp32 accumulate,
+// stored as fp32 (out_bf16 false) or bf16. token_offsets null: uniform K (a = t*K .. t*K+K-1).
+// y and y_shared are bf16 (y_bf16) or fp32. y_shared may be null (S = 0).
+void combine(const void* y, bool y_bf16, const void* y_shared, int S, const float* weight,
+             const std::int32_t* slot, const std::int64_t* token_offsets, int K, std::int64_t T,
+             std::int64_t d, void* out, bool out_bf16);
+
+}  // namespace tilemoe::detail::gpu
+
+namespace tilemoe::detail::gpu {
+// ---- the sequential baseline (sequential.cu) ----
+// y [offsets.back(), d] = expert e of rows offsets[e] .. offsets[e+1] for each e, one cuBLAS
+// GEMM pair (plus an activation kernel) per expert from a host loop. offsets is a host copy
+// (the caller synchronized to get it). Row p's input is x[gather[p]], or x[p - offsets[e]]
+// when gather is null (a dense pass over all tokens). x, weights and y: bf16 (is_bf16) or fp32;
+// the activation between the GEMMs is rounded to x's type; h in fp32.
+void sequential_experts(const void* x, bool is_bf16, std::int64_t d, const void* w13, const void* w2,
+                        std::int64_t n, bool gated, Activation act, const std::vector<std::int64_t>& offsets,
+                        const std::int32_t* gather, void* y);
+}  // namespace tilemoe::detail::gpu

@@ -1,0 +1,192 @@
+// The whole forward on the GPU against the float64 reference, over the shape matrix: T = 1,
+// experts with no tokens, one expert with every token, K from 1 to 16 (K = E too), E not a
+// multiple of 8, d and n not multiples of 64 (nor of 8), every router and activation, shared
+// experts; grouped (bf16) and sequential (bf16 and fp32).
+#include <cstdlib>
+#include <limits>
+#include <string>
+
+#include "gpu_test_util.hpp"
+
+using namespace tilemoe;
+using tilemoe::test::forward_error;
+using tilemoe::test::fresh_seed;
+
+namespace {
+
+MoeConfig custom(std::string name, std::int64_t d, std::int64_t n, int E, int K) {
+  MoeConfig c;
+  c.name = std::move(name);
+  c.d_model = d;
+  c.d_expert = n;
+  c.num_experts = E;
+  c.top_k = K;
+  return c;
+}
+
+struct Case {
+  MoeConfig cfg;
+  std::int64_t T;
+};
+
+std::vector<Case> shape_matrix() {
+  std::vector<Case> v;
+  v.push_back({preset("tiny"), 1});
+  v.push_back({preset("tiny"), 37});
+  v.push_back({preset("tiny-deepseek"), 200});
+  v.push_back({custom("E13-K3-d72-n40", 72, 40, 13, 3), 77});
+  v.push_back({custom("d100-n36-unaligned", 100, 36, 10, 2), 65});
+  v.push_back({custom("K16-E16", 64, 48, 16, 16), 50});
+  v.push_back({custom("E1-K1-all-one-expert", 96, 64, 1, 1), 300});
+  v.push_back({custom("E64-T3-empty-experts", 128, 64, 64, 4), 3});
+  v.push_back({custom("K16-E37", 80, 24, 37, 16), 129});
+  v.push_back({custom("d200-n136", 200, 136, 24, 6), 400});
+  {
+    MoeConfig c = custom("topk-softmax", 64, 32, 12, 3);
+    c.router = RouterKind::topk_softmax;
+    v.push_back({c, 90});
+  }
+  {
+    MoeConfig c = custom("top1", 64, 32, 9, 1);
+    c.router = RouterKind::top1;
+    v.push_back({c, 90});
+  }
+  {
+    MoeConfig c = custom("no-renorm", 64, 32, 16, 4);
+    c.renormalize = false;
+    v.push_back({c, 90});
+  }
+  for (Activation a : {Activation::geglu, Activation::gelu, Activation::relu, Activation::clamped_swiglu}) {
+    MoeConfig c = custom(std::string("act-") + to_string(a), 72, 40, 8, 2);
+    c.activation = a;
+    v.push_back({c, 150});
+  }
+  {
+    MoeConfig c = custom("shared2-d72", 72, 40, 8, 2);
+    c.num_shared = 2;
+    c.d_shared = 24;
+    v.push_back({c, 130});
+  }
+  return v;
+}
+
+void check_case(const Case& cs, DType dt, Algorithm alg, double bound) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(cs.cfg.name + " T=" + std::to_string(cs.T) + " " + to_string(dt) + " " + to_string(alg) +
+               " seed=" + std::to_string(seed));
+  const MoeWeights wh = random_weights(cs.cfg, dt, seed);
+  const Tensor xh = random_tokens(cs.T, cs.cfg.d_model, dt, seed + 1);
+  const MoeWeights wd = wh.to(Device::cuda);
+  const Tensor xd = xh.to(Device::cuda);
+  {  // poison what the output allocation is likely to reuse
+    std::vector<float> nan(static_cast<std::size_t>(cs.T * cs.cfg.d_model), std::numeric_limits<float>::quiet_NaN());
+    Tensor junk = Tensor::from_floats({cs.T, cs.cfg.d_model}, nan, dt).to(Device::cuda);
+  }
+  ForwardOptions opt;
+  opt.algorithm = alg;
+  ForwardTrace tr;
+  const Tensor out = moe_forward(cs.cfg, wd, xd, opt, &tr);
+  ASSERT_TRUE(out.is_cuda());
+  ASSERT_EQ(out.dtype(), dt);
+  ASSERT_EQ(out.shape(), (Shape{cs.T, cs.cfg.d_model}));
+  ASSERT_EQ(tr.routing.num_tokens, cs.T);
+  std::int64_t total = 0;
+  for (auto c : tr.counts) total += c;
+  EXPECT_EQ(total, tr.routing.num_assignments());
+  const double err = forward_error(cs.cfg, wh, xh, out, tr.routing);
+  EXPECT_LT(err, bound);
+}
+
+}  // namespace
+
+TEST(GpuForward, GroupedBf16ShapeMatrix) {
+  TILEMOE_REQUIRE_GPU();
+  for (const Case& c : shape_matrix()) check_case(c, DType::bf16, Algorithm::grouped, 1e-2);
+}
+
+// The same with each kernel forced: mma.sync everywhere, and wgmma for both projections where
+// it applies (Hopper, aligned shapes; the others fall back to mma.sync).
+TEST(GpuForward, GroupedBf16ShapeMatrixEachKernel) {
+  TILEMOE_REQUIRE_GPU();
+  for (const char* kernel : {"mma", "wgmma"}) {
+    SCOPED_TRACE(kernel);
+    setenv("TILEMOE_GROUPED_KERNEL", kernel, 1);
+    for (const Case& c : shape_matrix()) check_case(c, DType::bf16, Algorithm::grouped, 1e-2);
+  }
+  unsetenv("TILEMOE_GROUPED_KERNEL");
+}
+
+TEST(GpuForward, SequentialBf16ShapeMatrix) {
+  TILEMOE_REQUIRE_GPU();
+  if (test::sanitizing()) GTEST_SKIP() << "cuBLAS path; the grouped matrix covers our kernels under the sanitizer";
+  for (const Case& c : shape_matrix()) check_case(c, DType::bf16, Algorithm::sequential, 1e-2);
+}
+
+TEST(GpuForward, SequentialFp32ShapeMatrix) {
+  TILEMOE_REQUIRE_GPU();
+  for (const Case& c : shape_matrix()) check_case(c, DType::f32, Algorithm::sequential, 1e-5);
+}
+
+TEST(GpuForward, GroupedFp32IsRejected) {
+  TILEMOE_REQUIRE_GPU();
+  const MoeConfig& c = preset("tiny");
+  const MoeWeights w = random_weights(c, DType::f32, 1).to(Device::cuda);
+  const Tensor x = random_tokens(4, c.d_model, DType::f32, 2).to(Device::cuda);
+  EXPECT_THROW(moe_forward(c, w, x), InvalidArgument);
+}
+
+// One expert receives every token: a bias far above the others in a sigmoid router.
+TEST(GpuForward, OneExpertTakesEveryToken) {
+  TILEMOE_REQUIRE_GPU();
+  MoeConfig c = custom("one-hot", 64, 40, 12, 1);
+  c.router = RouterKind::sigmoid_group_topk;
+  c.router_bias = true;
+  MoeWeights wh = random_weights(c, DType::bf16, fresh_seed());
+  std::vector<float> b(12, 0.0f);
+  b[5] = 100.0f;
+  wh.router_bias = Tensor::from_floats({12}, b);
+  const Tensor xh = random_tokens(513, 64, DType::bf16, fresh_seed());
+  for (Algorithm alg : {Algorithm::grouped, Algorithm::sequential}) {
+    ForwardOptions opt;
+    opt.algorithm = alg;
+    ForwardTrace tr;
+    const Tensor out = moe_forward(c, wh.to(Device::cuda), xh.to(Device::cuda), opt, &tr);
+    EXPECT_EQ(tr.counts[5], 513);
+    EXPECT_LT(forward_error(c, wh, xh, out, tr.routing), 1e-2);
+  }
+}
+
+// The same layer on the CPU and the GPU: same routing (fp32 logits may round differently, so
+// compare only where the routing agrees) and close outputs.
+TEST(GpuForward, MatchesCpuForward) {
+  TILEMOE_REQUIRE_GPU();
+  const MoeConfig& c = preset("small");
+  const std::uint64_t seed = fresh_seed();
+  const MoeWeights wh = random_weights(c, DType::bf16, seed);
+  const Tensor xh = random_tokens(333, c.d_model, DType::bf16, seed + 1);
+  ForwardTrace tc, tg;
+  const Tensor oc = moe_forward(c, wh, xh, {}, &tc);
+  const Tensor og = moe_forward(c, wh.to(Device::cuda), xh.to(Device::cuda), {}, &tg);
+  std::int64_t same = 0;
+  for (std::size_t i = 0; i < tc.routing.expert.size(); ++i) same += tc.routing.expert[i] == tg.routing.expert[i];
+  EXPECT_GE(same, static_cast<std::int64_t>(tc.routing.expert.size()) * 99 / 100);
+  const std::vector<float> a = og.to_floats(), b = oc.to_floats();
+  EXPECT_LT(relative_error(a, std::vector<double>(b.begin(), b.end())), 2e-2);
+}
+
+// Many tokens (up to 131072), checked on a sample of them.
+TEST(GpuForward, LargeTokenCounts) {
+  TILEMOE_REQUIRE_GPU();
+  MoeConfig c = custom("large-T", 256, 128, 64, 8);
+  const std::uint64_t seed = fresh_seed();
+  const MoeWeights wh = random_weights(c, DType::bf16, seed);
+  const MoeWeights wd = wh.to(Device::cuda);
+  for (std::int64_t T : {4096, 32768, 131072}) {
+    SCOPED_TRACE("T=" + std::to_string(T) + " seed=" + std::to_string(seed));
+    const Tensor xh = random_tokens(T, c.d_model, DType::bf16, seed + T);
+    ForwardTrace tr;
+    const Tensor out = moe_forward(c, wd, xh.to(Device::cuda), {}, &tr);
+    const auto tokens = test::sample_tokens(T, 64, seed);
+    EXPECT_LT(forward_error(c, wh, xh, out, tr.routing, tokens), 1e-2);
+  }
+}

@@ -1,0 +1,304 @@
+// Each GPU stage against its CPU counterpart on identical inputs: the fused router (every kind,
+// E up to 1024, K up to 16, ties), the metadata (counts, offsets, stable sort, inverse map), the
+// combine, and the grouped expert GEMMs.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+
+#include "gpu_test_util.hpp"
+
+#if TILEMOE_WITH_CUDA
+#include "cuda/heuristics.hpp"
+#include "cuda/stages.hpp"
+#endif
+
+using namespace tilemoe;
+using tilemoe::test::fresh_seed;
+
+#if TILEMOE_WITH_CUDA
+namespace {
+
+Tensor dev_f32(const std::vector<float>& v) {
+  return Tensor::from_floats({static_cast<std::int64_t>(v.size())}, v).to(Device::cuda);
+}
+Tensor dev_i32(const std::vector<std::int32_t>& v) {
+  Tensor h = Tensor::empty({static_cast<std::int64_t>(v.size())}, DType::i32);
+  std::copy(v.begin(), v.end(), h.data<std::int32_t>());
+  return h.to(Device::cuda);
+}
+template <class T>
+std::vector<T> host(const Tensor& t) {
+  Tensor h = t.to(Device::cpu);
+  return std::vector<T>(h.data<T>(), h.data<T>() + h.numel());
+}
+
+// Logits with many exact ties (a few distinct values) or continuous ones.
+std::vector<float> random_logits(std::int64_t T, int E, bool ties, std::uint64_t seed) {
+  std::mt19937_64 g(seed);
+  std::normal_distribution<float> nd(0.0f, 2.0f);
+  std::vector<float> v(static_cast<std::size_t>(T * E));
+  for (auto& x : v) x = ties ? std::round(nd(g)) * 0.5f : nd(g);
+  return v;
+}
+
+void check_router(const RouterConfig& rc, std::int64_t T, bool ties, bool with_bias) {
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE(std::string(to_string(rc.kind)) + " E=" + std::to_string(rc.num_experts) + " K=" +
+               std::to_string(rc.top_k) + " groups=" + std::to_string(rc.n_groups) + "/" +
+               std::to_string(rc.topk_groups) + (ties ? " ties" : "") + " seed=" + std::to_string(seed));
+  const int E = rc.num_experts, K = rc.top_k;
+  const std::vector<float> logits = random_logits(T, E, ties, seed);
+  std::vector<float> bias;
+  if (with_bias) {
+    std::mt19937_64 g(seed + 7);
+    std::uniform_int_distribution<int> u(-4, 4);
+    for (int e = 0; e < E; ++e) bias.push_back(0.01f * u(g));
+  }
+  const Routing cpu = route(rc, logits.data(), T, with_bias ? bias.data() : nullptr);
+  Tensor ld = dev_f32(logits), bd = with_bias ? dev_f32(bias) : Tensor();
+  Tensor ids = Tensor::empty({T * K}, DType::i32, Device::cuda);
+  Tensor wts = Tensor::empty({T * K}, DType::f32, Device::cuda);
+  detail::gpu::router_topk(rc, ld.data<float>(), with_bias ? bd.data<float>() : nullptr, T,
+                           ids.data<std::int32_t>(), wts.data<float>());
+  const auto gi = host<std::int32_t>(ids);
+  const auto gw = host<float>(wts);
+  // The CPU's choice score of expert e for token t, to tell a true tie from a wrong pick.
+  auto choice = [&](std::int64_t t, int e) {
+    const float l = logits[t * E + e];
+    if (rc.kind != RouterKind::sigmoid_group_topk) return static_cast<double>(l);
+    return 1.0 / (1.0 + std::exp(-static_cast<double>(l))) + (with_bias ? bias[e] : 0.0);
+  };
+  // Group score (sum of the two best choice scores) of expert e's group, for group-level ties.
+  auto group_score = [&](std::int64_t t, int e) {
+    const int gsz = E / rc.n_groups, g0 = e / gsz * gsz;
+    std::vector<double> v;
+    for (int j = g0; j < g0 + gsz; ++j) v.push_back(choice(t, j));
+    std::sort(v.rbegin(), v.rend());
+    return v[0] + (gsz > 1 ? v[1] : 0.0);
+  };
+  std::int64_t wrong = 0, near_ties = 0;
+  double max_werr = 0;
+  for (std::int64_t t = 0; t < T; ++t) {
+    bool same_ids = true;
+    for (int k = 0; k < K; ++k) {
+      const int a = cpu.expert[t * K + k], b = gi[t * K + k];
+      if (a == b) continue;
+      same_ids = false;
+      const bool tie = std::abs(choice(t, a) - choice(t, b)) <= 1e-6 ||
+                       (rc.kind == RouterKind::sigmoid_group_topk && rc.topk_groups < rc.n_groups &&
+                        std::abs(group_score(t, a) - group_score(t, b)) <= 1e-6);
+      if (tie) ++near_ties; else ++wrong;
+    }
+    if (!same_ids) continue;
+    for (int k = 0; k < K; ++k) {
+      const double c = cpu.weight[t * K + k], g = gw[t * K + k];
+      max_werr = std::max(max_werr, std::abs(c - g) / std::max(std::abs(c), 1e-30));
+    }
+  }
+  EXPECT_EQ(wrong, 0);
+  EXPECT_LE(near_ties, T * K / 100 + 1) << "too many near-tie differences";
+  EXPECT_LT(max_werr, 1e-6);
+  static double worst = 0;
+  if (max_werr > worst) {
+    worst = max_werr;
+    std::printf("router: largest relative weight difference so far %.3g\n", worst);
+  }
+  if (rc.kind != RouterKind::sigmoid_group_topk) EXPECT_EQ(near_ties, 0) << "the softmax routers select on the logits themselves";
+}
+
+}  // namespace
+
+TEST(GpuRouter, AllKindsMatchCpu) {
+  TILEMOE_REQUIRE_GPU();
+  for (int E : {1, 8, 37, 128, 256, 1024})
+    for (int K : {1, 2, 8, 16}) {
+      if (K > E || (test::sanitizing() && (E > 128 || K == 2))) continue;
+      for (bool ties : {false, true}) {
+        RouterConfig rc;
+        rc.num_experts = E;
+        rc.top_k = K;
+        rc.kind = RouterKind::softmax_topk;
+        rc.renormalize = true;
+        check_router(rc, 301, ties, false);
+        rc.renormalize = false;
+        rc.routed_scale = 2.5f;
+        check_router(rc, 301, ties, false);
+        rc.routed_scale = 1.0f;
+        rc.kind = RouterKind::topk_softmax;
+        check_router(rc, 301, ties, false);
+        if (K == 1) {
+          rc.kind = RouterKind::top1;
+          check_router(rc, 301, ties, false);
+        }
+        rc.kind = RouterKind::sigmoid_group_topk;
+        rc.renormalize = true;
+        rc.routed_scale = 2.5f;
+        rc.n_groups = 1;
+        rc.topk_groups = 1;
+        check_router(rc, 301, ties, true);
+        if (E % 8 == 0 && K <= 4 * (E / 8)) {
+          rc.n_groups = 8;
+          rc.topk_groups = 4;
+          check_router(rc, 301, ties, true);
+        }
+        if (E >= 32 && E % 32 == 0 && K <= E / 2) {  // many groups of one or two experts
+          rc.n_groups = E / 2;
+          rc.topk_groups = E / 4;
+          check_router(rc, 301, ties, true);
+        }
+      }
+    }
+}
+
+TEST(GpuRouter, ProbabilitiesMatchCpu) {
+  TILEMOE_REQUIRE_GPU();
+  for (RouterKind kind : {RouterKind::softmax_topk, RouterKind::sigmoid_group_topk}) {
+    RouterConfig rc;
+    rc.kind = kind;
+    rc.num_experts = 200;
+    rc.top_k = 4;
+    const std::int64_t T = 77;
+    const auto logits = random_logits(T, 200, false, fresh_seed());
+    const auto cpu = router_probabilities(rc, logits.data(), T);
+    Tensor ld = dev_f32(logits);
+    Tensor p = Tensor::empty({T * 200}, DType::f32, Device::cuda);
+    detail::gpu::router_probs(rc, ld.data<float>(), T, p.data<float>());
+    const auto g = host<float>(p);
+    for (std::size_t i = 0; i < g.size(); ++i) ASSERT_NEAR(g[i], cpu[i], 1e-6 * std::max(1.0f, cpu[i]));
+  }
+}
+
+TEST(GpuMetadata, MatchesCpu) {
+  TILEMOE_REQUIRE_GPU();
+  for (auto [T, E, K] : {std::tuple<std::int64_t, int, int>{1, 8, 2}, {3, 64, 4}, {1000, 13, 3}, {777, 1, 1},
+                         {5000, 256, 8}, {20000, 1024, 16}, {4096, 4096, 2}}) {
+    if (test::sanitizing() && T > 5000) continue;
+    const std::uint64_t seed = fresh_seed();
+    SCOPED_TRACE("T=" + std::to_string(T) + " E=" + std::to_string(E) + " K=" + std::to_string(K) +
+                 " seed=" + std::to_string(seed));
+    RouterConfig rc;
+    rc.num_experts = E;
+    rc.top_k = K;
+    const auto logits = random_logits(T, E, false, seed);
+    const Routing r = route(rc, logits.data(), T);
+    const RoutingMetadata cm = build_metadata(r);
+    const std::int64_t A = r.num_assignments();
+    const int tile = detail::gpu::grouped_tile_m();
+    Tensor ids = dev_i32(r.expert);
+    Tensor counts = Tensor::empty({E}, DType::i32, Device::cuda);
+    Tensor offsets = Tensor::empty({E + 1}, DType::i64, Device::cuda);
+    Tensor tiles = Tensor::empty({E + 1}, DType::i32, Device::cuda);
+    Tensor sorted = Tensor::empty({A}, DType::i32, Device::cuda);
+    Tensor slot = Tensor::empty({A}, DType::i32, Device::cuda);
+    Tensor stok = Tensor::empty({A}, DType::i32, Device::cuda);
+    const std::size_t sb = detail::gpu::metadata_scratch_bytes(A, E);
+    Tensor scratch = Tensor::empty({static_cast<std::int64_t>(sb)}, DType::i32, Device::cuda);  // 4x enough
+    detail::gpu::Metadata m;
+    m.counts = counts.data<std::int32_t>();
+    m.offsets = offsets.data<std::int64_t>();
+    m.tile_offsets = tiles.data<std::int32_t>();
+    m.sorted = sorted.data<std::int32_t>();
+    m.slot = slot.data<std::int32_t>();
+    m.sorted_token = stok.data<std::int32_t>();
+    detail::gpu::build_metadata(ids.data<std::int32_t>(), nullptr, K, A, E, tile, m, scratch.raw(), sb);
+    const auto gc = host<std::int32_t>(counts);
+    const auto go = host<std::int64_t>(offsets);
+    const auto gt = host<std::int32_t>(tiles);
+    for (int e = 0; e < E; ++e) ASSERT_EQ(gc[e], cm.counts[e]) << "expert " << e;
+    for (int e = 0; e <= E; ++e) ASSERT_EQ(go[e], cm.offsets[e]) << "offset " << e;
+    std::int64_t tacc = 0;
+    for (int e = 0; e < E; ++e) {
+      ASSERT_EQ(gt[e], tacc);
+      tacc += (cm.counts[e] + tile - 1) / tile;
+    }
+    ASSERT_EQ(gt[E], tacc);
+    const auto gs = host<std::int32_t>(sorted), gsl = host<std::int32_t>(slot), gst = host<std::int32_t>(stok);
+    for (std::int64_t p = 0; p < A; ++p) {
+      ASSERT_EQ(gs[p], cm.sorted[p]) << "sorted " << p;
+      ASSERT_EQ(gst[p], cm.sorted_token[p]) << "sorted_token " << p;
+      ASSERT_EQ(gsl[p], cm.slot[p]) << "slot " << p;
+    }
+  }
+}
+
+TEST(GpuCombine, MatchesCpu) {
+  TILEMOE_REQUIRE_GPU();
+  for (auto [T, d, K] : {std::tuple<std::int64_t, std::int64_t, int>{1, 64, 1}, {100, 72, 3}, {257, 100, 8},
+                         {64, 1536, 16}}) {
+    const std::uint64_t seed = fresh_seed();
+    SCOPED_TRACE("T=" + std::to_string(T) + " d=" + std::to_string(d) + " seed=" + std::to_string(seed));
+    const int E = 20;
+    RouterConfig rc;
+    rc.num_experts = E;
+    rc.top_k = K;
+    const Routing r = route(rc, random_logits(T, E, false, seed).data(), T);
+    const RoutingMetadata m = build_metadata(r);
+    const std::int64_t A = r.num_assignments();
+    const Tensor y = random_tokens(A, d, DType::bf16, seed + 3);
+    const Tensor ref = combine(r, m, y.to(DType::f32));
+    std::vector<std::int32_t> slot(m.slot.begin(), m.slot.end());
+    Tensor yd = y.to(Device::cuda), sd = dev_i32(slot), wd = dev_f32(r.weight);
+    Tensor out = Tensor::empty({T, d}, DType::f32, Device::cuda);
+    detail::gpu::combine(yd.raw(), true, nullptr, 0, wd.data<float>(), sd.data<std::int32_t>(), nullptr, K, T, d,
+                         out.raw(), false);
+    const auto g = out.to_floats(), c = ref.to_floats();
+    EXPECT_LT(relative_error(g, std::vector<double>(c.begin(), c.end())), 1e-6);
+  }
+}
+
+// The grouped GEMM pair against the CPU experts (bf16 storage, fp32 accumulation on both).
+TEST(GpuGroupedGemm, MatchesCpuExperts) {
+  TILEMOE_REQUIRE_GPU();
+  for (auto [d, n, E, K, T] : {std::tuple<std::int64_t, std::int64_t, int, int, std::int64_t>{128, 64, 8, 2, 300},
+                               {72, 40, 13, 3, 77}, {100, 36, 10, 2, 65}, {1536, 256, 16, 4, 700}}) {
+    if (test::sanitizing() && d > 1000) continue;
+    const std::uint64_t seed = fresh_seed();
+    SCOPED_TRACE("d=" + std::to_string(d) + " n=" + std::to_string(n) + " seed=" + std::to_string(seed));
+    MoeConfig c;
+    c.d_model = d;
+    c.d_expert = n;
+    c.num_experts = E;
+    c.top_k = K;
+    const MoeWeights wh = random_weights(c, DType::bf16, seed);
+    const Tensor xh = random_tokens(T, d, DType::bf16, seed + 1);
+    const Routing r = route(c.router_config(), router_logits(wh, xh));
+    const RoutingMetadata m = build_metadata(r);
+    const Tensor yref = experts_forward(c, wh, xh, r, m, Algorithm::sequential);
+    const std::int64_t A = r.num_assignments();
+    const int tile = detail::gpu::grouped_tile_m();
+    std::vector<std::int64_t> toff(E + 1, 0);
+    std::vector<std::int32_t> tiles(E + 1, 0), stok(m.sorted_token.begin(), m.sorted_token.end());
+    for (int e = 0; e < E; ++e) tiles[e + 1] = tiles[e] + static_cast<std::int32_t>((m.counts[e] + tile - 1) / tile);
+    Tensor offh = Tensor::empty({E + 1}, DType::i64);
+    std::copy(m.offsets.begin(), m.offsets.end(), offh.data<std::int64_t>());
+    Tensor offd = offh.to(Device::cuda), tiled = dev_i32(tiles), stokd = dev_i32(stok);
+    const MoeWeights wd = wh.to(Device::cuda);
+    const Tensor xd = xh.to(Device::cuda);
+    const std::int64_t lda = detail::gpu::act_row_stride(n);
+    Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda);
+    Tensor y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
+    auto u16 = [](const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); };
+    const std::int64_t max_tiles = tiles[E] + 3;
+    for (const char* kernel : {"default", "mma", "wgmma"}) {  // wgmma: Hopper only, else mma.sync
+    SCOPED_TRACE(kernel);
+    if (std::string(kernel) != "default") setenv("TILEMOE_GROUPED_KERNEL", kernel, 1);
+    detail::gpu::grouped_up(u16(xd), d, u16(wd.w13), n, true, Activation::swiglu, E, offd.data<std::int64_t>(),
+                            tiled.data<std::int32_t>(), max_tiles, stokd.data<std::int32_t>(),
+                            static_cast<std::uint16_t*>(act.raw()), lda);
+    detail::gpu::grouped_down(u16(act), lda, n, u16(wd.w2), d, E, offd.data<std::int64_t>(), tiled.data<std::int32_t>(),
+                              max_tiles, static_cast<std::uint16_t*>(y.raw()));
+    unsetenv("TILEMOE_GROUPED_KERNEL");
+    const auto g = y.to_floats(), cref = yref.to_floats();
+    EXPECT_LT(relative_error(g, std::vector<double>(cref.begin(), cref.end())), 1e-2);
+    }
+  }
+}
+#endif  // TILEMOE_WITH_CUDA
+
+TEST(GpuStages, SkipsWithoutGpu) {
+  TILEMOE_REQUIRE_GPU();
+  SUCCEED();
+}

@@ -59,7 +59,13 @@ double time_variant(const DemoSetup& s, const Layer& l, Algorithm alg, bool roun
   opt.algorithm = alg;
   if (rounding) opt.rounding = RoundingOptions{};
   if (s.verbose) std::printf("  timing %-20s ...", label), std::fflush(stdout);
-  const Timing t = time_runs([&] { moe_forward(s.cfg, l.w, l.x, opt); }, s.repeats, s.device, label);
+  Timing t;
+  try {
+    t = time_runs([&] { moe_forward(s.cfg, l.w, l.x, opt); }, s.repeats, s.device, label);
+  } catch (const Error&) {
+    if (s.verbose) std::printf(" unavailable\n");
+    throw;
+  }
   if (s.verbose) std::printf(" %.3f ms\n", t.median_ms);
   return t.median_ms;
 }

@@ -90,14 +90,22 @@ void run_expert(const ExpertView& ev, Activation act, const Tensor& x, const std
   s.h.resize(static_cast<std::size_t>(m * rows13));
   detail::gemm_nt(m, rows13, d, s.x.data(), d, w13, d, s.h.data(), rows13);
   s.a.resize(static_cast<std::size_t>(m * n));
-  const bool gated = is_gated(act);
-  for (std::int64_t r = 0; r < m; ++r) {
-    const float* h = s.h.data() + r * rows13;
-    float* a = s.a.data() + r * n;
-    for (std::int64_t j = 0; j < n; ++j) {
-      const float v = detail::activate<float>(act, h[j], gated ? h[n + j] : 0.0f);
-      a[j] = ev.bf16 ? round_bf16(v) : v;
+  // One loop per activation, so that the choice is made once per tile, not per element.
+  auto apply = [&](auto fn) {
+    for (std::int64_t r = 0; r < m; ++r) {
+      const float* h = s.h.data() + r * rows13;
+      float* a = s.a.data() + r * n;
+      for (std::int64_t j = 0; j < n; ++j) a[j] = fn(h[j], h[n + j < rows13 ? n + j : j]);
+      if (ev.bf16)
+        for (std::int64_t j = 0; j < n; ++j) a[j] = round_bf16(a[j]);
     }
+  };
+  switch (act) {
+    case Activation::swiglu: apply([](float g, float u) { return detail::silu(g) * u; }); break;
+    case Activation::geglu: apply([](float g, float u) { return detail::gelu_tanh(g) * u; }); break;
+    case Activation::gelu: apply([](float g, float) { return detail::gelu_tanh(g); }); break;
+    case Activation::relu: apply([](float g, float) { return std::max(g, 0.0f); }); break;
+    case Activation::clamped_swiglu: apply([](float g, float u) { return detail::clamped_swiglu(g, u); }); break;
   }
   detail::gemm_nt(m, d, n, s.a.data(), n, w2, n, y, d, accumulate ? 1.0f : 0.0f);
 }
@@ -192,15 +200,21 @@ Tensor combine(const Routing& r, const RoutingMetadata& meta, const Tensor& y) {
   Tensor out = Tensor::empty({T, d}, DType::f32);
   const float* yp = y.data<float>();
   float* o = out.data<float>();
-  for (std::int64_t t = 0; t < T; ++t) {
-    float* dst = o + t * d;
-    std::fill(dst, dst + d, 0.0f);
-    for (std::int64_t a = r.token_offsets[t]; a < r.token_offsets[t + 1]; ++a) {
-      const float wgt = r.weight[a];
-      const float* src = yp + meta.slot[a] * d;
-      for (std::int64_t j = 0; j < d; ++j) dst[j] += wgt * src[j];
-    }
-  }
+  // Each token's row is summed by one thread in assignment order: deterministic.
+  const std::int64_t chunk = 64;
+  parallel_tasks(static_cast<std::size_t>((T + chunk - 1) / chunk), detail::hardware_threads(),
+                 [&](std::size_t i, Scratch&) {
+                   const std::int64_t end = std::min<std::int64_t>(T, (static_cast<std::int64_t>(i) + 1) * chunk);
+                   for (std::int64_t t = static_cast<std::int64_t>(i) * chunk; t < end; ++t) {
+                     float* dst = o + t * d;
+                     std::fill(dst, dst + d, 0.0f);
+                     for (std::int64_t a = r.token_offsets[t]; a < r.token_offsets[t + 1]; ++a) {
+                       const float wgt = r.weight[a];
+                       const float* src = yp + meta.slot[a] * d;
+                       for (std::int64_t j = 0; j < d; ++j) dst[j] += wgt * src[j];
+                     }
+                   }
+                 });
   return out;
 }
 

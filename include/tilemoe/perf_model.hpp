@@ -112,6 +112,10 @@ struct Variant {
   bool fused_io = false;
   bool measured = false;
   std::string source;
+  // Per-expert GEMMs from a host loop (sequential): each local expert that gets tokens costs
+  // this much host time, and the efficiency is scaled by the tile utilization of each expert's
+  // rows (128-row tiles). 0: one launch for all experts.
+  double per_expert_us = 0;
 };
 // The documented defaults, anchored on SonicMoE's measured H100 layer throughput.
 std::vector<Variant> default_variants();

@@ -130,7 +130,14 @@ LayerCost moe_layer_cost(const ModelSpec& m, const Hardware& hw, const Layout& l
   lc.combine_bytes = lc.dispatch_bytes;
 
   const double cf = detail_perf::compute_factor(w);
-  lc.t_compute = cf * lc.flops / (detail_perf::flop_rate(hw, w.precision) * v.efficiency);
+  double efficiency = v.efficiency, t_host = 0;
+  if (v.per_expert_us > 0) {  // one GEMM pair per local expert from a host loop
+    const double touched = experts_touched(c.num_experts, c.top_k, l.ep, w.tokens_per_gpu);
+    const double m = rows / std::max(touched, 1.0);  // rows per expert
+    efficiency *= m / (std::ceil(m / 128.0) * 128.0);
+    t_host = cf * touched * v.per_expert_us * 1e-6;
+  }
+  lc.t_compute = cf * lc.flops / (detail_perf::flop_rate(hw, w.precision) * efficiency) + t_host;
   lc.t_memory = cf * (lc.weight_bytes + lc.act_bytes) / (hw.achievable_hbm_tbps * 1e12);
   lc.t_network = detail_perf::network_factor(w) *
                  detail_perf::all_to_all_time(hw, l.ep, lc.dispatch_bytes + lc.combine_bytes);

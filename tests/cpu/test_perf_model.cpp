@@ -140,6 +140,20 @@ TEST(PerfLayer, ComputeBoundHandComputed) {
   EXPECT_NEAR(h.t_compute, 2 * l.t_compute, 1e-15);
 }
 
+TEST(PerfLayer, PerExpertHostLoopAndTileQuantization) {
+  // The same layer as above with one GEMM pair per expert from a host loop: 8 experts, all with
+  // tokens (1024 tokens x top-2 over 8 experts), 10 us each -> +80 us; 256 rows per expert
+  // fill two 128-row tiles exactly, so the GEMM time is unchanged.
+  Variant seq = plain(1.0);
+  seq.per_expert_us = 10;
+  const LayerCost a = moe_layer_cost(small_model(), round_card(), Layout{1, 1}, prefill(1024), seq);
+  EXPECT_NEAR(a.t_compute, 64.5922816e-6 + 80e-6, 1e-9);
+  // 1000 tokens: 250 rows per expert in 256 computed: efficiency x 250/256.
+  const LayerCost b = moe_layer_cost(small_model(), round_card(), Layout{1, 1}, prefill(1000), seq);
+  const LayerCost b0 = moe_layer_cost(small_model(), round_card(), Layout{1, 1}, prefill(1000), plain(1.0));
+  EXPECT_NEAR(b.t_compute - 80e-6, b0.t_compute * 256.0 / 250.0, 1e-9);
+}
+
 TEST(PerfLayer, MemoryBoundAtSmallBatch) {
   // 16 tokens: 32 rows, 0.1 GFLOP (1 us) against the 25 MB of expert weights (25 us).
   const LayerCost l = moe_layer_cost(small_model(), round_card(), Layout{1, 1}, prefill(16), plain(1.0));
@@ -207,9 +221,11 @@ TEST(PerfModel, VariantsOrderedAndDefaultsCited) {
   const auto v = default_variants();
   ASSERT_EQ(v.size(), 5u);
   EXPECT_EQ(v.front().name, "sequential");
-  EXPECT_DOUBLE_EQ(v.front().efficiency, 0.45);
+  EXPECT_DOUBLE_EQ(v.front().efficiency, kDenseEfficiency);  // cuBLAS per expert
+  EXPECT_DOUBLE_EQ(v.front().per_expert_us, 28.0);             // + the host loop
   EXPECT_NEAR(v.back().efficiency, 534.8 / 743, 1e-12);
-  for (size_t i = 1; i < v.size(); ++i) EXPECT_GE(v[i].efficiency, v[i - 1].efficiency);
+  for (size_t i = 2; i < v.size(); ++i) EXPECT_GE(v[i].efficiency, v[i - 1].efficiency);
+  for (size_t i = 1; i < v.size(); ++i) EXPECT_EQ(v[i].per_expert_us, 0.0);
   for (const auto& x : v) EXPECT_FALSE(x.source.empty());
   EXPECT_NEAR(chapter_variants()[3].efficiency, 0.78 * 1.15, 1e-12);
 }
@@ -302,7 +318,7 @@ TEST(PerfBench, MeasuredEfficiencyFromBenchJson) {
   EXPECT_TRUE(v[1].measured);
   EXPECT_DOUBLE_EQ(v[1].efficiency, 371.5 / 743);  // same config, most tokens
   EXPECT_FALSE(v[0].measured);                      // sequential: not in the file, default
-  EXPECT_DOUBLE_EQ(v[0].efficiency, 0.45);
+  EXPECT_DOUBLE_EQ(v[0].efficiency, kDenseEfficiency);
   EXPECT_EQ(v[5].name, "torch_grouped_mm");
   EXPECT_DOUBLE_EQ(v[5].efficiency, 0.6);
   EXPECT_NE(error_of([] { parse_bench_json(R"({"results": [{"config": "x", "tokens": 0, "variant": "g", "ms": 1, "tflops": 1}]})"); })

@@ -88,28 +88,6 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-// Uniform values of standard deviation sd from a counter-based hash, on all cores: the layer's
-// weights at any size in seconds (values do not change the timing; zeros would).
-Tensor fast_random(Shape shape, float sd, std::uint64_t seed, DType dt) {
-  Tensor t = Tensor::empty(std::move(shape), DType::bf16);
-  bf16* p = t.data<bf16>();
-  const std::int64_t n = t.numel();
-  const int threads = std::max(1u, std::thread::hardware_concurrency());
-  std::vector<std::thread> pool;
-  for (int i = 0; i < threads; ++i)
-    pool.emplace_back([=] {
-      const float scale = sd * 1.7320508f / 2147483648.0f;
-      for (std::int64_t j = n * i / threads; j < n * (i + 1) / threads; ++j) {
-        std::uint64_t z = seed + static_cast<std::uint64_t>(j) * 0x9e3779b97f4a7c15ull;
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-        z ^= z >> 31;
-        p[j] = bf16::from_float(static_cast<float>(static_cast<std::int32_t>(z >> 32)) * scale);
-      }
-    });
-  for (auto& th : pool) th.join();
-  return dt == DType::bf16 ? t : t.to(dt);
-}
 
 struct Result {
   std::string config;
@@ -200,11 +178,11 @@ double dense_ms(const MoeConfig& c, std::int64_t T, Timer& timer, const Args& a)
   std::vector<G> gemms;
   for (auto [M, n] : pairs) {
     const std::int64_t r13 = gated ? 2 * n : n;
-    Tensor x = fast_random({M, d}, 1.0f, 11, DType::bf16).to(Device::cuda);
-    Tensor w1 = fast_random({r13, d}, 0.02f, 12, DType::bf16).to(Device::cuda);
+    Tensor x = random_uniform({M, d}, DType::bf16, 1.0f, 11).to(Device::cuda);
+    Tensor w1 = random_uniform({r13, d}, DType::bf16, 0.02f, 12).to(Device::cuda);
     Tensor h1 = Tensor::empty({M, r13}, DType::bf16, Device::cuda);
-    Tensor a1 = fast_random({M, n}, 1.0f, 13, DType::bf16).to(Device::cuda);
-    Tensor w2 = fast_random({d, n}, 0.02f, 14, DType::bf16).to(Device::cuda);
+    Tensor a1 = random_uniform({M, n}, DType::bf16, 1.0f, 13).to(Device::cuda);
+    Tensor w2 = random_uniform({d, n}, DType::bf16, 0.02f, 14).to(Device::cuda);
     Tensor y = Tensor::empty({M, d}, DType::bf16, Device::cuda);
     gemms.push_back({int(r13), int(M), int(d), w1.raw(), x.raw(), h1.raw()});
     gemms.push_back({int(d), int(M), int(n), w2.raw(), a1.raw(), y.raw()});
@@ -258,17 +236,8 @@ int main(int argc, char** argv) {
         };
         const std::uint64_t seed = a.seed + static_cast<std::uint64_t>(T);
         const std::int64_t d = c.d_model, n = c.d_expert, rows = is_gated(c.activation) ? 2 * n : n;
-        MoeWeights wh;
-        wh.router = fast_random({c.num_experts, d}, 1.0f / std::sqrt(float(d)), seed + 1, DType::f32);
-        if (c.router_bias) wh.router_bias = fast_random({c.num_experts}, 0.01f, seed + 2, DType::f32);
-        wh.w13 = fast_random({c.num_experts, rows, d}, 1.0f / std::sqrt(float(d)), seed + 3, DType::bf16);
-        wh.w2 = fast_random({c.num_experts, d, n}, 1.0f / std::sqrt(float(n)), seed + 4, DType::bf16);
-        if (c.num_shared > 0) {
-          const std::int64_t ns = c.d_shared, srows = is_gated(c.activation) ? 2 * ns : ns;
-          wh.shared_w13 = fast_random({c.num_shared, srows, d}, 1.0f / std::sqrt(float(d)), seed + 5, DType::bf16);
-          wh.shared_w2 = fast_random({c.num_shared, d, ns}, 1.0f / std::sqrt(float(ns)), seed + 6, DType::bf16);
-        }
-        const Tensor xh = fast_random({T, d}, 1.0f, seed + 7, DType::bf16);
+        const MoeWeights wh = random_weights(c, DType::bf16, seed);
+        const Tensor xh = random_tokens(T, c.d_model, DType::bf16, seed + 7);
         MoeWeights w = wh.to(Device::cuda);
         const Tensor x = xh.to(Device::cuda);
 

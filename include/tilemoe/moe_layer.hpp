@@ -31,7 +31,7 @@ struct MoeWeights {
 
 // Seeded random weights scaled by 1/sqrt(fan_in), so activations stay O(1) through the layer.
 MoeWeights random_weights(const MoeConfig& cfg, DType dtype, std::uint64_t seed);
-// Seeded random tokens [T, d] with entries ~ N(0, 1).
+// Seeded random tokens [T, d], entries of mean 0 and variance 1 (random_uniform).
 Tensor random_tokens(std::int64_t T, std::int64_t d, DType dtype, std::uint64_t seed);
 
 // How the routed experts are computed. All compute the same function.

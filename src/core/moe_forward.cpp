@@ -4,7 +4,6 @@
 #include "activation.hpp"
 #include "blas.hpp"
 #include "cuda_backend.hpp"
-#include "random.hpp"
 #include "tilemoe/moe_layer.hpp"
 
 namespace tilemoe {
@@ -78,44 +77,6 @@ void MoeWeights::validate(const MoeConfig& cfg) const {
     same_device(shared_w13, "shared_w13");
     same_device(shared_w2, "shared_w2");
   }
-}
-
-namespace {
-Tensor random_tensor(Shape shape, DType dtype, float scale, detail::Rng& rng) {
-  Tensor t = Tensor::empty(std::move(shape), DType::f32);
-  float* p = t.data<float>();
-  for (std::int64_t i = 0; i < t.numel(); ++i) p[i] = scale * rng.normal();
-  return dtype == DType::f32 ? t : t.to(dtype);
-}
-}  // namespace
-
-MoeWeights random_weights(const MoeConfig& cfg, DType dtype, std::uint64_t seed) {
-  cfg.validate();
-  check_arg(dtype == DType::f32 || dtype == DType::bf16, "dtype", to_string(dtype), "fp32 or bf16");
-  detail::Rng rng(seed);
-  const std::int64_t E = cfg.num_experts, d = cfg.d_model, n = cfg.d_expert;
-  const std::int64_t rows = is_gated(cfg.activation) ? 2 * n : n;
-  const float sd = 1.0f / std::sqrt(static_cast<float>(d));
-  const float sn = 1.0f / std::sqrt(static_cast<float>(n));
-  MoeWeights w;
-  w.router = random_tensor({E, d}, DType::f32, sd, rng);
-  if (cfg.router_bias) w.router_bias = random_tensor({E}, DType::f32, 0.01f, rng);
-  w.w13 = random_tensor({E, rows, d}, dtype, sd, rng);
-  w.w2 = random_tensor({E, d, n}, dtype, sn, rng);
-  if (cfg.num_shared > 0) {
-    const std::int64_t ns = cfg.d_shared, srows = is_gated(cfg.activation) ? 2 * ns : ns;
-    w.shared_w13 = random_tensor({cfg.num_shared, srows, d}, dtype, sd, rng);
-    w.shared_w2 = random_tensor({cfg.num_shared, d, ns}, dtype,
-                                1.0f / std::sqrt(static_cast<float>(ns)), rng);
-  }
-  return w;
-}
-
-Tensor random_tokens(std::int64_t T, std::int64_t d, DType dtype, std::uint64_t seed) {
-  check_arg(T >= 1, "tokens", T, ">= 1");
-  check_arg(d >= 1, "d_model", d, ">= 1");
-  detail::Rng rng(seed ^ 0x9e3779b97f4a7c15ull);
-  return random_tensor({T, d}, dtype, 1.0f, rng);
 }
 
 Tensor router_logits(const MoeWeights& w, const Tensor& x) {

@@ -169,16 +169,7 @@ __global__ void __launch_bounds__(kThreads, Tiles::kMinBlocks) grouped_gemm_kern
 
   // Epilogue: fragment (row lane/4 [+8], columns 2*(lane%4) + {0, 1}) of each 16 x 8 tile.
   const int gr = lane >> 2, gc = (lane & 3) * 2;
-  const bool pair_ok = (g.ldc & 1) == 0;
-  auto store2 = [&](std::int64_t p, std::int64_t j, float v0, float v1) {
-    __nv_bfloat16* dst = g.C + p * g.ldc + j;
-    if (pair_ok && j + 1 < g.N) {
-      *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(v0, v1);
-    } else {
-      if (j < g.N) dst[0] = __float2bfloat16_rn(v0);
-      if (j + 1 < g.N) dst[1] = __float2bfloat16_rn(v1);
-    }
-  };
+  auto store2 = [&](std::int64_t p, std::int64_t j, float v0, float v1) { store_pair(g, p, j, v0, v1); };
 #pragma unroll
   for (int mi = 0; mi < 4; ++mi)
 #pragma unroll

@@ -26,6 +26,19 @@ struct GemmArgs {
   std::int64_t ldc;
 };
 
+// Stores two adjacent outputs (p, j) and (p, j + 1) of C as bf16: one 4-byte store where the pair
+// is aligned and inside N, element by element at the right edge.
+__device__ __forceinline__ void store_pair(const GemmArgs& g, std::int64_t p, std::int64_t j, float v0,
+                                           float v1) {
+  __nv_bfloat16* dst = g.C + p * g.ldc + j;
+  if ((g.ldc & 1) == 0 && j + 1 < g.N) {
+    *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(v0, v1);
+  } else {
+    if (j < g.N) dst[0] = __float2bfloat16_rn(v0);
+    if (j + 1 < g.N) dst[1] = __float2bfloat16_rn(v1);
+  }
+}
+
 // The sm_90a kernel (sm90/grouped_wgmma.cu): runs it and returns true where it applies (an
 // H100/H200, 16-byte aligned operands), else returns false and launches nothing.
 bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles);

@@ -142,16 +142,7 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
   // Accumulator j of a thread: n8 block j / 4, row 16 * warp + lane / 4 (+ 8 for j % 4 >= 2),
   // columns 2 * (lane % 4) + j % 2 of the block.
   const int t = tid & 127, w = t >> 5, l = t & 31;
-  const bool pair_ok = (g.ldc & 1) == 0;
-  auto store2 = [&](std::int64_t p, std::int64_t j, float v0, float v1) {
-    __nv_bfloat16* dst = g.C + p * g.ldc + j;
-    if (pair_ok && j + 1 < g.N) {
-      *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(v0, v1);
-    } else {
-      if (j < g.N) dst[0] = __float2bfloat16_rn(v0);
-      if (j + 1 < g.N) dst[1] = __float2bfloat16_rn(v1);
-    }
-  };
+  auto store2 = [&](std::int64_t p, std::int64_t j, float v0, float v1) { store_pair(g, p, j, v0, v1); };
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
     const int r = wg * 64 + 16 * w + (l >> 2) + 8 * h;

@@ -47,14 +47,9 @@ __global__ void __launch_bounds__(kThreads, Tiles::kMinBlocks) grouped_gemm_kern
   extern __shared__ __align__(128) unsigned char smem[];
   const int tile = blockIdx.y;
   if (tile >= g.tile_offsets[g.E]) return;
-  int lo = 0, hi = g.E - 1;  // the last expert whose first tile is <= tile
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (g.tile_offsets[mid] <= tile) lo = mid; else hi = mid - 1;
-  }
-  const int e = lo;
-  const std::int64_t m0 = g.offsets[e] + std::int64_t(tile - g.tile_offsets[e]) * kBM;
-  const int rows = static_cast<int>(min(std::int64_t(kBM), g.offsets[e + 1] - m0));
+  const RowTile rt = find_row_tile<kBM>(g, tile);
+  const int e = rt.expert, rows = rt.rows;
+  const std::int64_t m0 = rt.m0;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp >> 2, wn = warp & 3;
 

@@ -26,6 +26,24 @@ struct GemmArgs {
   std::int64_t ldc;
 };
 
+// A block's row tile: global tile index -> its expert, first sorted position and row count, by
+// binary search over the device-side tile_offsets (the last expert whose first tile <= tile).
+struct RowTile {
+  int expert;
+  std::int64_t m0;
+  int rows;
+};
+template <int kBM>
+__device__ __forceinline__ RowTile find_row_tile(const GemmArgs& g, int tile) {
+  int lo = 0, hi = g.E - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (g.tile_offsets[mid] <= tile) lo = mid; else hi = mid - 1;
+  }
+  const std::int64_t m0 = g.offsets[lo] + std::int64_t(tile - g.tile_offsets[lo]) * kBM;
+  return {lo, m0, static_cast<int>(min(std::int64_t(kBM), g.offsets[lo + 1] - m0))};
+}
+
 // Stores two adjacent outputs (p, j) and (p, j + 1) of C as bf16: one 4-byte store where the pair
 // is aligned and inside N, element by element at the right edge.
 __device__ __forceinline__ void store_pair(const GemmArgs& g, std::int64_t p, std::int64_t j, float v0,

@@ -44,14 +44,9 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const int tile = blockIdx.y;
   if (tile >= g.tile_offsets[g.E]) return;
-  int lo = 0, hi = g.E - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (g.tile_offsets[mid] <= tile) lo = mid; else hi = mid - 1;
-  }
-  const int e = lo;
-  const std::int64_t m0 = g.offsets[e] + std::int64_t(tile - g.tile_offsets[e]) * kBM;
-  const int rows = static_cast<int>(min(std::int64_t(kBM), g.offsets[e + 1] - m0));
+  const RowTile rt = find_row_tile<kBM>(g, tile);
+  const int e = rt.expert, rows = rt.rows;
+  const std::int64_t m0 = rt.m0;
   const int tid = threadIdx.x;
   const bool gated = kUp && g.gated;
   const std::int64_t j0 = gated ? std::int64_t(blockIdx.x) * (kBN / 2) : std::int64_t(blockIdx.x) * kBN;

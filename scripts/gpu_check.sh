@@ -37,9 +37,9 @@ if has sanitize; then
   # memcheck, so it takes the suites whose kernels use shared memory, minus the graph replays.
   F_MEM='-GpuForward.LargeTokenCounts:GpuForward.DeepSeekV3SizedLayer:GpuForward.SequentialFp32ShapeMatrix'
   F_RACE='GpuRouter.*:GpuMetadata.*:GpuCombine.*:GpuGroupedGemm.*:GpuRounding.MatchesCpuRoundRouting:GpuForward.OneExpertTakesEveryToken'
-  for tool in memcheck racecheck; do
+  for tool in memcheck racecheck synccheck; do
     start=$SECONDS
-    F=$F_MEM; [ $tool = racecheck ] && F=$F_RACE
+    F=$F_MEM; [ $tool != memcheck ] && F=$F_RACE
     TILEMOE_SANITIZE=1 timeout 420 compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_brief=1 --gtest_filter="$F" \
       > "$OUT/sanitize_$tool.log" 2>&1
     rc=$?
@@ -67,6 +67,18 @@ if has example; then
       note "example $p rc=$?: $(tail -2 "$OUT/example_$p.log" | tr '\n' ' ')"
     fi
   done
+  for p in io_overlap optimized_moe_layer; do
+    if [ -x $E/$p ]; then
+      $E/$p > "$OUT/example_$p.log" 2>&1
+      note "example $p rc=$?: $(tail -2 "$OUT/example_$p.log" | tr '\n' ' ')"
+      cat "$OUT/example_$p.log"
+    fi
+  done
+  if [ -x $E/tilemoe ]; then
+    $E/tilemoe demo > "$OUT/demo.log" 2>&1
+    note "tilemoe demo rc=$?"
+    cat "$OUT/demo.log"
+  fi
 fi
 (cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz *.log 2>/dev/null && rm -f cmake.log build.log tests_cpu.log)
 echo

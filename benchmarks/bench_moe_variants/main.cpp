@@ -2,6 +2,11 @@
 //   sequential        one cuBLAS GEMM pair per expert from a host loop (the baseline)
 //   grouped           one launch per projection for all experts (no host sync)
 //   grouped+rounding  the same after tile-aware token rounding (nearest, M = 128)
+//   fused             the Hopper path: persistent warp-specialized kernels, TMA loads overlapped
+//                     with wgmma (ForwardOptions::algorithm = fused)
+//   fused_1stage      the warp-specialized kernels with one pipeline stage: load, then compute
+//   fused_4stage      the same with four stages (3 in the down-projection): the IO overlap
+//   fused+rounding    fused after token rounding
 //   dense_cublas      a cuBLAS GEMM pair with the same FLOPs ([T*K, d] x [d, 2n], [T*K, n] x [n, d],
 //                     plus the shared experts' pair): the upper bound
 //   torch_grouped_mm  PyTorch on the same inputs (router, sort, torch._grouped_mm, SwiGLU,
@@ -257,6 +262,26 @@ int main(int argc, char** argv) {
           add("grouped+rounding", timer.median_ms([&] { (void)moe_forward(c, w, x, orr); }, a.warmup, a.reps));
         } catch (const Error& e) {
           std::printf("  grouped+rounding skipped: %s\n", e.what());
+        }
+        ForwardOptions of = og;
+        of.algorithm = Algorithm::fused;
+        add("fused", timer.median_ms([&] { (void)moe_forward(c, w, x, of); }, a.warmup, a.reps));
+        ForwardOptions of1 = of;
+        of1.pipeline_stages = 1;
+        add("fused_1stage", timer.median_ms([&] { (void)moe_forward(c, w, x, of1); }, a.warmup, a.reps));
+        of1.pipeline_stages = 4;
+        add("fused_4stage", timer.median_ms([&] { (void)moe_forward(c, w, x, of1); }, a.warmup, a.reps));
+        ForwardOptions ofr = of;
+        ofr.rounding = RoundingOptions{};
+        add("fused+rounding", timer.median_ms([&] { (void)moe_forward(c, w, x, ofr); }, a.warmup, a.reps));
+        for (const ForwardOptions* o : {&of, &ofr}) {  // where the time goes (one timed forward)
+          ForwardOptions timed = *o;
+          timed.time_stages = true;
+          ForwardTrace ft;
+          (void)moe_forward(c, w, x, timed, &ft);
+          std::printf("  %s: %s\n   ", o == &of ? "fused" : "fused+rounding", ft.path.c_str());
+          for (const StageTime& st : ft.stages) std::printf(" %s %.3f", st.name.c_str(), st.ms);
+          std::printf(" ms\n");
         }
         add("dense_cublas", dense_ms(c, T, timer, a));
         if (a.stages) bench::time_stages(c, w, x, a.reps);

@@ -43,7 +43,9 @@ void time_stages(const MoeConfig& c, const MoeWeights& w, const Tensor& x, int r
       {"router_topk", [&] { g::router_topk(rc, logits.data<float>(), bias, T, ids.data<std::int32_t>(), wts.data<float>()); }, 0},
       {"metadata", [&] { g::build_metadata(ids.data<std::int32_t>(), nullptr, K, A, E, tile, m, scratch.raw(), sb); }, 0},
       {"grouped_up", [&] { g::grouped_up(u16(x), d, u16(w.w13), n, is_gated(c.activation), c.activation, E, m.offsets, m.tile_offsets, max_tiles, m.sorted_token, static_cast<std::uint16_t*>(act.raw()), lda); }, up_flops},
-      {"grouped_down", [&] { g::grouped_down(u16(act), lda, n, u16(w.w2), d, E, m.offsets, m.tile_offsets, max_tiles, static_cast<std::uint16_t*>(y.raw())); }, down_flops},
+      {"grouped_down", [&] { g::grouped_down(u16(act), lda, n, u16(w.w2), d, E, m.offsets, m.tile_offsets, max_tiles, A, static_cast<std::uint16_t*>(y.raw())); }, down_flops},
+      {"fused_up", [&] { g::grouped_up(u16(x), d, u16(w.w13), n, is_gated(c.activation), c.activation, E, m.offsets, m.tile_offsets, max_tiles, m.sorted_token, static_cast<std::uint16_t*>(act.raw()), lda, {true, 0}); }, up_flops},
+      {"fused_down", [&] { g::grouped_down(u16(act), lda, n, u16(w.w2), d, E, m.offsets, m.tile_offsets, max_tiles, A, static_cast<std::uint16_t*>(y.raw()), {true, 0}); }, down_flops},
       {"combine", [&] { g::combine(y.raw(), true, nullptr, 0, wts.data<float>(), m.slot, nullptr, K, T, d, out.raw(), true); }, 0},
   };
   cudaEvent_t a, b;

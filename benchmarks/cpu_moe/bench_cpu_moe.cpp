@@ -1,11 +1,15 @@
 // CPU benchmark: the MoE layer forward, sequential against grouped, on several presets and token
 // counts, each next to a plain OpenBLAS GEMM pair with the same FLOPs timed in the same run
-// (the upper bound). Prints Google Benchmark's lines, then a summary table; writes JSON.
+// (the upper bound). Prints Google Benchmark's lines, then a summary table of the medians over
+// repetitions; writes JSON.
 //   bench_cpu_moe [--configs demo,olmoe-1b-7b] [--tokens 1024,4096] [--dtype fp32]
 //                 [--json bench_cpu_moe.json] [Google Benchmark flags]
+// On a shared machine, --benchmark_repetitions=5 --benchmark_enable_random_interleaving=true
+// spreads each case's runs over the same stretch of time, so that the ratios compare like with like.
 #include <benchmark/benchmark.h>
 #include <cblas.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -58,19 +62,24 @@ void bm_dense(benchmark::State& st, Case cs) {
   st.counters["GFLOPs"] = benchmark::Counter(expert_flops(c, cs.tokens) / 1e9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// Keeps each run's GFLOP/s for the summary.
+// Keeps every run's time for the summary, which shows the median over repetitions.
 class Collector : public benchmark::ConsoleReporter {
  public:
-  std::map<std::string, double> gflops, ms;
+  std::map<std::string, std::vector<double>> ms;
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const auto& r : runs) {
       if (r.run_type != Run::RT_Iteration) continue;
       std::string name = r.benchmark_name();
       if (auto p = name.find("/real_time"); p != std::string::npos) name.erase(p);
-      gflops[name] = r.counters.at("GFLOPs").value;
-      ms[name] = r.GetAdjustedRealTime();
+      ms[name].push_back(r.GetAdjustedRealTime());
     }
     ConsoleReporter::ReportRuns(runs);
+  }
+  double median_ms(const std::string& name) const {
+    std::vector<double> v = ms.at(name);
+    std::sort(v.begin(), v.end());
+    const std::size_t h = v.size() / 2;
+    return v.size() % 2 ? v[h] : 0.5 * (v[h - 1] + v[h]);
   }
 };
 
@@ -135,16 +144,18 @@ int main(int argc, char** argv) {
   bool first = true;
   for (const auto& cs : cases) {
     const std::string base = cs.config + "/T" + std::to_string(cs.tokens);
-    if (!rep.gflops.count(base + "/grouped")) continue;
-    const double dense = rep.gflops[base + "/dense_gemm"], seq = rep.gflops[base + "/sequential"],
-                 grp = rep.gflops[base + "/grouped"];
+    if (!rep.ms.count(base + "/grouped")) continue;
+    const double gflop = expert_flops(preset(cs.config), cs.tokens) / 1e9;
+    const double seq_ms = rep.median_ms(base + "/sequential"), grp_ms = rep.median_ms(base + "/grouped");
+    const double dense = gflop / (rep.median_ms(base + "/dense_gemm") / 1e3), seq = gflop / (seq_ms / 1e3),
+                 grp = gflop / (grp_ms / 1e3);
     std::printf("%-22s %8s %12.1f %12.1f %12.1f %9.0f%% %9.0f%%\n", base.c_str(), dtype.c_str(), dense, seq, grp,
                 100 * seq / dense, 100 * grp / dense);
     if (f)
       std::fprintf(f, "%s\n  {\"config\": \"%s\", \"tokens\": %lld, \"dtype\": \"%s\", \"dense_gflops\": %.2f, "
-                   "\"sequential_gflops\": %.2f, \"grouped_gflops\": %.2f, \"sequential_ms\": %.3f, \"grouped_ms\": %.3f}",
+                   "\"sequential_gflops\": %.2f, \"grouped_gflops\": %.2f, \"sequential_ms\": %.3f, \"grouped_ms\": %.3f, \"repetitions\": %zu}",
                    first ? "" : ",", cs.config.c_str(), (long long)cs.tokens, dtype.c_str(), dense, seq, grp,
-                   rep.ms[base + "/sequential"], rep.ms[base + "/grouped"]);
+                   seq_ms, grp_ms, rep.ms.at(base + "/grouped").size());
     first = false;
   }
   if (f) {

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -38,7 +39,9 @@ Tensor random_tokens(std::int64_t T, std::int64_t d, DType dtype, std::uint64_t 
 enum class Algorithm {
   sequential,  // one GEMM per expert, expert after expert ("Sequential!")
   grouped,     // all experts' work in one pass over the expert-sorted rows
-  fused,       // GPU: Hopper path (TMA + wgmma, fused gather / SwiGLU)
+  fused,       // GPU: the Hopper path: persistent warp-specialized kernels, TMA weight loads
+               // overlapped with wgmma, gather and SwiGLU fused (falls back to grouped's
+               // kernels where it cannot run, and ForwardTrace::path says why)
 };
 const char* to_string(Algorithm a);
 Algorithm parse_algorithm(std::string_view s);
@@ -47,6 +50,16 @@ struct ForwardOptions {
   Algorithm algorithm = Algorithm::grouped;
   std::optional<RoundingOptions> rounding;  // tile-aware token rounding when set
   int num_threads = 0;                      // CPU: 0 = all hardware threads
+  // fused: shared-memory stages of the load pipeline, 0 = the heuristic's (4 up, 3 down),
+  // 1 = no overlap (load a tile, then compute it), at most 4 (3 for the down-projection).
+  int pipeline_stages = 0;
+  // Time each stage into ForwardTrace::stages (GPU: events, one synchronization at the end).
+  bool time_stages = false;
+};
+
+struct StageTime {
+  std::string name;
+  double ms = 0;
 };
 
 // What a forward computed on the way, for tools, tests and teaching (host copies).
@@ -54,6 +67,8 @@ struct ForwardTrace {
   Routing routing;                 // the routing actually used (after rounding)
   std::vector<std::int64_t> counts;  // per expert
   std::optional<RoundingMetrics> rounding;
+  std::string path;                // the kernels that ran (GPU), and why, where not as asked
+  std::vector<StageTime> stages;   // with ForwardOptions::time_stages, in order
 };
 
 // out [T, d], same dtype and device as x. x is [T, d] (f32 or bf16, same dtype as the expert

@@ -1,8 +1,9 @@
 // The routed and shared experts on the CPU, through OpenBLAS.
 //   sequential: expert after expert, each one GEMM pair over all its rows, BLAS multithreaded.
-//   grouped:    every expert's rows cut into row tiles, one flat list of (expert, tile) tasks
-//               claimed by worker threads, each running single-threaded GEMMs: all experts in
-//               one pass over the expert-sorted rows, so small experts no longer idle the cores.
+//   grouped:    one flat list of tasks, each a whole expert (or an even piece of a large one),
+//               claimed largest first by worker threads running single-threaded GEMMs: all
+//               experts in one pass over the expert-sorted rows, so small experts no longer idle
+//               the cores, and each expert's weights are streamed once, not once per row tile.
 // bf16 storage: inputs and weights are widened to fp32 per tile or per expert, accumulation is
 // fp32, and the activation between the two GEMMs is rounded to bf16 as the GPU stores it.
 #include <algorithm>
@@ -121,6 +122,32 @@ std::int64_t cpu_row_tile(std::int64_t total_rows, int threads) {
   return std::clamp<std::int64_t>(target, 32, 256);
 }
 
+// The most rows one grouped task takes. Each task streams its expert's whole weights through
+// the cache (19 MB per qwen3-30b-a3b expert in fp32), so an expert is split only where one
+// expert alone would hold up the other threads (a quarter of a thread's share), and never into
+// pieces under kMinTaskRows.
+constexpr std::int64_t kMinTaskRows = 256;
+std::int64_t max_task_rows(std::int64_t total_rows, int threads) {
+  return std::max(kMinTaskRows, total_rows / (4 * std::max(threads, 1)));
+}
+
+// Every expert with rows as ceil(count / max_rows) pieces of even size (no short tail piece that
+// streams the whole weights for a few rows), largest first so that the last tasks claimed are
+// the shortest and the threads finish together.
+std::vector<Task> grouped_tasks(const RoutingMetadata& meta, std::int64_t max_rows) {
+  std::vector<Task> tasks;
+  for (int e = 0; e + 1 < static_cast<int>(meta.offsets.size()); ++e) {
+    const std::int64_t begin = meta.offsets[e], count = meta.offsets[e + 1] - begin;
+    const std::int64_t pieces = (count + max_rows - 1) / max_rows;
+    for (std::int64_t p = 0; p < pieces; ++p)
+      tasks.push_back({e, begin + count * p / pieces, begin + count * (p + 1) / pieces});
+  }
+  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) {
+    return a.end - a.begin > b.end - b.begin;
+  });
+  return tasks;
+}
+
 template <class Fn>
 void parallel_tasks(std::size_t count, int threads, Fn&& fn) {
   threads = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), count));
@@ -157,11 +184,7 @@ Tensor experts_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& 
       break;
     }
     case Algorithm::grouped: {
-      std::vector<Task> tasks;
-      const std::int64_t tile = cpu_row_tile(A, threads);
-      for (int e = 0; e < cfg.num_experts; ++e)
-        for (std::int64_t b = meta.offsets[e]; b < meta.offsets[e + 1]; b += tile)
-          tasks.push_back({e, b, std::min(b + tile, meta.offsets[e + 1])});
+      const std::vector<Task> tasks = grouped_tasks(meta, max_task_rows(A, threads));
       detail::BlasThreads guard(1);
       float* out = y.data<float>();
       parallel_tasks(tasks.size(), threads, [&](std::size_t i, Scratch& s) {

@@ -1,4 +1,5 @@
 // The layer forward on the CPU, stage after stage, and the dispatch to the GPU backend.
+#include <chrono>
 #include <cmath>
 
 #include "activation.hpp"
@@ -104,25 +105,46 @@ Tensor moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,
                    const ForwardOptions& opt, ForwardTrace* trace) {
   check_inputs(cfg, w, x);
   if (opt.rounding) opt.rounding->validate();
+  if (opt.pipeline_stages < 0 || opt.pipeline_stages > 4)
+    throw InvalidArgument(detail::concat("pipeline_stages = ", opt.pipeline_stages,
+                                         ": expected 0 (the heuristic's) or 1..4"));
   if (x.is_cuda()) return detail::cuda_moe_forward(cfg, w, x, opt, trace);
   check_finite(x, "x");
+  std::vector<StageTime> times;
+  auto last = std::chrono::steady_clock::now();
+  auto lap = [&](const char* name) {
+    if (!opt.time_stages) return;
+    const auto now = std::chrono::steady_clock::now();
+    times.push_back({name, std::chrono::duration<double, std::milli>(now - last).count()});
+    last = now;
+  };
   const RouterConfig rc = cfg.router_config();
   Tensor logits = router_logits(w, x);
   Routing routing = route(rc, logits, cfg.router_bias ? w.router_bias : Tensor());
+  lap("router");
   std::optional<RoundingMetrics> metrics;
   if (opt.rounding) {
     metrics.emplace();
     routing = round_routing(routing, router_probabilities(rc, logits.data<float>(), x.dim(0)),
                             *opt.rounding, &*metrics);
+    lap("rounding");
   }
   RoutingMetadata meta = build_metadata(routing);
+  lap("metadata");
   Tensor y = experts_forward(cfg, w, x, routing, meta, opt.algorithm, opt.num_threads);
+  lap("experts");
   Tensor out = combine(routing, meta, y);
-  add_shared_experts(cfg, w, x, out, opt.num_threads);
+  lap("combine");
+  if (cfg.num_shared > 0) {
+    add_shared_experts(cfg, w, x, out, opt.num_threads);
+    lap("shared_experts");
+  }
   if (trace) {
     trace->counts = meta.counts;
     trace->routing = std::move(routing);
     trace->rounding = metrics;
+    trace->path = "cpu";
+    trace->stages = std::move(times);
   }
   return x.dtype() == DType::f32 ? out : out.to(x.dtype());
 }

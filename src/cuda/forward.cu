@@ -1,13 +1,15 @@
 // The MoE forward on the GPU (detail::cuda_moe_forward): router -> top-k -> (rounding) ->
-// metadata -> experts (grouped or sequential) -> combine, all on cudaStreamPerThread.
-// grouped: no host synchronization unless a trace is asked for (token rounding included: it
-// runs on the device too), so a warmed-up forward can be captured in a CUDA graph. Scratch memory comes from a per-thread grow-only
-// buffer; only the output is allocated per call.
-// dtypes: grouped runs bf16 only (fp32 throws InvalidArgument, pointing at sequential);
-// sequential runs bf16 and fp32 through cuBLAS.
+// metadata -> experts (sequential, grouped or fused) -> combine, all on cudaStreamPerThread.
+// grouped and fused: no host synchronization unless a trace or stage times are asked for
+// (token rounding included: it runs on the device too), so a warmed-up forward can be captured
+// in a CUDA graph. Scratch memory comes from a per-thread grow-only buffer; only the output is
+// allocated per call.
+// dtypes: grouped and fused run bf16 only (fp32 throws InvalidArgument, pointing at
+// sequential); sequential runs bf16 and fp32 through cuBLAS.
 #include <algorithm>
-#include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "context.cuh"
 #include "core/cuda_backend.hpp"
@@ -62,17 +64,58 @@ RoundingMetrics rounding_metrics(const Routing& topk, const Routing& r, int tile
   return m;
 }
 
+// Stage times from events recorded on the stream between the stages: no synchronization until
+// finish(), which waits for the last event.
+class StageTimer {
+ public:
+  explicit StageTimer(bool on) : on_(on) {
+    if (on_) lap("");
+  }
+  ~StageTimer() {
+    for (auto& m : marks_) cudaEventDestroy(m.event);
+  }
+  StageTimer(const StageTimer&) = delete;
+  StageTimer& operator=(const StageTimer&) = delete;
+  void lap(const char* name) {
+    if (!on_) return;
+    Mark m{name, nullptr};
+    TILEMOE_CUDA_CHECK(cudaEventCreate(&m.event));
+    marks_.push_back(m);
+    TILEMOE_CUDA_CHECK(cudaEventRecord(m.event, current_stream()));
+  }
+  std::vector<StageTime> finish() {
+    std::vector<StageTime> out;
+    if (!on_ || marks_.empty()) return out;
+    TILEMOE_CUDA_CHECK(cudaEventSynchronize(marks_.back().event));
+    for (std::size_t i = 1; i < marks_.size(); ++i) {
+      float ms = 0;
+      TILEMOE_CUDA_CHECK(cudaEventElapsedTime(&ms, marks_[i - 1].event, marks_[i].event));
+      out.push_back({marks_[i].name, ms});
+    }
+    return out;
+  }
+
+ private:
+  struct Mark {
+    const char* name;
+    cudaEvent_t event;
+  };
+  bool on_;
+  std::vector<Mark> marks_;
+};
+
 }  // namespace
 
 Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, const ForwardOptions& opt,
                         ForwardTrace* trace) {
   using namespace gpu;
   const bool bf = x.dtype() == DType::bf16;
-  if (opt.algorithm == Algorithm::fused)
-    throw InvalidArgument("algorithm = fused: the Hopper fused path is not built yet; use grouped or sequential on cuda");
-  if (opt.algorithm == Algorithm::grouped && !bf)
-    throw InvalidArgument("x.dtype = fp32: algorithm grouped on cuda runs bf16 only; use bf16 tensors, or "
-                          "algorithm sequential (cuBLAS, fp32) on cuda");
+  const bool one_launch = opt.algorithm == Algorithm::grouped || opt.algorithm == Algorithm::fused;
+  if (one_launch && !bf)
+    throw InvalidArgument(concat("x.dtype = fp32: algorithm ", to_string(opt.algorithm),
+                                 " on cuda runs bf16 only; use bf16 tensors, or algorithm sequential (cuBLAS, "
+                                 "fp32) on cuda"));
+  StageTimer timer(opt.time_stages);
   const RouterConfig rc = cfg.router_config();
   const std::int64_t T = x.dim(0), d = cfg.d_model, n = cfg.d_expert;
   const int E = cfg.num_experts, K = cfg.top_k, S = cfg.num_shared;
@@ -115,7 +158,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
     p.m.sorted_token = c.take<std::int32_t>(static_cast<std::size_t>(A_cap));
     p.meta_bytes = metadata_scratch_bytes(A_cap, E);
     p.meta_scratch = c.take<unsigned char>(p.meta_bytes);
-    const bool grouped = opt.algorithm == Algorithm::grouped;
+    const bool grouped = one_launch;  // grouped and fused keep the activation between the GEMMs
     p.act = c.take<std::uint16_t>(grouped ? static_cast<std::size_t>(A_cap * lda) : 0);
     p.y = c.take<unsigned char>(static_cast<std::size_t>(A_cap * d) * es);
     p.s_off = c.take<std::int64_t>(static_cast<std::size_t>(S) + 1);
@@ -134,7 +177,9 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   // Router.
   router_logits(x.raw(), bf, w.router.data<float>(), T, d, E, P.logits, P.rscratch);
   const float* bias = cfg.router_bias && w.router_bias.numel() > 0 ? w.router_bias.data<float>() : nullptr;
+  timer.lap("router_logits");
   router_topk(rc, P.logits, bias, T, P.ids, P.wts);
+  timer.lap("router_topk");
 
   // Token rounding, on the device: the rounded routing keeps the capacity A_cap, unused slots
   // carry expert id E and are ignored from the metadata on.
@@ -152,25 +197,43 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
     token_offsets = P.r_off;
     token_of = P.r_tok;
     A = A_cap;
+    timer.lap("rounding");
   }
 
   build_metadata(expert, token_of, K, A, E, tile_m, P.m, P.meta_scratch, P.meta_bytes);
+  timer.lap("metadata");
 
   // Experts.
-  if (opt.algorithm == Algorithm::grouped) {
+  std::string path = to_string(opt.algorithm);
+  if (one_launch) {
+    const GroupedPath gp{opt.algorithm == Algorithm::fused, opt.pipeline_stages};
+    std::string why;  // the first reason a fused projection ran on the portable kernels
+    auto note = [&](std::string r, const char* what) {
+      if (!r.empty() && why.empty()) why = std::string(what) + ": " + r;
+    };
     const std::int64_t max_tiles = (A + std::int64_t(E) * (tile_m - 1)) / tile_m + 1;
-    grouped_up(u16(x), d, u16(w.w13), n, gated, cfg.activation, E, P.m.offsets, P.m.tile_offsets, max_tiles,
-               P.m.sorted_token, P.act, lda);
-    grouped_down(P.act, lda, n, u16(w.w2), d, E, P.m.offsets, P.m.tile_offsets, max_tiles,
-                 static_cast<std::uint16_t*>(P.y));
+    note(grouped_up(u16(x), d, u16(w.w13), n, gated, cfg.activation, E, P.m.offsets, P.m.tile_offsets, max_tiles,
+                    P.m.sorted_token, P.act, lda, gp),
+         "up-projection");
+    timer.lap("up_projection");
+    note(grouped_down(P.act, lda, n, u16(w.w2), d, E, P.m.offsets, P.m.tile_offsets, max_tiles, A_cap,
+                      static_cast<std::uint16_t*>(P.y), gp),
+         "down-projection");
+    timer.lap("down_projection");
     if (S > 0) {
       uniform_offsets(T, S, tile_m, P.s_off, P.s_tiles);
       const std::int64_t s_tiles = S * ((T + tile_m - 1) / tile_m);
-      grouped_up(u16(x), d, u16(w.shared_w13), ns, gated, cfg.activation, S, P.s_off, P.s_tiles, s_tiles, nullptr,
-                 P.act_s, lda_s);
-      grouped_down(P.act_s, lda_s, ns, u16(w.shared_w2), d, S, P.s_off, P.s_tiles, s_tiles,
-                   static_cast<std::uint16_t*>(P.ys));
+      note(grouped_up(u16(x), d, u16(w.shared_w13), ns, gated, cfg.activation, S, P.s_off, P.s_tiles, s_tiles,
+                      nullptr, P.act_s, lda_s, gp),
+           "shared up-projection");
+      note(grouped_down(P.act_s, lda_s, ns, u16(w.shared_w2), d, S, P.s_off, P.s_tiles, s_tiles, S * T,
+                        static_cast<std::uint16_t*>(P.ys), gp),
+           "shared down-projection");
+      timer.lap("shared_experts");
     }
+    if (gp.fused)
+      path = why.empty() ? "fused: sm_90a warp-specialized TMA + wgmma kernels"
+                         : "fused, partly on the portable grouped kernels (" + why + ")";
   } else {
     std::vector<std::int64_t> offsets = to_host(P.m.offsets, static_cast<std::size_t>(E) + 1);
     sequential_experts(x.raw(), bf, d, w.w13.raw(), w.w2.raw(), n, gated, cfg.activation, offsets, P.m.sorted_token,
@@ -181,12 +244,16 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
       sequential_experts(x.raw(), bf, d, w.shared_w13.raw(), w.shared_w2.raw(), ns, gated, cfg.activation, soff,
                          nullptr, P.ys);
     }
+    timer.lap("experts");
   }
 
   Tensor out = Tensor::empty({T, d}, x.dtype(), Device::cuda);
   combine(P.y, bf, S > 0 ? P.ys : nullptr, S, weight, P.m.slot, token_offsets, K, T, d, out.raw(), bf);
+  timer.lap("combine");
 
   if (trace) {
+    trace->path = path;
+    trace->stages = timer.finish();
     std::vector<std::int32_t> counts = to_host(P.m.counts, static_cast<std::size_t>(E));
     trace->counts.assign(counts.begin(), counts.end());
     Routing topk = Routing::from_topk(T, E, K, to_host(P.ids, static_cast<std::size_t>(T * K)),

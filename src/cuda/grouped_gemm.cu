@@ -13,6 +13,9 @@
 // kAligned: K and every row stride are multiples of 8 elements (16-byte cp.async); otherwise
 // the loads are element-wise (slower, any shape).
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 #include <cuda_bf16.h>
 
 #include "activation.cuh"
@@ -45,7 +48,9 @@ template <bool kUp, bool kAligned>
 __global__ void __launch_bounds__(kThreads, Tiles::kMinBlocks) grouped_gemm_kernel(const GemmArgs g) {
   static_assert(kBM == 128 && kBK == 64 && kThreads == 256 && kBN % 64 == 0, "the thread mapping assumes these");
   extern __shared__ __align__(128) unsigned char smem[];
-  const int tile = blockIdx.y;
+  const TileCoord tc = raster_tile(std::int64_t(blockIdx.y) * gridDim.x + blockIdx.x, gridDim.y, gridDim.x,
+                                    kRasterRows);
+  const int tile = tc.row;
   if (tile >= g.tile_offsets[g.E]) return;
   const RowTile rt = find_row_tile<kBM>(g, tile);
   const int e = rt.expert, rows = rt.rows;
@@ -59,7 +64,7 @@ __global__ void __launch_bounds__(kThreads, Tiles::kMinBlocks) grouped_gemm_kern
   const __nv_bfloat16* b_src[kBRows];
   bool a_ok[kAPasses], b_ok[kBRows];
   const __nv_bfloat16* Be = g.B + std::int64_t(e) * g.b_expert_stride;
-  const std::int64_t j0 = kUp && g.gated ? std::int64_t(blockIdx.x) * (kBN / 2) : std::int64_t(blockIdx.x) * kBN;
+  const std::int64_t j0 = kUp && g.gated ? std::int64_t(tc.col) * (kBN / 2) : std::int64_t(tc.col) * kBN;
 #pragma unroll
   for (int i = 0; i < kAPasses; ++i) {
     const int r = lr + 32 * i;
@@ -196,10 +201,25 @@ __global__ void __launch_bounds__(kThreads, Tiles::kMinBlocks) grouped_gemm_kern
 
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0; }
 
+// The fused path's kernels where asked for and able (else the reason goes back to the caller),
+// then the Hopper wgmma kernel, then mma.sync.
 template <bool kUp>
-void launch(const GemmArgs& g, std::int64_t max_tiles) {
-  if (max_tiles <= 0 || g.N <= 0) return;
-  if (launch_grouped_wgmma(g, kUp, max_tiles)) return;  // Hopper, aligned shapes
+std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, const GroupedPath& path) {
+  std::string refusal;
+  if (path.fused) {
+    refusal = ws_refusal(g, kUp, a_rows);
+    if (refusal.empty()) {
+      const char* env = std::getenv("TILEMOE_GROUPED_KERNEL");
+      const bool swiglu = g.act == Activation::swiglu;
+      if (!kUp || fused_up_on_ws(swiglu, path.stages, env && std::strcmp(env, "ws") == 0)) {
+        launch_grouped_ws(g, kUp, max_tiles, a_rows, path.stages);
+        return {};
+      }
+      if (launch_grouped_wgmma(g, kUp, max_tiles)) return {};
+    }
+  }
+  if (max_tiles <= 0 || g.N <= 0) return refusal;
+  if (launch_grouped_wgmma(g, kUp, max_tiles)) return refusal;
   const bool aligned = g.K % 8 == 0 && g.lda % 8 == 0 && aligned16(g.A) && aligned16(g.B);
   const std::int64_t cols_per_block = kUp && g.gated ? kBN / 2 : kBN;
   const std::int64_t ntiles = (g.N + cols_per_block - 1) / cols_per_block;
@@ -211,15 +231,17 @@ void launch(const GemmArgs& g, std::int64_t max_tiles) {
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   kernel<<<grid, kThreads, smem, current_stream()>>>(g);
   TILEMOE_CHECK_LAUNCH();
+  return refusal;
 }
 
 }  // namespace
 
 int grouped_tile_m() { return kBM; }
 
-void grouped_up(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13, std::int64_t n, bool gated,
-                Activation act, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
-                std::int64_t max_tiles, const std::int32_t* gather, std::uint16_t* a_out, std::int64_t lda_act) {
+std::string grouped_up(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13, std::int64_t n, bool gated,
+                       Activation act, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
+                       std::int64_t max_tiles, const std::int32_t* gather, std::uint16_t* a_out,
+                       std::int64_t lda_act, const GroupedPath& path) {
   GemmArgs g{};
   g.A = reinterpret_cast<const __nv_bfloat16*>(x);
   g.lda = d;
@@ -236,12 +258,12 @@ void grouped_up(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13
   g.E = E;
   g.C = reinterpret_cast<__nv_bfloat16*>(a_out);
   g.ldc = lda_act;
-  launch<true>(g, max_tiles);
+  return launch<true>(g, max_tiles, 0, path);
 }
 
-void grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::int64_t n, const std::uint16_t* w2,
-                  std::int64_t d, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
-                  std::int64_t max_tiles, std::uint16_t* y) {
+std::string grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::int64_t n, const std::uint16_t* w2,
+                         std::int64_t d, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
+                         std::int64_t max_tiles, std::int64_t a_rows, std::uint16_t* y, const GroupedPath& path) {
   GemmArgs g{};
   g.A = reinterpret_cast<const __nv_bfloat16*>(act);
   g.lda = lda_act;
@@ -258,7 +280,7 @@ void grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::int64_t n
   g.E = E;
   g.C = reinterpret_cast<__nv_bfloat16*>(y);
   g.ldc = d;
-  launch<false>(g, max_tiles);
+  return launch<false>(g, max_tiles, a_rows, path);
 }
 
 }  // namespace tilemoe::detail::gpu

@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <string>
 
 #include "tilemoe/config.hpp"
 
@@ -44,6 +45,22 @@ __device__ __forceinline__ RowTile find_row_tile(const GemmArgs& g, int tile) {
   return {lo, m0, static_cast<int>(min(std::int64_t(kBM), g.offsets[lo + 1] - m0))};
 }
 
+// Output tile t of a grouped launch -> (row tile, column tile), rasterized in groups of
+// group_rows row tiles: consecutive tiles walk down a group's rows, then its next column, so
+// the blocks running together share a few weight panels and a few row panels (which stay in
+// L2) instead of streaming every column of an expert's weights once per row tile.
+struct TileCoord {
+  int row, col;
+};
+__device__ __forceinline__ TileCoord raster_tile(std::int64_t t, int nrow, int ncol, int group_rows) {
+  const std::int64_t per_group = std::int64_t(group_rows) * ncol;
+  const int grp = static_cast<int>(t / per_group);
+  const int first = grp * group_rows;
+  const int rows_here = min(group_rows, nrow - first);
+  const int rem = static_cast<int>(t - grp * per_group);
+  return {first + rem % rows_here, rem / rows_here};
+}
+
 // Stores two adjacent outputs (p, j) and (p, j + 1) of C as bf16: one 4-byte store where the pair
 // is aligned and inside N, element by element at the right edge.
 __device__ __forceinline__ void store_pair(const GemmArgs& g, std::int64_t p, std::int64_t j, float v0,
@@ -60,5 +77,13 @@ __device__ __forceinline__ void store_pair(const GemmArgs& g, std::int64_t p, st
 // The sm_90a kernel (sm90/grouped_wgmma.cu): runs it and returns true where it applies (an
 // H100/H200, 16-byte aligned operands), else returns false and launches nothing.
 bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles);
+
+// The fused path's warp-specialized persistent sm_90a kernels (sm90/grouped_ws.cu): TMA weights,
+// gathered rows by producer warps, wgmma consumers, staged 16-byte stores. ws_refusal says why
+// they cannot take a projection ("" when they can); launch_grouped_ws requires that they can.
+// a_rows: rows allocated in A (the down-projection reads A by TMA, which needs its extent);
+// stages: shared-memory pipeline stages, 0 = ws_stages(up), 1 = no overlap (load, then compute).
+std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows);
+void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages);
 
 }  // namespace tilemoe::detail::gpu

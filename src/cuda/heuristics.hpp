@@ -24,6 +24,24 @@ struct GroupedTiles {
 // TILEMOE_GROUPED_KERNEL=mma|wgmma in the environment forces one (tests, A/B timing).
 inline bool prefer_wgmma(bool up, bool swiglu, std::int64_t K) { return up ? swiglu : K >= 512; }
 
+// Row tiles per raster group of the grouped launches (grouped_gemm.cuh raster_tile): a wave of
+// ~132 blocks then covers ~16 row panels x ~8 weight panels, whose k slices the blocks read at
+// about the same time from L2. Row-tile-major order instead streamed all of an expert's weight
+// columns once per row tile (Mixtral's up-projection: ~70 GB of weight reads at T 24576).
+constexpr int kRasterRows = 16;
+
+// Pipeline stages of the fused kernels (sm90/grouped_ws.cu): as many as shared memory holds
+// next to the staged output tile (48 KiB each: 4 for the up-projection, 3 for the down).
+inline int ws_stages(bool up) { return up ? 4 : 3; }
+
+// The fused path's SwiGLU up-projection keeps the wgmma kernel, whose 256 threads all gather
+// with cp.async, unless a pipeline depth is asked for: there the warp-specialized kernel's 128
+// gathering producer threads (two stages ahead) ran behind it on an H200 (run 19: Mixtral 505
+// vs 605 TFLOP/s, DeepSeek-V3 433 vs 553, sonic-7b and Qwen3 even). The down-projection, all TMA,
+// is faster warp-specialized everywhere (sonic-7b 383 vs 214 TFLOP/s, Mixtral 682 vs 598).
+// TILEMOE_GROUPED_KERNEL=ws puts the up-projection on the warp-specialized kernel too.
+inline bool fused_up_on_ws(bool swiglu, int stages, bool forced) { return forced || stages > 0 || !swiglu; }
+
 // Row stride (elements) of the bf16 activation between the two GEMMs: a multiple of 8 so that
 // its rows stay 16-byte aligned for cp.async.
 inline std::int64_t act_row_stride(std::int64_t n) { return (n + 7) / 8 * 8; }

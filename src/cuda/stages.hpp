@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "tilemoe/config.hpp"
@@ -61,17 +62,27 @@ void round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, con
 // ---- experts (grouped_gemm.cu) ----
 // Row tile of the grouped kernels (tile_offsets must be built with it).
 int grouped_tile_m();
+// Which kernels a grouped projection runs: the portable ones (grouped_gemm.cu, and the sm_90a
+// wgmma kernel of sm90/grouped_wgmma.cu where it applies), or the fused path's warp-specialized
+// TMA kernels (sm90/grouped_ws.cu) with `stages` pipeline stages (0: the heuristic's; 1: no
+// overlap). A projection the fused kernels cannot take runs on the portable ones, and the
+// function returns why ("" when it ran as asked).
+struct GroupedPath {
+  bool fused = false;
+  int stages = 0;
+};
 // act [A, lda_act] bf16 = activation(x[row(p)] . w13[e]^T) for every sorted position p of
 // expert e; row(p) = gather[p], or p - offsets[e] when gather is null (a dense pass).
 // max_tiles: an upper bound of tile_offsets[E] known on the host (A / tile_m + E).
-void grouped_up(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13, std::int64_t n,
-                bool gated, Activation act, int E, const std::int64_t* offsets,
-                const std::int32_t* tile_offsets, std::int64_t max_tiles, const std::int32_t* gather,
-                std::uint16_t* a_out, std::int64_t lda_act);
-// y [A, d] bf16 = act[p] . w2[e]^T.
-void grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::int64_t n, const std::uint16_t* w2,
-                  std::int64_t d, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
-                  std::int64_t max_tiles, std::uint16_t* y);
+std::string grouped_up(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13, std::int64_t n,
+                       bool gated, Activation act, int E, const std::int64_t* offsets,
+                       const std::int32_t* tile_offsets, std::int64_t max_tiles, const std::int32_t* gather,
+                       std::uint16_t* a_out, std::int64_t lda_act, const GroupedPath& path = {});
+// y [A, d] bf16 = act[p] . w2[e]^T. a_rows: rows allocated in act (>= A).
+std::string grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::int64_t n, const std::uint16_t* w2,
+                         std::int64_t d, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
+                         std::int64_t max_tiles, std::int64_t a_rows, std::uint16_t* y,
+                         const GroupedPath& path = {});
 
 // ---- combine (combine.cu) ----
 // out[t] = sum_{a of t} weight[a] * y[slot[a]] + sum_s y_shared[s * T + t], fp32 accumulate,

@@ -53,6 +53,7 @@ TEST(Forward, ShapeMatrix) {
       expect_matches_reference(layer(48, 24, 64, 1), 3, dt, ++seed, alg);      // most experts empty
       expect_matches_reference(layer(32, 16, 24, 16), 40, dt, ++seed, alg);    // K = 16
       expect_matches_reference(layer(130, 70, 16, 4), 700, dt, ++seed, alg, 3);  // several tiles
+      expect_matches_reference(layer(40, 24, 2, 1), 1100, dt, ++seed, alg, 2);   // experts split
     }
 }
 

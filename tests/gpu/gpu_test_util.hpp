@@ -11,6 +11,10 @@
 
 #include "tilemoe/tilemoe.hpp"
 
+#if TILEMOE_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
 #define TILEMOE_REQUIRE_GPU() \
   if (!tilemoe::cuda_available()) GTEST_SKIP() << "no CUDA GPU"
 
@@ -19,6 +23,19 @@ namespace tilemoe::test {
 // Under compute-sanitizer (scripts/gpu_check.sh sets TILEMOE_SANITIZE=1) the tests keep to
 // their small cases: the tools slow kernels by 10-100x.
 inline bool sanitizing() { return std::getenv("TILEMOE_SANITIZE") != nullptr; }
+
+// An sm_90 GPU (H100/H200), where the fused path's kernels run.
+inline bool is_hopper() {
+#if TILEMOE_WITH_CUDA
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major == 9 && minor == 0;
+#else
+  return false;
+#endif
+}
 
 // A fresh seed per call, so that every run draws new inputs (printed on failure by the caller).
 inline std::uint64_t fresh_seed() {

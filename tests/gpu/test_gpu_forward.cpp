@@ -1,7 +1,8 @@
 // The whole forward on the GPU against the float64 reference, over the shape matrix: T = 1,
 // experts with no tokens, one expert with every token, K from 1 to 16 (K = E too), E not a
 // multiple of 8, d and n not multiples of 64 (nor of 8), every router and activation, shared
-// experts; grouped (bf16) and sequential (bf16 and fp32).
+// experts; grouped and fused (bf16, fused with 1 to 4 pipeline stages) and sequential (bf16 and
+// fp32). The fused path hands what its kernels cannot take to the portable ones and says why.
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -70,10 +71,10 @@ std::vector<Case> shape_matrix() {
   return v;
 }
 
-void check_case(const Case& cs, DType dt, Algorithm alg, double bound) {
+std::string check_case(const Case& cs, DType dt, Algorithm alg, double bound, int stages = 0) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(cs.cfg.name + " T=" + std::to_string(cs.T) + " " + to_string(dt) + " " + to_string(alg) +
-               " seed=" + std::to_string(seed));
+               " stages=" + std::to_string(stages) + " seed=" + std::to_string(seed));
   const MoeWeights wh = random_weights(cs.cfg, dt, seed);
   const Tensor xh = random_tokens(cs.T, cs.cfg.d_model, dt, seed + 1);
   const MoeWeights wd = wh.to(Device::cuda);
@@ -84,17 +85,20 @@ void check_case(const Case& cs, DType dt, Algorithm alg, double bound) {
   }
   ForwardOptions opt;
   opt.algorithm = alg;
+  opt.pipeline_stages = stages;
   ForwardTrace tr;
   const Tensor out = moe_forward(cs.cfg, wd, xd, opt, &tr);
-  ASSERT_TRUE(out.is_cuda());
-  ASSERT_EQ(out.dtype(), dt);
-  ASSERT_EQ(out.shape(), (Shape{cs.T, cs.cfg.d_model}));
-  ASSERT_EQ(tr.routing.num_tokens, cs.T);
+  EXPECT_TRUE(out.is_cuda());
+  EXPECT_EQ(out.dtype(), dt);
+  EXPECT_EQ(out.shape(), (Shape{cs.T, cs.cfg.d_model}));
+  EXPECT_EQ(tr.routing.num_tokens, cs.T);
+  if (out.shape() != Shape{cs.T, cs.cfg.d_model}) return tr.path;
   std::int64_t total = 0;
   for (auto c : tr.counts) total += c;
   EXPECT_EQ(total, tr.routing.num_assignments());
   const double err = forward_error(cs.cfg, wh, xh, out, tr.routing);
   EXPECT_LT(err, bound);
+  return tr.path;
 }
 
 }  // namespace
@@ -114,6 +118,26 @@ TEST(GpuForward, GroupedBf16ShapeMatrixEachKernel) {
     for (const Case& c : shape_matrix()) check_case(c, DType::bf16, Algorithm::grouped, 1e-2);
   }
   unsetenv("TILEMOE_GROUPED_KERNEL");
+}
+
+// The fused path over the same matrix, with each pipeline depth (1: no overlap). On Hopper the
+// shapes with d and n multiples of 8 and a gated activation run on the fused kernels; the others
+// run on the portable ones and ForwardTrace::path names the reason.
+TEST(GpuForward, FusedBf16ShapeMatrix) {
+  TILEMOE_REQUIRE_GPU();
+  const bool hopper = test::is_hopper();
+  for (int stages : {0, 1, 2, 4})
+    for (const Case& c : shape_matrix()) {
+      const std::string path = check_case(c, DType::bf16, Algorithm::fused, 1e-2, stages);
+      const bool aligned = c.cfg.d_model % 8 == 0 && c.cfg.d_expert % 8 == 0 &&
+                           (c.cfg.num_shared == 0 || c.cfg.d_shared % 8 == 0);
+      const bool gated = c.cfg.activation != Activation::gelu && c.cfg.activation != Activation::relu;
+      SCOPED_TRACE(c.cfg.name + ": " + path);
+      if (!hopper) EXPECT_NE(path.find("sm_90"), std::string::npos);
+      else if (!aligned) EXPECT_NE(path.find("not a multiple of 8"), std::string::npos);
+      else if (!gated) EXPECT_NE(path.find("gated activation"), std::string::npos);
+      else EXPECT_EQ(path.rfind("fused: sm_90a", 0), 0u);
+    }
 }
 
 TEST(GpuForward, SequentialBf16ShapeMatrix) {
@@ -181,12 +205,15 @@ TEST(GpuForward, LargeTokenCounts) {
   const std::uint64_t seed = fresh_seed();
   const MoeWeights wh = random_weights(c, DType::bf16, seed);
   const MoeWeights wd = wh.to(Device::cuda);
-  for (std::int64_t T : {4096, 32768, 131072}) {
-    SCOPED_TRACE("T=" + std::to_string(T) + " seed=" + std::to_string(seed));
-    const Tensor xh = random_tokens(T, c.d_model, DType::bf16, seed + T);
-    ForwardTrace tr;
-    const Tensor out = moe_forward(c, wd, xh.to(Device::cuda), {}, &tr);
-    const auto tokens = test::sample_tokens(T, 64, seed);
-    EXPECT_LT(forward_error(c, wh, xh, out, tr.routing, tokens), 1e-2);
-  }
+  for (std::int64_t T : {4096, 32768, 131072})
+    for (Algorithm alg : {Algorithm::grouped, Algorithm::fused}) {
+      SCOPED_TRACE("T=" + std::to_string(T) + " " + to_string(alg) + " seed=" + std::to_string(seed));
+      const Tensor xh = random_tokens(T, c.d_model, DType::bf16, seed + T);
+      ForwardOptions opt;
+      opt.algorithm = alg;
+      ForwardTrace tr;
+      const Tensor out = moe_forward(c, wd, xh.to(Device::cuda), opt, &tr);
+      const auto tokens = test::sample_tokens(T, 64, seed);
+      EXPECT_LT(forward_error(c, wh, xh, out, tr.routing, tokens), 1e-2);
+    }
 }

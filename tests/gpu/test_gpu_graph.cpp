@@ -2,6 +2,7 @@
 // library's stream (cudaStreamPerThread) and replayed, giving the same result as eager calls,
 // also after new tokens are copied into the captured input buffer.
 #include <cstring>
+#include <string>
 
 #include "gpu_test_util.hpp"
 
@@ -16,8 +17,11 @@ using namespace tilemoe;
 
 TEST(GpuGraph, CaptureAndReplayGroupedForward) {
   TILEMOE_REQUIRE_GPU();
+  for (Algorithm alg : {Algorithm::grouped, Algorithm::fused})
   for (const char* name : {"tiny-deepseek", "small"}) {
-    SCOPED_TRACE(name);
+    SCOPED_TRACE(std::string(name) + " " + to_string(alg));
+    ForwardOptions opt;
+    opt.algorithm = alg;
     const MoeConfig& c = preset(name);
     const std::uint64_t seed = test::fresh_seed();
     const MoeWeights w = random_weights(c, DType::bf16, seed).to(Device::cuda);
@@ -25,15 +29,15 @@ TEST(GpuGraph, CaptureAndReplayGroupedForward) {
     const Tensor x1 = random_tokens(T, c.d_model, DType::bf16, seed + 1).to(Device::cuda);
     const Tensor x2 = random_tokens(T, c.d_model, DType::bf16, seed + 2).to(Device::cuda);
     Tensor x = x1.clone();
-    const Tensor eager1 = moe_forward(c, w, x1);  // also warms up: scratch, handles, kernels
-    const Tensor eager2 = moe_forward(c, w, x2);
+    const Tensor eager1 = moe_forward(c, w, x1, opt);  // also warms up: scratch, handles, kernels
+    const Tensor eager2 = moe_forward(c, w, x2, opt);
 
     cudaStream_t s = cudaStreamPerThread;
     cudaGraph_t graph = nullptr;
     CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
     Tensor out;
     try {
-      out = moe_forward(c, w, x);
+      out = moe_forward(c, w, x, opt);
     } catch (...) {
       cudaStreamEndCapture(s, &graph);
       throw;

@@ -101,7 +101,7 @@ TEST(GpuRounding, MatchesCpuRoundRouting) {
 TEST(GpuRounding, ForwardWithRoundingMatchesReference) {
   TILEMOE_REQUIRE_GPU();
   for (const char* name : {"small", "tiny-deepseek"})
-    for (Algorithm alg : {Algorithm::grouped, Algorithm::sequential}) {
+    for (Algorithm alg : {Algorithm::grouped, Algorithm::fused, Algorithm::sequential}) {
       const MoeConfig& c = preset(name);
       const std::uint64_t seed = test::fresh_seed();
       SCOPED_TRACE(std::string(name) + " " + to_string(alg) + " seed=" + std::to_string(seed));

@@ -282,15 +282,28 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     Tensor y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
     auto u16 = [](const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); };
     const std::int64_t max_tiles = tiles[E] + 3;
-    for (const char* kernel : {"default", "mma", "wgmma"}) {  // wgmma: Hopper only, else mma.sync
+    for (const char* kernel : {"default", "mma", "wgmma", "fused", "fused-1-stage", "fused-4-stage"}) {  // Hopper ones fall back elsewhere
     SCOPED_TRACE(kernel);
-    if (std::string(kernel) != "default") setenv("TILEMOE_GROUPED_KERNEL", kernel, 1);
-    detail::gpu::grouped_up(u16(xd), d, u16(wd.w13), n, true, Activation::swiglu, E, offd.data<std::int64_t>(),
+    const std::string k = kernel;
+    detail::gpu::GroupedPath path;
+    path.fused = k.rfind("fused", 0) == 0;
+    path.stages = k == "fused-1-stage" ? 1 : k == "fused-4-stage" ? 4 : 0;
+    if (k == "mma" || k == "wgmma") setenv("TILEMOE_GROUPED_KERNEL", kernel, 1);
+    ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);  // NaNs: every output must be written
+    ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
+    const std::string up_why = detail::gpu::grouped_up(u16(xd), d, u16(wd.w13), n, true, Activation::swiglu, E, offd.data<std::int64_t>(),
                             tiled.data<std::int32_t>(), max_tiles, stokd.data<std::int32_t>(),
-                            static_cast<std::uint16_t*>(act.raw()), lda);
-    detail::gpu::grouped_down(u16(act), lda, n, u16(wd.w2), d, E, offd.data<std::int64_t>(), tiled.data<std::int32_t>(),
-                              max_tiles, static_cast<std::uint16_t*>(y.raw()));
+                            static_cast<std::uint16_t*>(act.raw()), lda, path);
+    const std::string down_why = detail::gpu::grouped_down(
+        u16(act), lda, n, u16(wd.w2), d, E, offd.data<std::int64_t>(), tiled.data<std::int32_t>(), max_tiles, A,
+        static_cast<std::uint16_t*>(y.raw()), path);
     unsetenv("TILEMOE_GROUPED_KERNEL");
+    if (path.fused && test::is_hopper() && d % 8 == 0 && n % 8 == 0) {
+      EXPECT_EQ(up_why, "");
+      EXPECT_EQ(down_why, "");
+    } else if (path.fused) {
+      EXPECT_NE(up_why, "");  // ran on the portable kernels, and said why
+    }
     const auto g = y.to_floats(), cref = yref.to_floats();
     EXPECT_LT(relative_error(g, std::vector<double>(cref.begin(), cref.end())), 1e-2);
     }
@@ -302,3 +315,145 @@ TEST(GpuStages, SkipsWithoutGpu) {
   TILEMOE_REQUIRE_GPU();
   SUCCEED();
 }
+
+#if TILEMOE_WITH_CUDA
+// The persistent fused kernels walk many tiles per block on large inputs (the matrices above fit
+// in one wave): each projection with each pipeline depth against the portable kernels on the
+// same inputs, row by row, naming the first rows that differ.
+TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
+  TILEMOE_REQUIRE_GPU();
+  if (test::sanitizing()) GTEST_SKIP() << "large case";
+  const std::int64_t d = 256, n = 128, T = 32768;
+  const int E = 64, K = 8;
+  const std::uint64_t seed = fresh_seed();
+  SCOPED_TRACE("seed=" + std::to_string(seed));
+  MoeConfig c;
+  c.d_model = d;
+  c.d_expert = n;
+  c.num_experts = E;
+  c.top_k = K;
+  const MoeWeights wh = random_weights(c, DType::bf16, seed);
+  const Tensor xh = random_tokens(T, d, DType::bf16, seed + 1);
+  const Routing r = route(c.router_config(), router_logits(wh, xh));
+  const RoutingMetadata m = build_metadata(r);
+  const std::int64_t A = r.num_assignments();
+  const int tile = detail::gpu::grouped_tile_m();
+  std::vector<std::int32_t> tiles(E + 1, 0), stok(m.sorted_token.begin(), m.sorted_token.end());
+  for (int e = 0; e < E; ++e) tiles[e + 1] = tiles[e] + static_cast<std::int32_t>((m.counts[e] + tile - 1) / tile);
+  Tensor offh = Tensor::empty({E + 1}, DType::i64);
+  std::copy(m.offsets.begin(), m.offsets.end(), offh.data<std::int64_t>());
+  Tensor offd = offh.to(Device::cuda), tiled = dev_i32(tiles), stokd = dev_i32(stok);
+  const MoeWeights wd = wh.to(Device::cuda);
+  const Tensor xd = xh.to(Device::cuda);
+  const std::int64_t lda = detail::gpu::act_row_stride(n), max_tiles = tiles[E] + 3;
+  auto u16 = [](const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); };
+  auto m16 = [](Tensor& t) { return static_cast<std::uint16_t*>(t.raw()); };
+  auto up = [&](Tensor& act, detail::gpu::GroupedPath p) {
+    return detail::gpu::grouped_up(u16(xd), d, u16(wd.w13), n, true, Activation::swiglu, E, offd.data<std::int64_t>(),
+                                   tiled.data<std::int32_t>(), max_tiles, stokd.data<std::int32_t>(), m16(act), lda, p);
+  };
+  auto down = [&](const Tensor& act, Tensor& y, detail::gpu::GroupedPath p) {
+    return detail::gpu::grouped_down(u16(act), lda, n, u16(wd.w2), d, E, offd.data<std::int64_t>(),
+                                     tiled.data<std::int32_t>(), max_tiles, A, m16(y), p);
+  };
+  // Rows whose relative error passes 1e-2, with their expert and row tile.
+  auto compare = [&](const Tensor& got, const Tensor& want, std::int64_t cols, std::int64_t ld, const char* what) {
+    const auto g = got.to_floats(), w = want.to_floats();
+    std::int64_t bad = 0;
+    std::string first;
+    for (std::int64_t p = 0; p < A; ++p) {
+      double num = 0, den = 0;
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const double a = g[p * ld + j], b = w[p * ld + j];
+        num += (a - b) * (a - b);
+        den += b * b;
+      }
+      if (!(num <= 1e-4 * den + 1e-12)) {
+        if (bad++ < 5) {
+          const int e = static_cast<int>(std::upper_bound(m.offsets.begin(), m.offsets.end(), p) - m.offsets.begin()) - 1;
+          first += " p=" + std::to_string(p) + "(e" + std::to_string(e) + " tile " +
+                   std::to_string((p - m.offsets[e]) / tile) + " row " + std::to_string((p - m.offsets[e]) % tile) + ")";
+        }
+      }
+    }
+    EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << A << " rows differ;" << first;
+  };
+  Tensor act_ref = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y_ref = Tensor::empty({A, d}, DType::bf16, Device::cuda);
+  setenv("TILEMOE_GROUPED_KERNEL", "mma", 1);
+  up(act_ref, {});
+  down(act_ref, y_ref, {});
+  unsetenv("TILEMOE_GROUPED_KERNEL");
+  for (int stages : {0, 1, 2, 3, 4}) {
+    SCOPED_TRACE("stages=" + std::to_string(stages));
+    Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
+    ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);
+    ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
+    const std::string why_up = up(act, {true, stages});
+    const std::string why_down = down(act, y, {true, stages});  // chained, as in the forward
+    if (!test::is_hopper()) continue;
+    EXPECT_EQ(why_up, "");
+    EXPECT_EQ(why_down, "");
+    compare(act, act_ref, n, lda, "up-projection");
+    compare(y, y_ref, d, d, "down-projection");
+  }
+  // The same with the metadata built on the device, as the forward does.
+  {
+    namespace g = detail::gpu;
+    auto dev = [](std::int64_t count, DType t) { return Tensor::empty({std::max<std::int64_t>(count, 1)}, t, Device::cuda); };
+    Tensor ids = dev_i32(r.expert), counts = dev(E, DType::i32), offs = dev(E + 1, DType::i64), tl = dev(E + 1, DType::i32);
+    Tensor sorted = dev(A, DType::i32), slot = dev(A, DType::i32), st = dev(A, DType::i32);
+    const std::size_t sb = g::metadata_scratch_bytes(A, E);
+    Tensor scratch = dev(static_cast<std::int64_t>(sb), DType::i32);
+    g::Metadata md{counts.data<std::int32_t>(), offs.data<std::int64_t>(), tl.data<std::int32_t>(),
+                   sorted.data<std::int32_t>(), slot.data<std::int32_t>(), st.data<std::int32_t>()};
+    g::build_metadata(ids.data<std::int32_t>(), nullptr, K, A, E, tile, md, scratch.raw(), sb);
+    const std::int64_t fmax = (A + std::int64_t(E) * (tile - 1)) / tile + 1;  // the forward's bound
+    Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
+    ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
+    g::grouped_up(u16(xd), d, u16(wd.w13), n, true, Activation::swiglu, E, md.offsets, md.tile_offsets, fmax,
+                  md.sorted_token, m16(act), lda, {true, 0});
+    g::grouped_down(u16(act), lda, n, u16(wd.w2), d, E, md.offsets, md.tile_offsets, fmax, A, m16(y), {true, 0});
+    if (test::is_hopper()) {
+      compare(act, act_ref, n, lda, "device metadata: up-projection");
+      compare(y, y_ref, d, d, "device metadata: down-projection");
+    }
+  }
+}
+
+// The whole forward, grouped against fused on the same inputs, row by row, and fused twice.
+TEST(GpuForward, FusedMatchesGroupedOnLargeInputs) {
+  TILEMOE_REQUIRE_GPU();
+  if (test::sanitizing()) GTEST_SKIP() << "large case";
+  MoeConfig c;
+  c.d_model = 256;
+  c.d_expert = 128;
+  c.num_experts = 64;
+  c.top_k = 8;
+  const std::uint64_t seed = fresh_seed();
+  const MoeWeights w = random_weights(c, DType::bf16, seed).to(Device::cuda);
+  for (std::int64_t T : {4096, 32768}) {
+    SCOPED_TRACE("T=" + std::to_string(T) + " seed=" + std::to_string(seed));
+    const Tensor x = random_tokens(T, c.d_model, DType::bf16, seed + T).to(Device::cuda);
+    ForwardOptions og, of;
+    of.algorithm = Algorithm::fused;
+    const auto a = moe_forward(c, w, x, og).to_floats();
+    const auto b = moe_forward(c, w, x, of).to_floats();
+    const auto b2 = moe_forward(c, w, x, of).to_floats();
+    std::int64_t bad = 0, diff2 = 0;
+    std::string first;
+    for (std::int64_t t = 0; t < T; ++t) {
+      double num = 0, den = 0, n2 = 0;
+      for (std::int64_t j = 0; j < c.d_model; ++j) {
+        const double u = a[t * c.d_model + j], v = b[t * c.d_model + j];
+        num += (u - v) * (u - v);
+        den += u * u;
+        n2 += (v - b2[t * c.d_model + j]) * (v - b2[t * c.d_model + j]);
+      }
+      if (!(num <= 1e-4 * den + 1e-12) && bad++ < 8) first += " t=" + std::to_string(t);
+      if (n2 != 0) ++diff2;
+    }
+    EXPECT_EQ(bad, 0) << bad << " of " << T << " tokens differ:" << first;
+    EXPECT_EQ(diff2, 0) << "two fused runs differ on " << diff2 << " tokens";
+  }
+}
+#endif  // TILEMOE_WITH_CUDA

@@ -42,14 +42,16 @@ template <bool kUp, bool kSwiGLU>
 __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmArgs g) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const int tile = blockIdx.y;
+  const TileCoord tc = raster_tile(std::int64_t(blockIdx.y) * gridDim.x + blockIdx.x, gridDim.y, gridDim.x,
+                                    kRasterRows);
+  const int tile = tc.row;
   if (tile >= g.tile_offsets[g.E]) return;
   const RowTile rt = find_row_tile<kBM>(g, tile);
   const int e = rt.expert, rows = rt.rows;
   const std::int64_t m0 = rt.m0;
   const int tid = threadIdx.x;
   const bool gated = kUp && g.gated;
-  const std::int64_t j0 = gated ? std::int64_t(blockIdx.x) * (kBN / 2) : std::int64_t(blockIdx.x) * kBN;
+  const std::int64_t j0 = gated ? std::int64_t(tc.col) * (kBN / 2) : std::int64_t(tc.col) * kBN;
 
   const int lr = tid >> 3, lc = tid & 7;
   const __nv_bfloat16* a_src[kAPasses];

@@ -1,0 +1,54 @@
+// Hopper (sm_90) pipeline primitives over cuda::ptx: mbarrier waits, 2-D TMA tile loads that
+// complete on an mbarrier, and the warpgroup controls of warp-specialized kernels (register
+// reallocation, named barriers). One thin wrapper per instruction.
+#pragma once
+#include <cuda/ptx>
+
+#include <cstdint>
+
+namespace tilemoe::ptx {
+
+__device__ __forceinline__ void mbarrier_init(std::uint64_t* bar, std::uint32_t count) {
+  cuda::ptx::mbarrier_init(bar, count);
+}
+// Makes the initialized barriers visible to the async proxy (TMA) and to the other threads
+// (followed by a block barrier).
+__device__ __forceinline__ void fence_barrier_init() {
+  cuda::ptx::fence_mbarrier_init(cuda::ptx::sem_release, cuda::ptx::scope_cluster);
+}
+// Spins until the barrier's phase with this parity has completed.
+__device__ __forceinline__ void mbarrier_wait(std::uint64_t* bar, std::uint32_t parity) {
+  while (!cuda::ptx::mbarrier_try_wait_parity(bar, parity)) {
+  }
+}
+__device__ __forceinline__ void mbarrier_arrive(std::uint64_t* bar) { (void)cuda::ptx::mbarrier_arrive(bar); }
+// Arrives and adds `bytes` to the transaction count the phase waits for (the TMA loads' bytes).
+__device__ __forceinline__ void mbarrier_arrive_expect_tx(std::uint64_t* bar, std::uint32_t bytes) {
+  (void)cuda::ptx::mbarrier_arrive_expect_tx(cuda::ptx::sem_release, cuda::ptx::scope_cta, cuda::ptx::space_shared,
+                                             bar, bytes);
+}
+
+// TMA: the box at (inner, outer) of a 2-D tensor map into shared memory at dst; completes on bar
+// (box bytes are counted, out-of-bounds elements are zero-filled and counted too).
+__device__ __forceinline__ void tma_load_2d(void* dst, const void* tensor_map, int inner, int outer,
+                                            std::uint64_t* bar) {
+  const std::int32_t coords[2] = {inner, outer};
+  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, dst, tensor_map, coords, bar);
+}
+
+// Register reallocation between warpgroups (sm_90a; the kernel needs __launch_bounds__(n, 1)).
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+template <int kRegs>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kRegs));
+}
+
+// Barrier `id` (1..15; 0 is __syncthreads) over `threads` threads, e.g. one warpgroup.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+}  // namespace tilemoe::ptx

@@ -1,0 +1,295 @@
+// The grouped GEMMs on Hopper, warp-specialized and persistent (sm_90a). Same function as
+// grouped_gemm.cu (row tiles from the device-side tile_offsets, x rows gathered, the gated
+// activation applied before anything is stored), built the way Hopper wants it:
+// - 384 threads: warpgroup 0 produces, warpgroups 1 and 2 consume (64 rows x 256 columns each
+//   of a 128 x 256 output tile). setmaxnreg moves registers from the producer (56) to the
+//   consumers (224).
+// - Persistent: one block per SM walks the output tiles t = blockIdx.x, + gridDim.x, ... in the
+//   raster order of raster_tile (grouped_gemm.cuh), so the producer loads the next tile while
+//   the consumers finish the last one.
+// - Producer: one thread issues TMA loads of the weight tile (the gated up-projection: 128 gate
+//   rows and the 128 up rows of the same outputs; the down-projection: 256 rows), and of the
+//   activation tile in the down-projection, into 128-byte-swizzled stages that complete on a
+//   "full" mbarrier with their byte count. In the up-projection the 128 producer threads gather
+//   the routed x rows with cp.async (Hopper's TMA has no gather), so the gathered copy of x
+//   never exists in global memory. Each thread waits for its own copies two stages behind,
+//   fences them for the async proxy (cp.async writes -> wgmma reads; the fence must come from
+//   the writing thread once its writes have landed: a consumer-side fence after
+//   cp.async.mbarrier.arrive gave stale tiles on large runs), then arrives on the stage.
+// - Consumers: per k tile, wait for the stage, 4 wgmma m64n256k16 from shared-memory
+//   descriptors, keep one batch in flight and release the previous stage on its "empty" barrier.
+// - Epilogue: activation in registers, bf16 tile staged in shared memory (XOR-swizzled 16-byte
+//   chunks, conflict-free both ways), then 16-byte row-contiguous stores with the row and
+//   column predicates (rows past an expert's count belong to the next expert's tile).
+// The launcher takes it where it applies (H100/H200, K, N, strides multiples of 8, 16-byte
+// aligned operands; up-projections gated); everything else goes to grouped_gemm.cu.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <string>
+
+#include "../activation.cuh"
+#include "../context.cuh"
+#include "../grouped_gemm.cuh"
+#include "../heuristics.hpp"
+#include "../ptx/cp_async.cuh"
+#include "../ptx/pipeline.cuh"
+#include "../ptx/wgmma.cuh"
+#include "../tensor_map.cuh"
+
+namespace tilemoe::detail::gpu {
+namespace {
+
+constexpr int kBM = 128, kBN = 256, kBK = 64, kThreads = 384;
+constexpr int kTileBytesA = kBM * kBK * 2, kTileBytesB = kBN * kBK * 2;
+
+template <bool kUp>
+struct WsShape {
+  static constexpr int kStages = kUp ? 4 : 3;  // at most (the down tile's staged output is twice as large)
+  static constexpr int kOutCols = kUp ? kBN / 2 : kBN;  // output columns of a tile
+  static constexpr int kOutRowBytes = kOutCols * 2;
+  static constexpr int kStageBytes = kTileBytesA + kTileBytesB;  // 48 KiB, a multiple of 1024
+  static constexpr int kOutBytes = kBM * kOutRowBytes;
+  static constexpr int kSmem = 1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8;
+};
+static_assert(WsShape<true>::kSmem <= 232448 && WsShape<false>::kSmem <= 232448, "over the sm_90 shared memory");
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+template <Activation kAct>
+__device__ __forceinline__ float gated_act(float gate, float up) {
+  if constexpr (kAct == Activation::swiglu) return act_silu(gate) * up;
+  else if constexpr (kAct == Activation::geglu) return act_gelu_tanh(gate) * up;
+  else return activate(Activation::clamped_swiglu, gate, up);
+}
+#endif
+
+template <bool kUp, Activation kAct>
+__global__ void __launch_bounds__(kThreads, 1)
+    grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
+                      const GemmArgs g, int ncol, int group_rows, int stages) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Shape = WsShape<kUp>;
+  constexpr int kStages = Shape::kStages;
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw));
+  unsigned char* smem = smem_raw + (((raw + 1023u) & ~1023u) - raw);
+  const std::uint32_t sbase = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem));
+  unsigned char* out_stage = smem + kStages * Shape::kStageBytes;
+  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(out_stage + Shape::kOutBytes);
+  std::uint64_t* empty = full + kStages;  // barriers 0 .. stages - 1 are used
+  auto stage_a = [&](int s) { return s * Shape::kStageBytes; };  // byte offsets from smem
+  auto stage_b = [&](int s) { return s * Shape::kStageBytes + kTileBytesA; };
+
+  const int wg = threadIdx.x >> 7, tid = threadIdx.x & 127;
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s) {
+      // Up: the TMA thread's expect_tx arrival + one arrival per producer thread after its gather.
+      ptx::mbarrier_init(&full[s], kUp ? 1 + 128 : 1);
+      ptx::mbarrier_init(&empty[s], 256);
+    }
+    ptx::fence_barrier_init();
+  }
+  __syncthreads();
+
+  const int nrow = g.tile_offsets[g.E];
+  const std::int64_t total = std::int64_t(nrow) * ncol;
+  const int ktiles = static_cast<int>((g.K + kBK - 1) / kBK);
+
+  if (wg == 0) {
+    // ---------------- producer ----------------
+    ptx::setmaxnreg_dec<56>();
+    const int lr = tid >> 3, lc = tid & 7;  // rows lr + 16 i, 16-byte chunk lc of each k tile
+    int s = 0;
+    std::uint32_t phase = 0;  // parity of the current pass over the stages
+    // Up: gathered stages in flight per thread before it waits for the oldest. The consumers
+    // hold two stages (one computing, one being released), so at most stages - 2.
+    const int lag = stages >= 4 ? 2 : stages == 3 ? 1 : 0;
+    int issued = 0, s_arrive = 0;
+    auto wait_own_copies = [](int n) {
+      if (n >= 2) ptx::cp_async_wait_group<2>();
+      else if (n == 1) ptx::cp_async_wait_group<1>();
+      else ptx::cp_async_wait_group<0>();
+    };
+    for (std::int64_t t = blockIdx.x; t < total; t += gridDim.x) {
+      const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
+      const RowTile rt = find_row_tile<kBM>(g, tc.row);
+      const int e = rt.expert;
+      std::int32_t arow[8];
+      if constexpr (kUp) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int r = lr + 16 * i;
+          const std::int64_t p = rt.m0 + r;
+          arow[i] = r >= rt.rows ? -1 : g.gather ? g.gather[p] : static_cast<std::int32_t>(p - g.offsets[e]);
+        }
+      }
+      const int j0 = kUp ? tc.col * (kBN / 2) : tc.col * kBN;
+      for (int kt = 0; kt < ktiles; ++kt) {
+        ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
+        const int k0 = kt * kBK;
+        if (tid == 0) {
+          if constexpr (kUp) {
+            ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesB);
+            const int brow = static_cast<int>(e * 2 * g.N) + j0;
+            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow, &full[s]);
+            ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &map_b, k0, brow + static_cast<int>(g.N), &full[s]);
+          } else {
+            ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesB);
+            ptx::tma_load_2d(smem + stage_a(s), &map_a, k0, static_cast<int>(rt.m0), &full[s]);
+            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, static_cast<int>(e * g.N) + j0, &full[s]);
+          }
+        }
+        if constexpr (kUp) {
+          const std::int64_t kc = std::int64_t(k0) + lc * 8;
+          const bool kin = kc < g.K;
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            const bool ok = kin && arow[i] >= 0;
+            const std::uint32_t dst = sbase + stage_a(s) + (lr + 16 * i) * 128 + ((lc ^ ((lr + 16 * i) & 7)) << 4);
+            ptx::cp_async_cg_16(dst, ok ? g.A + std::int64_t(arow[i]) * g.lda + kc : g.A, ok ? 16 : 0);
+          }
+          ptx::cp_async_commit_group();
+          // This thread's copies of the stage issued `lag` stages ago have landed: make them
+          // visible to the async proxy (wgmma), then arrive.
+          if (++issued > lag) {
+            wait_own_copies(lag);
+            ptx::fence_proxy_async_shared();
+            ptx::mbarrier_arrive(&full[s_arrive]);
+            if (++s_arrive == stages) s_arrive = 0;
+          }
+        }
+        if (++s == stages) s = 0, phase ^= 1;
+      }
+    }
+    if constexpr (kUp) {
+      ptx::cp_async_wait_group<0>();
+      ptx::fence_proxy_async_shared();
+      for (int j = 0; j < lag && j < issued; ++j) {
+        ptx::mbarrier_arrive(&full[s_arrive]);
+        if (++s_arrive == stages) s_arrive = 0;
+      }
+    }
+  } else {
+    // ---------------- consumers ----------------
+    ptx::setmaxnreg_inc<224>();
+    const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the tile
+    const int w = tid >> 5, l = tid & 31;
+    unsigned char* my_out = out_stage + cw * 64 * Shape::kOutRowBytes;
+    int s = 0, prev = 0;
+    std::uint32_t phase = 0;
+    float acc[kBN / 2];
+    for (std::int64_t t = blockIdx.x; t < total; t += gridDim.x) {
+      const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
+      const RowTile rt = find_row_tile<kBM>(g, tc.row);
+#pragma unroll
+      for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
+      for (int kt = 0; kt < ktiles; ++kt) {
+        ptx::mbarrier_wait(&full[s], phase);
+        ptx::wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < kBK / 16; ++kk) {
+          const std::uint64_t da = ptx::smem_desc_sw128(sbase + stage_a(s) + cw * 64 * 128 + kk * 32);
+          const std::uint64_t db = ptx::smem_desc_sw128(sbase + stage_b(s) + kk * 32);
+          ptx::wgmma_m64n256k16_bf16(acc, da, db, 1);
+        }
+        ptx::wgmma_commit_group();
+        if (stages > 1) {  // one batch stays in flight; the stage before it is free
+          ptx::wgmma_wait_group<1>();
+          if (kt > 0) ptx::mbarrier_arrive(&empty[prev]);
+        } else {           // one stage: load, then compute, then load again
+          ptx::wgmma_wait_group<0>();
+          ptx::mbarrier_arrive(&empty[s]);
+        }
+        prev = s;
+        if (++s == stages) s = 0, phase ^= 1;
+      }
+      ptx::wgmma_wait_group<0>();
+      if (stages > 1) ptx::mbarrier_arrive(&empty[prev]);
+
+      // Epilogue. Accumulator 4 b + 2 h + i of a thread: row 16 w + l / 4 + 8 h, column
+      // 8 b + 2 (l % 4) + i; in the up-projection column c < 128 is a gate, c + 128 its up.
+      ptx::named_barrier_sync(1 + cw, 128);  // the last tile's staged rows have been stored
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int rr = 16 * w + (l >> 2) + 8 * h;
+        unsigned char* row = my_out + rr * Shape::kOutRowBytes + (l & 3) * 4;
+#pragma unroll
+        for (int b = 0; b < Shape::kOutCols / 8; ++b) {
+          float v0 = acc[4 * b + 2 * h], v1 = acc[4 * b + 2 * h + 1];
+          if constexpr (kUp) {
+            v0 = gated_act<kAct>(v0, acc[4 * (b + 16) + 2 * h]);
+            v1 = gated_act<kAct>(v1, acc[4 * (b + 16) + 2 * h + 1]);
+          }
+          *reinterpret_cast<__nv_bfloat162*>(row + ((b ^ (rr & 7)) << 4)) = __floats2bfloat162_rn(v0, v1);
+        }
+      }
+      ptx::named_barrier_sync(1 + cw, 128);
+      constexpr int kChunks = Shape::kOutCols / 8;  // 16-byte chunks per row
+      const int j0 = tc.col * Shape::kOutCols;
+#pragma unroll 4
+      for (int q = tid; q < 64 * kChunks; q += 128) {
+        const int rr = q / kChunks, c = q % kChunks;
+        const int r = cw * 64 + rr;
+        const std::int64_t j = std::int64_t(j0) + c * 8;
+        if (r < rt.rows && j < g.N) {
+          const uint4 v = *reinterpret_cast<const uint4*>(my_out + rr * Shape::kOutRowBytes + ((c ^ (rr & 7)) << 4));
+          *reinterpret_cast<uint4*>(g.C + (rt.m0 + r) * g.ldc + j) = v;
+        }
+      }
+    }
+  }
+#else
+  if (threadIdx.x == 0 && blockIdx.x == 0)
+    printf("tilemoe: grouped_ws_kernel needs sm_90a (H100/H200); this GPU runs another arch\n");
+  __trap();
+#endif
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0; }
+
+template <bool kUp, Activation kAct>
+void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
+  using Shape = WsShape<kUp>;
+  const std::int64_t rows_b = kUp ? 2 * g.N : g.N;
+  const CUtensorMap map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, kUp ? kBN / 2 : kBN);
+  const CUtensorMap map_a = kUp ? map_b : make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM);
+  const int ncol = static_cast<int>((g.N + Shape::kOutCols - 1) / Shape::kOutCols);
+  const std::int64_t tiles = max_tiles * ncol;
+  const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
+  stages = stages <= 0 ? ws_stages(kUp) : std::min(stages, Shape::kStages);
+  auto kernel = grouped_ws_kernel<kUp, kAct>;
+  TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
+  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, g, ncol, kRasterRows, stages);
+  TILEMOE_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows) {
+  const DeviceProps& dp = device_props();
+  if (dp.cc_major != 9 || dp.cc_minor != 0)
+    return "needs an sm_90 GPU (H100/H200), this one is sm_" + std::to_string(dp.cc_major * 10 + dp.cc_minor);
+  if (dp.smem_optin < static_cast<std::size_t>(std::max(WsShape<false>::kSmem, WsShape<true>::kSmem)))
+    return "needs " + std::to_string(WsShape<true>::kSmem) + " bytes of shared memory per block";
+  if (up && !(g.gated && (g.act == Activation::swiglu || g.act == Activation::geglu ||
+                          g.act == Activation::clamped_swiglu)))
+    return std::string("the up-projection needs a gated activation, not ") + to_string(g.act);
+  if (g.K % 8 != 0) return (up ? "d_model = " : "d_expert = ") + std::to_string(g.K) + " is not a multiple of 8";
+  if (g.N % 8 != 0) return (up ? "d_expert = " : "d_model = ") + std::to_string(g.N) + " is not a multiple of 8";
+  if (g.lda % 8 != 0 || g.ldc % 8 != 0 || !aligned16(g.A) || !aligned16(g.B) || !aligned16(g.C))
+    return "operands not 16-byte aligned";
+  // TMA coordinates are 32-bit: the weight rows of all experts and the rows of A must fit.
+  if (g.E * (up ? 2 : 1) * g.N >= (std::int64_t(1) << 31) || a_rows >= (std::int64_t(1) << 31))
+    return "more than 2^31 rows in one operand";
+  return {};
+}
+
+void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
+  if (max_tiles <= 0 || g.N <= 0) return;
+  if (!up) run<false, Activation::relu>(g, max_tiles, a_rows, stages);
+  else if (g.act == Activation::swiglu) run<true, Activation::swiglu>(g, max_tiles, a_rows, stages);
+  else if (g.act == Activation::geglu) run<true, Activation::geglu>(g, max_tiles, a_rows, stages);
+  else run<true, Activation::clamped_swiglu>(g, max_tiles, a_rows, stages);
+}
+
+}  // namespace tilemoe::detail::gpu

@@ -24,4 +24,17 @@ __device__ __forceinline__ float activate(Activation a, float gate, float up) {
   return 0.0f;
 }
 
+// A gated activation fixed at compile time (the GEMM epilogues' hot loops: a run-time switch
+// there, unrolled 64 times, made the code large enough for instruction-fetch stalls).
+inline constexpr bool gated_fixed(Activation a) {
+  return a == Activation::swiglu || a == Activation::geglu || a == Activation::clamped_swiglu;
+}
+template <Activation kAct>
+__device__ __forceinline__ float activate_gated(float gate, float up) {
+  static_assert(gated_fixed(kAct), "a gated activation");
+  if constexpr (kAct == Activation::swiglu) return act_silu(gate) * up;
+  else if constexpr (kAct == Activation::geglu) return act_gelu_tanh(gate) * up;
+  else return activate(Activation::clamped_swiglu, gate, up);
+}
+
 }  // namespace tilemoe::detail::gpu

@@ -189,7 +189,9 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   const std::int32_t* token_of = nullptr;
   if (opt.rounding) {
     router_probs(rc, P.logits, T, P.probs);
+    timer.lap("rounding_probs");
     build_metadata(P.ids, nullptr, K, A, E, tile_m, P.m, P.meta_scratch, P.meta_bytes);
+    timer.lap("rounding_metadata");
     round_routing(*opt.rounding, T, K, E, P.ids, P.wts, P.probs, P.m, P.r_expert, P.r_weight, P.r_tok, P.r_off,
                   P.target, P.r_scratch, P.r_bytes);
     expert = P.r_expert;

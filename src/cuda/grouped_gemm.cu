@@ -210,8 +210,7 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
     refusal = ws_refusal(g, kUp, a_rows);
     if (refusal.empty()) {
       const char* env = std::getenv("TILEMOE_GROUPED_KERNEL");
-      const bool swiglu = g.act == Activation::swiglu;
-      if (!kUp || fused_up_on_ws(swiglu, path.stages, env && std::strcmp(env, "ws") == 0)) {
+      if (!kUp || fused_up_on_ws(path.stages, env && std::strcmp(env, "ws") == 0)) {
         launch_grouped_ws(g, kUp, max_tiles, a_rows, path.stages);
         return {};
       }

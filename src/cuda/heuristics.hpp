@@ -15,14 +15,14 @@ struct GroupedTiles {
 
 // Which kernel a grouped projection takes on Hopper (sm90/grouped_wgmma.cu: wgmma, 128 x 256 x 64,
 // one block per SM) where both apply. Measured on an H100 at T 24576 (docs/gpu.md, runs 7, 11):
-// - up-projection with SwiGLU (its own epilogue instantiation): wgmma 503-578 TFLOP/s against
-//   mma.sync's 321-354 on sonic-7b, qwen3-30b-a3b, olmoe-1b-7b; 343 vs 318 on mixtral-8x7b.
-//   Other activations keep a generic epilogue whose code size stalled instruction fetch (ncu),
-//   so they stay on mma.sync.
+// - gated up-projection (an epilogue instantiation per activation): wgmma 503-578 TFLOP/s
+//   against mma.sync's 321-354 on sonic-7b, qwen3-30b-a3b, olmoe-1b-7b; 343 vs 318 on
+//   mixtral-8x7b (595 once tiles were rasterized). Plain activations (GELU, ReLU) keep a
+//   generic epilogue whose code size stalled instruction fetch (ncu), so they stay on mma.sync.
 // - down-projection: wgmma wins once K (= n) is long enough (K 768: 435 vs 297 TFLOP/s; K 14336:
 //   604 vs 356) and not at K 256 (201 vs 211).
 // TILEMOE_GROUPED_KERNEL=mma|wgmma in the environment forces one (tests, A/B timing).
-inline bool prefer_wgmma(bool up, bool swiglu, std::int64_t K) { return up ? swiglu : K >= 512; }
+inline bool prefer_wgmma(bool up, bool gated_fixed, std::int64_t K) { return up ? gated_fixed : K >= 512; }
 
 // Row tiles per raster group of the grouped launches (grouped_gemm.cuh raster_tile): a wave of
 // ~132 blocks then covers ~16 row panels x ~8 weight panels, whose k slices the blocks read at
@@ -34,13 +34,13 @@ constexpr int kRasterRows = 16;
 // next to the staged output tile (48 KiB each: 4 for the up-projection, 3 for the down).
 inline int ws_stages(bool up) { return up ? 4 : 3; }
 
-// The fused path's SwiGLU up-projection keeps the wgmma kernel, whose 256 threads all gather
+// The fused path's gated up-projection keeps the wgmma kernel, whose 256 threads all gather
 // with cp.async, unless a pipeline depth is asked for: there the warp-specialized kernel's 128
 // gathering producer threads (two stages ahead) ran behind it on an H200 (run 19: Mixtral 505
 // vs 605 TFLOP/s, DeepSeek-V3 433 vs 553, sonic-7b and Qwen3 even). The down-projection, all TMA,
 // is faster warp-specialized everywhere (sonic-7b 383 vs 214 TFLOP/s, Mixtral 682 vs 598).
 // TILEMOE_GROUPED_KERNEL=ws puts the up-projection on the warp-specialized kernel too.
-inline bool fused_up_on_ws(bool swiglu, int stages, bool forced) { return forced || stages > 0 || !swiglu; }
+inline bool fused_up_on_ws(int stages, bool forced) { return forced || stages > 0; }
 
 // Row stride (elements) of the bf16 activation between the two GEMMs: a multiple of 8 so that
 // its rows stay 16-byte aligned for cp.async.

@@ -3,10 +3,10 @@
 // a host-known capacity, unused slots carry expert id E).
 //   1. targets: one block; per-expert floor/ceil to tile multiples by the rule (the stochastic
 //      draw is the same splitmix64 counter hash; balanced sorts experts by remainder in-block).
-//   2. drops: one radix sort of the top-k assignments by (expert, prob descending), stable so
-//      that equal probs keep token order; rank >= target drops.
-//   3. adds: a block per expert that gains tokens; an MSB radix select over (prob descending)
-//      of the tokens that did not choose it, ties taken in token order by a block scan.
+//   2. drops: a block per expert that loses assignments; an MSB radix select of its worst
+//      (prob ascending, later tokens first among equal probs) over its sorted segment.
+//   3. adds: a block per expert that gains tokens; the same select of the best (prob
+//      descending, token ascending) among the tokens that did not choose it.
 //   4. the new routing, token by token: kept assignments in top-k order, then the added ones by
 //      (prob descending, expert ascending) with weight = prob.
 #include <algorithm>
@@ -113,63 +113,63 @@ __global__ void __launch_bounds__(kThreads) targets_kernel(const std::int32_t* _
   }
 }
 
-// Drop ranking keys: (expert, prob descending); probs are >= 0, so ~bits orders them descending.
-__global__ void drop_keys_kernel(const std::int32_t* __restrict__ sorted, const std::int32_t* __restrict__ sorted_token,
-                                 const std::int32_t* __restrict__ ids, const float* __restrict__ probs, int E,
-                                 std::int64_t A, unsigned long long* __restrict__ keys, std::int32_t* __restrict__ pos) {
-  for (std::int64_t p = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; p < A;
-       p += std::int64_t(gridDim.x) * blockDim.x) {
-    const int e = ids[sorted[p]];
-    const std::int64_t t = sorted_token[p];
-    const unsigned pb = ~__float_as_uint(probs[t * E + e]);
-    keys[p] = (static_cast<unsigned long long>(e) << 32) | pb;
-    pos[p] = static_cast<std::int32_t>(p);
-  }
+constexpr int kSelThreads = 512, kSelItems = 8;  // the ordered pass takes 4096 items per step
+
+// Shared memory that caches a block's ranking keys (and which items are excluded) so that the
+// radix passes read them from global memory once: used up to kSelCacheItems items.
+constexpr std::int64_t kSelCacheItems = 40960;
+std::size_t select_cache_bytes(std::int64_t n) {
+  return n <= kSelCacheItems ? static_cast<std::size_t>(n) * 4 + static_cast<std::size_t>((n + 31) / 32) * 4 : 0;
 }
 
-__global__ void drop_mark_kernel(const unsigned long long* __restrict__ keys, const std::int32_t* __restrict__ pos,
-                                 const std::int32_t* __restrict__ sorted, const std::int64_t* __restrict__ offsets,
-                                 const std::int32_t* __restrict__ target, std::int64_t A,
-                                 unsigned char* __restrict__ dropped) {
-  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < A;
-       i += std::int64_t(gridDim.x) * blockDim.x) {
-    const int e = static_cast<int>(keys[i] >> 32);
-    dropped[sorted[pos[i]]] = (i - offsets[e]) >= target[e] ? 1 : 0;
-  }
-}
-
-constexpr int kAddThreads = 512;
-
-// One block per expert e that gains R = target - count tokens: the R best (prob descending,
-// token ascending) tokens that did not choose e.
-__global__ void __launch_bounds__(kAddThreads) add_kernel(const std::int32_t* __restrict__ counts,
-                                                          const std::int32_t* __restrict__ target,
-                                                          const std::int32_t* __restrict__ ids,
-                                                          const float* __restrict__ probs, std::int64_t T, int K, int E,
-                                                          unsigned long long* __restrict__ added,
-                                                          int* __restrict__ n_added,
-                                                          std::int32_t* __restrict__ added_per_token) {
-  const int e = blockIdx.x;
-  const int R = target[e] - counts[e];
-  if (R <= 0) return;
-  using Scan = cub::BlockScan<int, kAddThreads>;
+// The R best of n items in one block: smallest key first, equal keys in index order. key_of(i,
+// ok) gives item i's key and whether it takes part; take(i, key) is called once for each chosen
+// item. An MSB radix select (4 passes of 8 bits, over keys cached in shared memory when
+// `cached`) finds the R-th key; one ordered pass then takes every item below it and the first
+// ties by index (a block scan over kSelItems consecutive items per thread).
+template <class KeyOf, class Take>
+__device__ void block_select(std::int64_t n, unsigned R, bool cached, KeyOf key_of, Take take) {
+  using Scan = cub::BlockScan<int, kSelThreads>;
   __shared__ typename Scan::TempStorage scan;
   __shared__ int hist[256];
   __shared__ unsigned prefix_s, need_s;
   __shared__ int running;
-  auto key_of = [&](std::int64_t t, bool& ok) {
-    ok = true;
-    for (int k = 0; k < K; ++k)
-      if (ids[t * K + k] == e) ok = false;
-    return ~__float_as_uint(probs[t * E + e]);
+  extern __shared__ unsigned cache[];  // [n] keys, then [ceil(n / 32)] bits: excluded
+  unsigned* excluded = cache + n;
+  auto key = [&](std::int64_t i, bool& ok) {
+    if (!cached) return key_of(i, ok);
+    ok = !((excluded[i >> 5] >> (i & 31)) & 1u);
+    return cache[i];
   };
-  unsigned prefix = 0, mask = 0, need = static_cast<unsigned>(R);
+  if (cached) {
+    for (std::int64_t w = threadIdx.x; w < (n + 31) / 32; w += blockDim.x) excluded[w] = 0;
+    __syncthreads();
+    // Four items per thread in flight: the keys come from scattered global loads.
+    for (std::int64_t b = 0; b < n; b += 4 * blockDim.x) {
+      unsigned u[4];
+      bool ok[4];
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const std::int64_t i = b + q * blockDim.x + threadIdx.x;
+        ok[q] = true;
+        if (i < n) u[q] = key_of(i, ok[q]);
+      }
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const std::int64_t i = b + q * blockDim.x + threadIdx.x;
+        if (i >= n) continue;
+        cache[i] = u[q];
+        if (!ok[q]) atomicOr(&excluded[i >> 5], 1u << (i & 31));
+      }
+    }
+  }
+  unsigned prefix = 0, mask = 0, need = R;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
     __syncthreads();
-    for (std::int64_t t = threadIdx.x; t < T; t += blockDim.x) {
+    for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) {
       bool ok;
-      const unsigned u = key_of(t, ok);
+      const unsigned u = key(i, ok);
       if (ok && (u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1);
     }
     __syncthreads();
@@ -189,28 +189,83 @@ __global__ void __launch_bounds__(kAddThreads) add_kernel(const std::int32_t* __
     mask |= 255u << shift;
     __syncthreads();
   }
-  // Every token strictly better than the threshold key, and the first `need` equal to it.
   if (threadIdx.x == 0) running = 0;
   __syncthreads();
-  for (std::int64_t base = 0; base < T; base += blockDim.x) {
-    const std::int64_t t = base + threadIdx.x;
-    bool ok = false;
-    unsigned u = 0;
-    if (t < T) u = key_of(t, ok);
-    const int tie = ok && u == prefix ? 1 : 0;
-    int before, total;
+  constexpr int kStep = kSelThreads * kSelItems;
+  for (std::int64_t base = 0; base < n; base += kStep) {
+    unsigned u[kSelItems];
+    bool ok[kSelItems];
+    int tie[kSelItems], before[kSelItems], total;
+#pragma unroll
+    for (int q = 0; q < kSelItems; ++q) {
+      const std::int64_t i = base + threadIdx.x * kSelItems + q;
+      ok[q] = false;
+      u[q] = 0;
+      if (i < n) u[q] = key(i, ok[q]);
+      tie[q] = ok[q] && u[q] == prefix ? 1 : 0;
+    }
     Scan(scan).ExclusiveSum(tie, before, total);
-    const bool take = ok && (u < prefix || (tie && static_cast<unsigned>(running + before) < need));
-    if (take) {
-      const int slot = atomicAdd(n_added, 1);
-      added[slot] = (static_cast<unsigned long long>(t) << 44) | (static_cast<unsigned long long>(u) << 12) |
-                    static_cast<unsigned long long>(e);
-      atomicAdd(&added_per_token[t], 1);
+#pragma unroll
+    for (int q = 0; q < kSelItems; ++q) {
+      const bool chosen = ok[q] && (u[q] < prefix || (tie[q] && static_cast<unsigned>(running + before[q]) < need));
+      if (chosen) take(base + threadIdx.x * kSelItems + q, u[q]);
     }
     __syncthreads();
     if (threadIdx.x == 0) running += total;
     __syncthreads();
   }
+}
+
+// One block per expert e that loses D = count - target assignments: its D worst, by probability
+// ascending and, among equal probabilities, the later sorted positions first (the CPU keeps the
+// earlier tokens). Items run from the segment's end; the key ~bits(~bits(prob)) = bits(prob)
+// orders lower probabilities first.
+__global__ void __launch_bounds__(kSelThreads) drop_kernel(const std::int32_t* __restrict__ counts,
+                                                           const std::int32_t* __restrict__ target,
+                                                           const std::int64_t* __restrict__ offsets,
+                                                           const std::int32_t* __restrict__ sorted,
+                                                           const std::int32_t* __restrict__ sorted_token,
+                                                           const float* __restrict__ probs, int E, bool cached,
+                                                           unsigned char* __restrict__ dropped) {
+  const int e = blockIdx.x;
+  const int D = counts[e] - target[e];
+  if (D <= 0) return;
+  const std::int64_t last = offsets[e + 1] - 1;
+  block_select(
+      counts[e], static_cast<unsigned>(D), cached,
+      [&](std::int64_t i, bool& ok) {
+        ok = true;
+        return __float_as_uint(probs[std::int64_t(sorted_token[last - i]) * E + e]);
+      },
+      [&](std::int64_t i, unsigned) { dropped[sorted[last - i]] = 1; });
+}
+
+// One block per expert e that gains R = target - count tokens: the R best (prob descending,
+// token ascending) tokens that did not choose e.
+__global__ void __launch_bounds__(kSelThreads) add_kernel(const std::int32_t* __restrict__ counts,
+                                                          const std::int32_t* __restrict__ target,
+                                                          const std::int32_t* __restrict__ ids,
+                                                          const float* __restrict__ probs, std::int64_t T, int K, int E,
+                                                          bool cached, unsigned long long* __restrict__ added,
+                                                          int* __restrict__ n_added,
+                                                          std::int32_t* __restrict__ added_per_token) {
+  const int e = blockIdx.x;
+  const int R = target[e] - counts[e];
+  if (R <= 0) return;
+  block_select(
+      T, static_cast<unsigned>(R), cached,
+      [&](std::int64_t t, bool& ok) {
+        ok = true;
+        for (int k = 0; k < K; ++k)
+          if (ids[t * K + k] == e) ok = false;
+        return ~__float_as_uint(probs[t * E + e]);
+      },
+      [&](std::int64_t t, unsigned u) {
+        const int slot = atomicAdd(n_added, 1);
+        added[slot] = (static_cast<unsigned long long>(t) << 44) | (static_cast<unsigned long long>(u) << 12) |
+                      static_cast<unsigned long long>(e);
+        atomicAdd(&added_per_token[t], 1);
+      });
 }
 
 __global__ void token_counts_kernel(const unsigned char* __restrict__ dropped, const std::int32_t* __restrict__ added,
@@ -243,16 +298,26 @@ __global__ void write_kernel(const unsigned char* __restrict__ dropped, const st
         token_of[p] = static_cast<std::int32_t>(t);
         ++p;
       }
-      // This token's added experts: the sorted keys (t << 44 | ~prob << 12 | e) from t << 44.
-      const unsigned long long lo_key = static_cast<unsigned long long>(t) << 44;
+      // This token's added experts: the keys (t << 44 | ~prob << 12 | e), sorted by t only, from
+      // t << 44; emitted by their low 44 bits (prob descending, expert ascending), a few at most.
+      const unsigned long long lo_key = static_cast<unsigned long long>(t) << 44, low = (1ull << 44) - 1;
       std::int64_t l = 0, h = n_cap;
       while (l < h) {
         const std::int64_t m = (l + h) >> 1;
         if (added[m] < lo_key) l = m + 1; else h = m;
       }
-      for (std::int64_t j = l; j < n_cap && (added[j] >> 44) == static_cast<unsigned long long>(t); ++j) {
-        expert_out[p] = static_cast<std::int32_t>(added[j] & 4095u);
-        weight_out[p] = __uint_as_float(~static_cast<unsigned>((added[j] >> 12) & 0xffffffffu));
+      std::int64_t r = l;
+      while (r < n_cap && (added[r] >> 44) == static_cast<unsigned long long>(t)) ++r;
+      unsigned long long prev = 0;
+      for (std::int64_t c = l; c < r; ++c) {
+        unsigned long long best = ~0ull;
+        for (std::int64_t j = l; j < r; ++j) {
+          const unsigned long long v = added[j] & low;
+          if ((c == l || v > prev) && v < best) best = v;
+        }
+        prev = best;
+        expert_out[p] = static_cast<std::int32_t>(best & 4095u);
+        weight_out[p] = __uint_as_float(~static_cast<unsigned>(best >> 12));
         token_of[p] = static_cast<std::int32_t>(t);
         ++p;
       }
@@ -266,10 +331,6 @@ __global__ void write_kernel(const unsigned char* __restrict__ dropped, const st
 }
 
 struct Scratch {
-  unsigned long long* drop_keys;
-  unsigned long long* drop_keys_out;
-  std::int32_t* drop_pos;
-  std::int32_t* drop_pos_out;
   unsigned char* dropped;
   unsigned long long* added;
   unsigned long long* added_out;
@@ -288,30 +349,23 @@ int bits_for(std::uint64_t v) {
 
 Scratch carve(void* base, std::int64_t T, int K, int E, int tile) {
   const std::int64_t A = T * K, n_cap = std::int64_t(E) * (tile - 1);
-  std::size_t b1 = 0, b2 = 0, b3 = 0;
+  std::size_t b2 = 0, b3 = 0;
   cudaStream_t st = current_stream();
-  TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, b1, static_cast<const unsigned long long*>(nullptr),
-                                                     static_cast<unsigned long long*>(nullptr),
-                                                     static_cast<const std::int32_t*>(nullptr),
-                                                     static_cast<std::int32_t*>(nullptr), static_cast<int>(A), 0, 32 + bits_for(E), st));
   TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(nullptr, b2, static_cast<const unsigned long long*>(nullptr),
                                                     static_cast<unsigned long long*>(nullptr),
-                                                    static_cast<int>(std::max<std::int64_t>(n_cap, 1)), 0, 64, st));
+                                                    static_cast<int>(std::max<std::int64_t>(n_cap, 1)), 44,
+                                                    44 + bits_for(T), st));
   TILEMOE_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(nullptr, b3, static_cast<const std::int64_t*>(nullptr),
                                                    static_cast<std::int64_t*>(nullptr), static_cast<int>(T + 1), st));
   Carver c(base);
   Scratch s;
-  s.drop_keys = c.take<unsigned long long>(A);
-  s.drop_keys_out = c.take<unsigned long long>(A);
-  s.drop_pos = c.take<std::int32_t>(A);
-  s.drop_pos_out = c.take<std::int32_t>(A);
   s.dropped = c.take<unsigned char>(A);
   s.added = c.take<unsigned long long>(std::max<std::int64_t>(n_cap, 1));
   s.added_out = c.take<unsigned long long>(std::max<std::int64_t>(n_cap, 1));
   s.n_added = c.take<int>(1);
   s.added_per_token = c.take<std::int32_t>(T);
   s.tcount = c.take<std::int64_t>(T + 1);
-  s.cub_bytes = std::max({b1, b2, b3});
+  s.cub_bytes = std::max(b2, b3);
   s.cub = c.take<unsigned char>(s.cub_bytes);
   s.cub_bytes = s.cub_bytes;
   return s;
@@ -351,25 +405,27 @@ void round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, con
   cudaStream_t st = current_stream();
   targets_kernel<<<1, kThreads, 0, st>>>(topk.counts, E, T, opt.tile, opt.rule, opt.seed, target);
   TILEMOE_CHECK_LAUNCH();
+  // Dropped marks: zero, then one block per losing expert marks its worst assignments.
+  const std::size_t cache = select_cache_bytes(T);  // counts[e] <= T
+  if (cache > 48 * 1024) {
+    TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(drop_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cache)));
+    TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(add_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cache)));
+  }
   if (A > 0) {
-    drop_keys_kernel<<<blocks_for(A, 256), 256, 0, st>>>(topk.sorted, topk.sorted_token, ids, probs, E, A, s.drop_keys,
-                                                         s.drop_pos);
-    TILEMOE_CHECK_LAUNCH();
-    TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.cub, s.cub_bytes, s.drop_keys, s.drop_keys_out, s.drop_pos,
-                                                       s.drop_pos_out, static_cast<int>(A), 0, 32 + bits_for(E), st));
-    drop_mark_kernel<<<blocks_for(A, 256), 256, 0, st>>>(s.drop_keys_out, s.drop_pos_out, topk.sorted, topk.offsets,
-                                                         target, A, s.dropped);
+    TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.dropped, 0, static_cast<std::size_t>(A), st));
+    drop_kernel<<<E, kSelThreads, cache, st>>>(topk.counts, target, topk.offsets, topk.sorted, topk.sorted_token, probs,
+                                               E, cache > 0, s.dropped);
     TILEMOE_CHECK_LAUNCH();
   }
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.added, 0xff, sizeof(unsigned long long) * std::max<std::int64_t>(n_cap, 1), st));
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.n_added, 0, sizeof(int), st));
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.added_per_token, 0, sizeof(std::int32_t) * T, st));
   if (n_cap > 0) {
-    add_kernel<<<E, kAddThreads, 0, st>>>(topk.counts, target, ids, probs, T, K, E, s.added, s.n_added,
-                                          s.added_per_token);
+    add_kernel<<<E, kSelThreads, cache, st>>>(topk.counts, target, ids, probs, T, K, E, cache > 0, s.added,
+                                              s.n_added, s.added_per_token);
     TILEMOE_CHECK_LAUNCH();
     TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(s.cub, s.cub_bytes, s.added, s.added_out, static_cast<int>(n_cap),
-                                                      0, 64, st));
+                                                      44, 44 + bits_for(T), st));
   }
   token_counts_kernel<<<blocks_for(T + 1, 256), 256, 0, st>>>(s.dropped, s.added_per_token, T, K, s.tcount);
   TILEMOE_CHECK_LAUNCH();

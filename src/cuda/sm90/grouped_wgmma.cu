@@ -36,9 +36,10 @@ __device__ __forceinline__ std::uint32_t swz(int row, int chunk) {
 }
 #endif
 
-// kSwiGLU: the epilogue spells out silu(gate) * up instead of switching on g.act; the switch's
-// 64 unrolled copies made the code large enough for instruction-fetch stalls (ncu, run 10).
-template <bool kUp, bool kSwiGLU>
+// kFixed: a gated up-projection whose activation kAct is fixed at compile time; the run-time
+// switch on g.act (kept for the other cases), unrolled 64 times, made the code large enough for
+// instruction-fetch stalls (ncu, run 10).
+template <bool kUp, bool kFixed, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmArgs g) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -145,18 +146,18 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
     const int r = wg * 64 + 16 * w + (l >> 2) + 8 * h;
     if (r >= rows) continue;
     const std::int64_t p = m0 + r;
-    if (kSwiGLU || gated) {
+    if (kFixed || gated) {
 #pragma unroll
       for (int b = 0; b < kBN / 16; ++b) {
         const std::int64_t j = j0 + b * 8 + 2 * (l & 3);
         const float g0 = acc[8 * b + 2 * h], u0 = acc[8 * b + 4 + 2 * h];
         const float g1 = acc[8 * b + 2 * h + 1], u1 = acc[8 * b + 4 + 2 * h + 1];
-        if constexpr (kSwiGLU)
-          store2(p, j, act_silu(g0) * u0, act_silu(g1) * u1);
+        if constexpr (kFixed)
+          store2(p, j, activate_gated<kAct>(g0, u0), activate_gated<kAct>(g1, u1));
         else
           store2(p, j, activate(g.act, g0, u0), activate(g.act, g1, u1));
       }
-    } else if constexpr (!kSwiGLU) {
+    } else if constexpr (!kFixed) {
 #pragma unroll
       for (int q = 0; q < kBN / 8; ++q) {
         const std::int64_t j = j0 + q * 8 + 2 * (l & 3);
@@ -183,8 +184,8 @@ bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15
 bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
   const char* env = std::getenv("TILEMOE_GROUPED_KERNEL");  // A/B comparisons and tests
   if (env && std::strcmp(env, "mma") == 0) return false;
-  const bool swiglu = up && g.gated && g.act == Activation::swiglu;
-  if (!(env && std::strcmp(env, "wgmma") == 0) && !prefer_wgmma(up, swiglu, g.K)) return false;
+  const bool fixed = up && g.gated && gated_fixed(g.act);
+  if (!(env && std::strcmp(env, "wgmma") == 0) && !prefer_wgmma(up, fixed, g.K)) return false;
   const DeviceProps& dp = device_props();
   if (dp.cc_major != 9 || dp.cc_minor != 0) return false;
   if (dp.smem_optin < static_cast<std::size_t>(kSmemBytes)) return false;
@@ -194,8 +195,11 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
   const std::int64_t ntiles = (g.N + cols - 1) / cols;
   check_arg(max_tiles <= 65535, "row tiles", max_tiles, "<= 65535 per grouped launch");
   const dim3 grid(static_cast<unsigned>(ntiles), static_cast<unsigned>(max_tiles));
-  auto kernel = !up ? grouped_wgmma_kernel<false, false>
-                : swiglu ? grouped_wgmma_kernel<true, true> : grouped_wgmma_kernel<true, false>;
+  auto kernel = !up ? grouped_wgmma_kernel<false, false, Activation::relu>
+                : !fixed                               ? grouped_wgmma_kernel<true, false, Activation::relu>
+                : g.act == Activation::swiglu          ? grouped_wgmma_kernel<true, true, Activation::swiglu>
+                : g.act == Activation::geglu           ? grouped_wgmma_kernel<true, true, Activation::geglu>
+                                                       : grouped_wgmma_kernel<true, true, Activation::clamped_swiglu>;
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   kernel<<<grid, kThreads, kSmemBytes, current_stream()>>>(g);
   TILEMOE_CHECK_LAUNCH();

@@ -54,14 +54,6 @@ struct WsShape {
 };
 static_assert(WsShape<true>::kSmem <= 232448 && WsShape<false>::kSmem <= 232448, "over the sm_90 shared memory");
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-template <Activation kAct>
-__device__ __forceinline__ float gated_act(float gate, float up) {
-  if constexpr (kAct == Activation::swiglu) return act_silu(gate) * up;
-  else if constexpr (kAct == Activation::geglu) return act_gelu_tanh(gate) * up;
-  else return activate(Activation::clamped_swiglu, gate, up);
-}
-#endif
 
 template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -217,8 +209,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int b = 0; b < Shape::kOutCols / 8; ++b) {
           float v0 = acc[4 * b + 2 * h], v1 = acc[4 * b + 2 * h + 1];
           if constexpr (kUp) {
-            v0 = gated_act<kAct>(v0, acc[4 * (b + 16) + 2 * h]);
-            v1 = gated_act<kAct>(v1, acc[4 * (b + 16) + 2 * h + 1]);
+            v0 = activate_gated<kAct>(v0, acc[4 * (b + 16) + 2 * h]);
+            v1 = activate_gated<kAct>(v1, acc[4 * (b + 16) + 2 * h + 1]);
           }
           *reinterpret_cast<__nv_bfloat162*>(row + ((b ^ (rr & 7)) << 4)) = __floats2bfloat162_rn(v0, v1);
         }
@@ -271,8 +263,7 @@ std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows) {
     return "needs an sm_90 GPU (H100/H200), this one is sm_" + std::to_string(dp.cc_major * 10 + dp.cc_minor);
   if (dp.smem_optin < static_cast<std::size_t>(std::max(WsShape<false>::kSmem, WsShape<true>::kSmem)))
     return "needs " + std::to_string(WsShape<true>::kSmem) + " bytes of shared memory per block";
-  if (up && !(g.gated && (g.act == Activation::swiglu || g.act == Activation::geglu ||
-                          g.act == Activation::clamped_swiglu)))
+  if (up && !(g.gated && gated_fixed(g.act)))
     return std::string("the up-projection needs a gated activation, not ") + to_string(g.act);
   if (g.K % 8 != 0) return (up ? "d_model = " : "d_expert = ") + std::to_string(g.K) + " is not a multiple of 8";
   if (g.N % 8 != 0) return (up ? "d_expert = " : "d_model = ") + std::to_string(g.N) + " is not a multiple of 8";

@@ -12,6 +12,9 @@
 //   torch_grouped_mm  PyTorch on the same inputs (router, sort, torch._grouped_mm, SwiGLU,
 //                     torch._grouped_mm, weighted index_add), benchmarks/peers/torch_pipeline.py
 // Each time: warm-up, then the median of --reps runs, each after an L2 flush, by CUDA events.
+// The memory roofline of a layer: the bytes it must move (the touched experts' weights, the
+// shared experts', the router's, x and out) over the device-to-device copy bandwidth measured in
+// the same run (%mem: roofline time / measured time; what bounds small token counts).
 // Our variants are the whole layer (router included), as is the PyTorch pipeline.
 // Prints ms, TFLOP/s, share of the upper bound and speedup over sequential; writes JSON.
 #include <algorithm>
@@ -99,6 +102,7 @@ struct Result {
   std::int64_t tokens;
   std::string variant;
   double ms, tflops;
+  double mem_ms = 0;  // the memory roofline of this layer, ms (0: not computed)
 };
 
 void write_file(const std::string& path, const void* data, std::size_t bytes) {
@@ -168,6 +172,32 @@ class Timer {
   std::size_t flush_bytes_ = 0;
 };
 
+// Copy bandwidth (read + write, TB/s): a 1 GiB device-to-device copy, median of --reps.
+double copy_tbps(Timer& timer, const Args& a) {
+  const std::size_t bytes = std::size_t(1) << 30;
+  void *src = nullptr, *dst = nullptr;
+  CK(cudaMalloc(&src, bytes));
+  CK(cudaMalloc(&dst, bytes));
+  CK(cudaMemset(src, 1, bytes));
+  const double ms = timer.median_ms(
+      [&] { CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cudaStreamPerThread)); }, a.warmup, a.reps);
+  cudaFree(src);
+  cudaFree(dst);
+  return 2.0 * static_cast<double>(bytes) / (ms * 1e-3) / 1e12;
+}
+
+// Bytes a forward must move at least: the weights of the experts that received tokens, the shared
+// experts' and the router's, x in and out.
+double layer_bytes(const MoeConfig& c, std::int64_t T, const std::vector<std::int64_t>& counts) {
+  const double d = static_cast<double>(c.d_model), n = static_cast<double>(c.d_expert);
+  const double rows = is_gated(c.activation) ? 2 * n : n;
+  double touched = 0;
+  for (auto k : counts) touched += k > 0 ? 1 : 0;
+  const double ns = static_cast<double>(c.d_shared), srows = is_gated(c.activation) ? 2 * ns : ns;
+  return 2.0 * touched * (rows * d + d * n) + 2.0 * c.num_shared * (srows * d + d * ns) +
+         4.0 * c.num_experts * d + 2.0 * 2.0 * static_cast<double>(T) * d;
+}
+
 // The upper bound: dense GEMM pairs with the routed (M = T*K) and shared (M = T*S) shapes.
 double dense_ms(const MoeConfig& c, std::int64_t T, Timer& timer, const Args& a) {
   cublasHandle_t h;
@@ -227,14 +257,17 @@ int main(int argc, char** argv) {
     std::printf("card: %s   commit: %s   date: %s   reps %d (median), warm-up %d, L2 flushed\n", card.c_str(),
                 commit.c_str(), now_utc().c_str(), a.reps, a.warmup);
     Timer timer;
+    const double copy_bw = copy_tbps(timer, a);
+    std::printf("device-to-device copy: %.2f TB/s (read + write), the memory roofline's bandwidth\n", copy_bw);
     std::vector<Result> results;
     std::vector<std::string> dumped;
     for (const std::string& name : a.configs) {
       const MoeConfig& c = preset(name);
       for (std::int64_t T : a.tokens) {
         const double flops = c.flops_per_token() * static_cast<double>(T);
+        double mem_ms = 0;  // set once the routing is known
         auto add = [&](const std::string& variant, double ms) {
-          results.push_back({c.name, T, variant, ms, flops / (ms * 1e-3) / 1e12});
+          results.push_back({c.name, T, variant, ms, flops / (ms * 1e-3) / 1e12, mem_ms});
           std::printf("  %-16s T=%-7lld %-17s %9.3f ms %8.1f TFLOP/s\n", c.name.c_str(), (long long)T, variant.c_str(),
                       ms, results.back().tflops);
           std::fflush(stdout);
@@ -249,7 +282,8 @@ int main(int argc, char** argv) {
         ForwardOptions og;
         og.algorithm = Algorithm::grouped;
         ForwardTrace tr;
-        (void)moe_forward(c, w, x, og, &tr);  // the routing, for the dump
+        (void)moe_forward(c, w, x, og, &tr);  // the routing, for the dump and the roofline
+        mem_ms = layer_bytes(c, T, tr.counts) / (copy_bw * 1e12) * 1e3;
         if (a.sequential) {
           ForwardOptions os;
           os.algorithm = Algorithm::sequential;
@@ -331,7 +365,10 @@ int main(int argc, char** argv) {
           double ms = 0;
           if (std::sscanf(line, "RESULT %255s %lld %lf", cfg, &T, &ms) == 3) {
             const double flops = preset(cfg).flops_per_token() * static_cast<double>(T);
-            results.push_back({cfg, T, "torch_grouped_mm", ms, flops / (ms * 1e-3) / 1e12});
+            double mem = 0;
+            for (const Result& r : results)
+              if (r.config == cfg && r.tokens == T) mem = r.mem_ms;
+            results.push_back({cfg, T, "torch_grouped_mm", ms, flops / (ms * 1e-3) / 1e12, mem});
           }
         }
         const int rc = pclose(p);
@@ -342,22 +379,26 @@ int main(int argc, char** argv) {
     // Table.
     std::map<std::pair<std::string, std::int64_t>, std::map<std::string, double>> ms;
     for (auto& r : results) ms[{r.config, r.tokens}][r.variant] = r.ms;
-    std::printf("\n%-16s %7s %-17s %9s %9s %9s %9s\n", "config", "T", "variant", "ms", "TFLOP/s", "%dense", "x seq");
+    std::printf("\n%-16s %7s %-17s %9s %9s %9s %9s %7s\n", "config", "T", "variant", "ms", "TFLOP/s", "%dense", "x seq",
+                "%mem");
     for (auto& r : results) {
       auto& m = ms[{r.config, r.tokens}];
       const double dense = m.count("dense_cublas") ? m["dense_cublas"] : 0;
       const double seq = m.count("sequential") ? m["sequential"] : 0;
-      std::printf("%-16s %7lld %-17s %9.3f %9.1f %8.1f%% %9.2f\n", r.config.c_str(), (long long)r.tokens,
-                  r.variant.c_str(), r.ms, r.tflops, dense > 0 ? 100.0 * dense / r.ms : 0.0, seq > 0 ? seq / r.ms : 0.0);
+      std::printf("%-16s %7lld %-17s %9.3f %9.1f %8.1f%% %9.2f %6.1f%%\n", r.config.c_str(), (long long)r.tokens,
+                  r.variant.c_str(), r.ms, r.tflops, dense > 0 ? 100.0 * dense / r.ms : 0.0, seq > 0 ? seq / r.ms : 0.0,
+                  100.0 * r.mem_ms / r.ms);
     }
     if (!a.json.empty()) {
       std::ofstream f(a.json);
       f << "{\"card\": \"" << card << "\", \"date\": \"" << now_utc() << "\", \"commit\": \"" << commit
-        << "\", \"reps\": " << a.reps << ", \"warmup\": " << a.warmup << ",\n \"results\": [\n";
+        << "\", \"reps\": " << a.reps << ", \"warmup\": " << a.warmup << ", \"copy_tbps\": " << copy_bw
+        << ",\n \"results\": [\n";
       for (std::size_t i = 0; i < results.size(); ++i) {
         const auto& r = results[i];
         f << "  {\"config\": \"" << r.config << "\", \"tokens\": " << r.tokens << ", \"variant\": \"" << r.variant
-          << "\", \"ms\": " << r.ms << ", \"tflops\": " << r.tflops << "}" << (i + 1 < results.size() ? "," : "")
+          << "\", \"ms\": " << r.ms << ", \"tflops\": " << r.tflops << ", \"mem_roofline_ms\": " << r.mem_ms << "}"
+          << (i + 1 < results.size() ? "," : "")
           << "\n";
       }
       f << " ]}\n";

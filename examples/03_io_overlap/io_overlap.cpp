@@ -80,11 +80,11 @@ std::map<std::string, double> time_stages(const MoeConfig& c, const MoeWeights& 
 int main(int argc, char** argv) {
   try {
     const Args a = parse(argc, argv);
+    const MoeConfig& c = preset(a.config);
     if (!cuda_available()) {
       std::printf("io_overlap: no CUDA GPU (or a build without the CUDA backend): this step runs on the GPU\n");
       return 2;
     }
-    const MoeConfig& c = preset(a.config);
     std::printf("io_overlap: %s (d %lld, n %lld, E %d, K %d), T %lld, bf16, on %s\n", c.name.c_str(),
                 (long long)c.d_model, (long long)c.d_expert, c.num_experts, c.top_k, (long long)a.tokens,
                 device_name(Device::cuda).c_str());

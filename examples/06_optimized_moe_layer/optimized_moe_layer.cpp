@@ -106,11 +106,11 @@ double check(const MoeConfig& c, const MoeWeights& wh, const Tensor& xh, const T
 int main(int argc, char** argv) {
   try {
     const Args a = parse(argc, argv);
+    const MoeConfig& c = preset(a.config);
     if (!cuda_available()) {
       std::printf("optimized_moe_layer: no CUDA GPU (or a build without the CUDA backend): this step runs on the GPU\n");
       return 2;
     }
-    const MoeConfig& c = preset(a.config);
     std::printf("optimized_moe_layer: %s (d %lld, n %lld, E %d, K %d, %d shared), T %lld, bf16, on %s\n\n",
                 c.name.c_str(), (long long)c.d_model, (long long)c.d_expert, c.num_experts, c.top_k, c.num_shared,
                 (long long)a.tokens, device_name(Device::cuda).c_str());

@@ -52,9 +52,12 @@ if has bench; then
   if [ -x $B ]; then
     start=$SECONDS
     mkdir -p "$OUT/bench_inputs"
+    # ScatterMoE runs where its source was put in .peers/scattermoe (git-ignored; carried).
+    PEERS=(--torch benchmarks/peers/torch_pipeline.py)
+    [ -d .peers/scattermoe/scattermoe ] && PEERS+=(--scattermoe benchmarks/peers/scattermoe_pipeline.py)
     PYTHONUNBUFFERED=1 $B --configs ${BENCH_CONFIGS:-sonic-7b,qwen3-30b-a3b,olmoe-1b-7b,mixtral-8x7b,deepseek-v3} \
-      --tokens ${BENCH_TOKENS:-24576} --json "$OUT/bench.json" --dump /tmp/bench_inputs \
-      --torch benchmarks/peers/torch_pipeline.py > "$OUT/bench.log" 2>&1
+      --tokens ${BENCH_TOKENS:-24576} --json "$OUT/bench.json" --dump /tmp/bench_inputs "${PEERS[@]}" \
+      > "$OUT/bench.log" 2>&1
     note "bench rc=$? ($((SECONDS - start)) s)"
     tail -40 "$OUT/bench.log"
   fi

@@ -11,6 +11,8 @@
 //                     plus the shared experts' pair): the upper bound
 //   torch_grouped_mm  PyTorch on the same inputs (router, sort, torch._grouped_mm, SwiGLU,
 //                     torch._grouped_mm, weighted index_add), benchmarks/peers/torch_pipeline.py
+//   scattermoe        ScatterMoE's Triton kernels (github.com/shawntan/scattermoe) on the same inputs,
+//                     benchmarks/peers/scattermoe_pipeline.py (--scattermoe)
 // Each time: warm-up, then the median of --reps runs, each after an L2 flush, by CUDA events.
 // The memory roofline of a layer: the bytes it must move (the touched experts' weights, the
 // shared experts', the router's, x and out) over the device-to-device copy bandwidth measured in
@@ -48,7 +50,7 @@ struct Args {
   std::vector<std::string> configs{"sonic-7b", "qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b", "deepseek-v3"};
   std::vector<std::int64_t> tokens{24576};
   int reps = 10, warmup = 3;
-  std::string json, dump, torch_script, python = "python3";
+  std::string json, dump, torch_script, scattermoe_script, python = "python3";
   std::uint64_t seed = 1234;
   bool sequential = true;
   bool stages = false;
@@ -66,6 +68,7 @@ void usage() {
   std::puts(
       "usage: bench_moe_variants [--configs a,b] [--tokens 4096,24576] [--reps N] [--warmup N]\n"
       "                          [--json out.json] [--dump dir --torch peers/torch_pipeline.py [--python python3]]\n"
+      "                          [--scattermoe peers/scattermoe_pipeline.py (with --dump)]\n"
       "                          [--no-sequential] [--stages] [--seed S]");
 }
 
@@ -86,6 +89,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--json") a.json = val();
     else if (k == "--dump") a.dump = val();
     else if (k == "--torch") a.torch_script = val();
+    else if (k == "--scattermoe") a.scattermoe_script = val();
     else if (k == "--python") a.python = val();
     else if (k == "--seed") a.seed = std::stoull(val());
     else if (k == "--no-sequential") a.sequential = false;
@@ -350,11 +354,13 @@ int main(int argc, char** argv) {
       }
     }
 
-    if (!a.torch_script.empty() && !dumped.empty()) {
-      std::string cmd = a.python + " '" + a.torch_script + "'";
+    // A peer script on the dumped cases: its "RESULT config tokens ms" lines become results of `variant`.
+    auto run_peer = [&](const std::string& script, const std::string& variant) {
+      if (script.empty() || dumped.empty()) return;
+      std::string cmd = a.python + " '" + script + "'";
       for (auto& d : dumped) cmd += " '" + d + "'";
       cmd += " 2>&1";
-      std::printf("running the PyTorch pipeline: %s\n", cmd.c_str());
+      std::printf("running the %s peer: %s\n", variant.c_str(), cmd.c_str());
       std::fflush(stdout);
       if (FILE* p = popen(cmd.c_str(), "r")) {
         char line[4096];
@@ -368,13 +374,15 @@ int main(int argc, char** argv) {
             double mem = 0;
             for (const Result& r : results)
               if (r.config == cfg && r.tokens == T) mem = r.mem_ms;
-            results.push_back({cfg, T, "torch_grouped_mm", ms, flops / (ms * 1e-3) / 1e12, mem});
+            results.push_back({cfg, T, variant, ms, flops / (ms * 1e-3) / 1e12, mem});
           }
         }
         const int rc = pclose(p);
-        if (rc != 0) std::printf("PyTorch pipeline exited with %d\n", rc);
+        if (rc != 0) std::printf("%s peer exited with %d\n", variant.c_str(), rc);
       }
-    }
+    };
+    run_peer(a.torch_script, "torch_grouped_mm");
+    run_peer(a.scattermoe_script, "scattermoe");
 
     // Table.
     std::map<std::pair<std::string, std::int64_t>, std::map<std::string, double>> ms;

@@ -69,6 +69,9 @@ struct ForwardTrace {
   std::optional<RoundingMetrics> rounding;
   std::string path;                // the kernels that ran (GPU), and why, where not as asked
   std::vector<StageTime> stages;   // with ForwardOptions::time_stages, in order
+  // GPU: the forward's device workspace beyond inputs, weights and output (routing, metadata,
+  // the activation between the GEMMs, y; kept for the next call); 0 on the CPU.
+  std::size_t workspace_bytes = 0;
 };
 
 // out [T, d], same dtype and device as x. x is [T, d] (f32 or bf16, same dtype as the expert

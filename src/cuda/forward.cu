@@ -256,6 +256,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   if (trace) {
     trace->path = path;
     trace->stages = timer.finish();
+    trace->workspace_bytes = sizer.bytes();
     std::vector<std::int32_t> counts = to_host(P.m.counts, static_cast<std::size_t>(E));
     trace->counts.assign(counts.begin(), counts.end());
     Routing topk = Routing::from_topk(T, E, K, to_host(P.ids, static_cast<std::size_t>(T * K)),

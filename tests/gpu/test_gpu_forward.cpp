@@ -217,3 +217,23 @@ TEST(GpuForward, LargeTokenCounts) {
       EXPECT_LT(forward_error(c, wh, xh, out, tr.routing, tokens), 1e-2);
     }
 }
+
+// The forward's device workspace (fused, no rounding): the activation and y (2 T K (n + d) bytes
+// in bf16, the n rows padded to 8) plus routing and metadata: the logits (T E fp32), about a
+// dozen int32 / fp32 per assignment and the sort's scratch.
+TEST(GpuForward, WorkspaceWithinBound) {
+  TILEMOE_REQUIRE_GPU();
+  MoeConfig c = custom("workspace", 256, 128, 64, 8);
+  const std::int64_t T = 4096;
+  const MoeWeights w = random_weights(c, DType::bf16, 1).to(Device::cuda);
+  const Tensor x = random_tokens(T, c.d_model, DType::bf16, 2).to(Device::cuda);
+  ForwardOptions opt;
+  opt.algorithm = Algorithm::fused;
+  ForwardTrace tr;
+  (void)moe_forward(c, w, x, opt, &tr);
+  const double A = double(T) * c.top_k;
+  const double act_y = 2.0 * A * ((c.d_expert + 7) / 8 * 8 + c.d_model);
+  const double metadata = double(T) * c.num_experts * 4 + 48.0 * A + (4 << 20);
+  EXPECT_GE(double(tr.workspace_bytes), act_y);
+  EXPECT_LE(double(tr.workspace_bytes), act_y + metadata) << "act + y " << act_y << " bytes";
+}

@@ -107,6 +107,7 @@ struct Result {
   std::string variant;
   double ms, tflops;
   double mem_ms = 0;  // the memory roofline of this layer, ms (0: not computed)
+  double extra_bytes = -1;  // device memory beyond inputs, weights and output (-1: not measured)
 };
 
 void write_file(const std::string& path, const void* data, std::size_t bytes) {
@@ -317,9 +318,14 @@ int main(int argc, char** argv) {
           timed.time_stages = true;
           ForwardTrace ft;
           (void)moe_forward(c, w, x, timed, &ft);
-          std::printf("  %s: %s\n   ", o == &of ? "fused" : "fused+rounding", ft.path.c_str());
+          const char* name = o == &of ? "fused" : "fused+rounding";
+          std::printf("  %s: %s\n   ", name, ft.path.c_str());
           for (const StageTime& st : ft.stages) std::printf(" %s %.3f", st.name.c_str(), st.ms);
-          std::printf(" ms\n");
+          const double act_y = 2.0 * static_cast<double>(T) * c.top_k * static_cast<double>(n + d);
+          std::printf(" ms\n    workspace %.1f MB (act + y, 2 T K (n + d): %.1f MB)\n", ft.workspace_bytes / 1e6,
+                      act_y / 1e6);
+          for (Result& r : results)  // the memory beyond inputs, weights and output: the workspace
+            if (r.config == c.name && r.tokens == T && r.variant == name) r.extra_bytes = double(ft.workspace_bytes);
         }
         add("dense_cublas", dense_ms(c, T, timer, a));
         if (a.stages) bench::time_stages(c, w, x, a.reps);
@@ -368,13 +374,13 @@ int main(int argc, char** argv) {
           std::fputs(line, stdout);
           char cfg[256];
           long long T = 0;
-          double ms = 0;
-          if (std::sscanf(line, "RESULT %255s %lld %lf", cfg, &T, &ms) == 3) {
+          double ms = 0, extra = -1;
+          if (std::sscanf(line, "RESULT %255s %lld %lf %lf", cfg, &T, &ms, &extra) >= 3) {
             const double flops = preset(cfg).flops_per_token() * static_cast<double>(T);
             double mem = 0;
             for (const Result& r : results)
               if (r.config == cfg && r.tokens == T) mem = r.mem_ms;
-            results.push_back({cfg, T, variant, ms, flops / (ms * 1e-3) / 1e12, mem});
+            results.push_back({cfg, T, variant, ms, flops / (ms * 1e-3) / 1e12, mem, extra});
           }
         }
         const int rc = pclose(p);
@@ -397,6 +403,12 @@ int main(int argc, char** argv) {
                   r.variant.c_str(), r.ms, r.tflops, dense > 0 ? 100.0 * dense / r.ms : 0.0, seq > 0 ? seq / r.ms : 0.0,
                   100.0 * r.mem_ms / r.ms);
     }
+    std::printf("\ndevice memory beyond inputs, weights and output (peak; ours: the forward's workspace)\n");
+    std::printf("%-16s %7s %-17s %12s\n", "config", "T", "variant", "MB");
+    for (auto& r : results)
+      if (r.extra_bytes >= 0)
+        std::printf("%-16s %7lld %-17s %12.1f\n", r.config.c_str(), (long long)r.tokens, r.variant.c_str(),
+                    r.extra_bytes / 1e6);
     if (!a.json.empty()) {
       std::ofstream f(a.json);
       f << "{\"card\": \"" << card << "\", \"date\": \"" << now_utc() << "\", \"commit\": \"" << commit
@@ -405,7 +417,9 @@ int main(int argc, char** argv) {
       for (std::size_t i = 0; i < results.size(); ++i) {
         const auto& r = results[i];
         f << "  {\"config\": \"" << r.config << "\", \"tokens\": " << r.tokens << ", \"variant\": \"" << r.variant
-          << "\", \"ms\": " << r.ms << ", \"tflops\": " << r.tflops << ", \"mem_roofline_ms\": " << r.mem_ms << "}"
+          << "\", \"ms\": " << r.ms << ", \"tflops\": " << r.tflops << ", \"mem_roofline_ms\": " << r.mem_ms
+          << (r.extra_bytes >= 0 ? ", \"extra_bytes\": " + std::to_string(static_cast<long long>(r.extra_bytes)) : "")
+          << "}"
           << (i + 1 < results.size() ? "," : "")
           << "\n";
       }

@@ -18,7 +18,7 @@ Before timing, the output of a few tokens is checked against a plain fp32 PyTorc
 ScatterMoE is not installed: its Python source is put in .peers/scattermoe (git-ignored) and found
 there, or at $SCATTERMOE_PATH (the folder holding the scattermoe package).
 
-Usage: scattermoe_pipeline.py CASE_DIR [CASE_DIR ...]   prints "RESULT config tokens ms" per case
+Usage: scattermoe_pipeline.py CASE_DIR [CASE_DIR ...]   prints "RESULT config tokens ms extra_bytes" per case
 and writes CASE_DIR/scattermoe.json.
 """
 import json
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from torch_pipeline import load, route  # noqa: E402
+from torch_pipeline import extra_bytes, load, route  # noqa: E402
 
 SCATTERMOE_PATH = os.environ.get("SCATTERMOE_PATH", os.path.join(HERE, "..", "..", ".peers", "scattermoe"))
 TOL = 2e-2
@@ -151,12 +151,13 @@ def main():
             b_ev.synchronize()
             times.append(a_ev.elapsed_time(b_ev))
         ms = sorted(times)[len(times) // 2]
+        extra = extra_bytes(forward)
         if ok:
-            print(f"RESULT {meta['config']} {T} {ms:.4f}", flush=True)
+            print(f"RESULT {meta['config']} {T} {ms:.4f} {extra}", flush=True)
         else:
             print(f"scattermoe_pipeline: {meta['config']} T={T}: {ms:.4f} ms not reported, the check failed", flush=True)
             rc = 1
-        json.dump({"config": meta["config"], "tokens": T, "variant": "scattermoe", "ms": ms, "rel_err": rel,
+        json.dump({"config": meta["config"], "tokens": T, "variant": "scattermoe", "ms": ms, "extra_bytes": extra, "rel_err": rel,
                    "check_ok": ok, "scattermoe": commit, "torch": torch.__version__, "triton": triton.__version__,
                    "weights_dumped": meta["weights_dumped"]},
                   open(os.path.join(case, "scattermoe.json"), "w"))

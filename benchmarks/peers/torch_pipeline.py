@@ -11,8 +11,9 @@ fp32 and index_add_ into fp32 [T, d]; shared experts as dense matmuls. Weights c
 or, for layers over 4 GiB of weights, are drawn here with the same shapes and scale (the values
 do not change the timing).
 
-Usage: torch_pipeline.py CASE_DIR [CASE_DIR ...]   prints "RESULT config tokens ms" per case
-and writes CASE_DIR/torch.json.
+Usage: torch_pipeline.py CASE_DIR [CASE_DIR ...]   prints "RESULT config tokens ms extra_bytes"
+per case (extra_bytes: the peak device memory a forward allocates beyond its inputs, weights and
+output) and writes CASE_DIR/torch.json.
 """
 import json
 import os
@@ -29,6 +30,16 @@ def load(path, dtype, shape):
     if dtype == torch.bfloat16:
         t = t.view(torch.bfloat16)
     return t.cuda()
+
+
+def extra_bytes(forward):
+    """Device memory one forward allocates beyond what exists before it and its output (peak)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    out = forward()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base - out.numel() * out.element_size()
 
 
 def route(logits, meta, bias):
@@ -122,8 +133,9 @@ def main():
             b_ev.synchronize()
             times.append(a_ev.elapsed_time(b_ev))
         ms = sorted(times)[len(times) // 2]
-        print(f"RESULT {meta['config']} {T} {ms:.4f}", flush=True)
-        json.dump({"config": meta["config"], "tokens": T, "variant": "torch_grouped_mm", "ms": ms,
+        extra = extra_bytes(forward)
+        print(f"RESULT {meta['config']} {T} {ms:.4f} {extra}", flush=True)
+        json.dump({"config": meta["config"], "tokens": T, "variant": "torch_grouped_mm", "ms": ms, "extra_bytes": extra,
                    "torch": torch.__version__, "weights_dumped": meta["weights_dumped"]},
                   open(os.path.join(case, "torch.json"), "w"))
         del w13, w2, w13_t, w2_t, x

@@ -64,9 +64,27 @@ std::vector<std::string> split(const std::string& s) {
   return v;
 }
 
+// A --configs entry: a preset name, optionally with the expert count and top-k changed, as in
+// "sonic-7b:E256:K4" (the sparsity sweeps of token rounding). The entry is the config's name.
+MoeConfig config_from_spec(const std::string& spec) {
+  std::stringstream ss(spec);
+  std::string part;
+  std::getline(ss, part, ':');
+  MoeConfig c = preset(part);
+  while (std::getline(ss, part, ':')) {
+    const bool ok = part.size() > 1 && (part[0] == 'E' || part[0] == 'K') &&
+                    part.find_first_not_of("0123456789", 1) == std::string::npos && part.size() < 9;
+    if (!ok) throw InvalidArgument("config '" + spec + "': modifier '" + part + "': expected E<experts> or K<top-k>");
+    (part[0] == 'E' ? c.num_experts : c.top_k) = std::stoi(part.substr(1));
+  }
+  c.name = spec;
+  c.validate();
+  return c;
+}
+
 void usage() {
   std::puts(
-      "usage: bench_moe_variants [--configs a,b] [--tokens 4096,24576] [--reps N] [--warmup N]\n"
+      "usage: bench_moe_variants [--configs a,b:E256:K4] [--tokens 4096,24576] [--reps N] [--warmup N]\n"
       "                          [--json out.json] [--dump dir --torch peers/torch_pipeline.py [--python python3]]\n"
       "                          [--scattermoe peers/scattermoe_pipeline.py (with --dump)]\n"
       "                          [--no-sequential] [--stages] [--seed S]");
@@ -266,8 +284,10 @@ int main(int argc, char** argv) {
     std::printf("device-to-device copy: %.2f TB/s (read + write), the memory roofline's bandwidth\n", copy_bw);
     std::vector<Result> results;
     std::vector<std::string> dumped;
+    std::map<std::string, MoeConfig> configs;
+    for (const std::string& name : a.configs) configs[name] = config_from_spec(name);
     for (const std::string& name : a.configs) {
-      const MoeConfig& c = preset(name);
+      const MoeConfig& c = configs.at(name);
       for (std::int64_t T : a.tokens) {
         const double flops = c.flops_per_token() * static_cast<double>(T);
         double mem_ms = 0;  // set once the routing is known
@@ -316,16 +336,28 @@ int main(int argc, char** argv) {
         ForwardOptions ofr = of;
         ofr.rounding = RoundingOptions{};
         add("fused+rounding", timer.median_ms([&] { (void)moe_forward(c, w, x, ofr); }, a.warmup, a.reps));
-        for (const ForwardOptions* o : {&of, &ofr}) {  // where the time goes (one timed forward)
+        for (const ForwardOptions* o : {&of, &ofr}) {  // where the time goes: stage medians over reps
           ForwardOptions timed = *o;
           timed.time_stages = true;
           ForwardTrace ft;
-          (void)moe_forward(c, w, x, timed, &ft);
+          std::map<std::string, std::vector<double>> st_ms;
+          for (int r = 0; r < a.reps; ++r) {
+            (void)moe_forward(c, w, x, timed, &ft);
+            for (const StageTime& st : ft.stages) st_ms[st.name].push_back(st.ms);
+          }
           const char* name = o == &of ? "fused" : "fused+rounding";
           std::printf("  %s: %s\n   ", name, ft.path.c_str());
-          for (const StageTime& st : ft.stages) std::printf(" %s %.3f", st.name.c_str(), st.ms);
+          double gemm = 0;
+          for (const StageTime& st : ft.stages) {
+            auto& v = st_ms[st.name];
+            std::sort(v.begin(), v.end());
+            const double med = v[v.size() / 2];
+            if (st.name == "up_projection" || st.name == "down_projection" || st.name == "shared_experts") gemm += med;
+            std::printf(" %s %.3f", st.name.c_str(), med);
+          }
+          std::printf(" ms (medians)\n    expert GEMM kernels %.3f ms", gemm);
           const double act_y = 2.0 * static_cast<double>(T) * c.top_k * static_cast<double>(n + d);
-          std::printf(" ms\n    workspace %.1f MB (act + y, 2 T K (n + d): %.1f MB)\n", ft.workspace_bytes / 1e6,
+          std::printf(", workspace %.1f MB (act + y, 2 T K (n + d): %.1f MB)\n", ft.workspace_bytes / 1e6,
                       act_y / 1e6);
           for (Result& r : results)  // the memory beyond inputs, weights and output: the workspace
             if (r.config == c.name && r.tokens == T && r.variant == name) r.extra_bytes = double(ft.workspace_bytes);
@@ -379,7 +411,9 @@ int main(int argc, char** argv) {
           long long T = 0;
           double ms = 0, extra = -1;
           if (std::sscanf(line, "RESULT %255s %lld %lf %lf", cfg, &T, &ms, &extra) >= 3) {
-            const double flops = preset(cfg).flops_per_token() * static_cast<double>(T);
+            const auto it = configs.find(cfg);
+            if (it == configs.end()) continue;
+            const double flops = it->second.flops_per_token() * static_cast<double>(T);
             double mem = 0;
             for (const Result& r : results)
               if (r.config == cfg && r.tokens == T) mem = r.mem_ms;

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "perf/rates.hpp"
+#include "perf/stage_model.hpp"
 #include "tilemoe/error.hpp"
 #include "tilemoe/perf_model.hpp"
 
@@ -130,15 +131,51 @@ LayerCost moe_layer_cost(const ModelSpec& m, const Hardware& hw, const Layout& l
   lc.combine_bytes = lc.dispatch_bytes;
 
   const double cf = detail_perf::compute_factor(w);
-  double efficiency = v.efficiency, t_host = 0;
-  if (v.per_expert_us > 0) {  // one GEMM pair per local expert from a host loop
-    const double touched = experts_touched(c.num_experts, c.top_k, l.ep, w.tokens_per_gpu);
-    const double m = rows / std::max(touched, 1.0);  // rows per expert
-    efficiency *= m / (std::ceil(m / 128.0) * 128.0);
-    t_host = cf * touched * v.per_expert_us * 1e-6;
+  if (const KernelModel* km = kernel_model(v)) {
+    // Stage model (stage_model.hpp, docs/throughput.md): the grouped GEMMs as tiles, each with a
+    // fixed cost of tile_k0 reduction elements, over the rows computed in whole 128-row tiles
+    // (the expected padding of each expert's last tile, or the rounded counts), then the stages
+    // that run before and after them: router, top-k and metadata, rounding, combine. Each local
+    // expert receives X ~ Binomial(T * ep * imbalance, K / E) rows.
+    const double local = static_cast<double>(c.num_experts) / l.ep;
+    const double feed = T * l.ep * w.imbalance;
+    const double tiles = km->rounding ? expected_rounded_tiles(feed, c.top_k, c.num_experts)
+                                      : expected_tiles(feed, c.top_k, c.num_experts);
+    const double computed = local * tiles * kTileRows;  // rows the GEMMs compute
+    const double touched =
+        km->rounding ? local * binomial_tail_above(feed, static_cast<double>(c.top_k) / c.num_experts, kTileRows / 2)
+                     : experts_touched(c.num_experts, c.top_k, l.ep, w.tokens_per_gpu);
+    const double up = computed * 2 * d * (r - 1) * n, down = computed * 2 * n * d;
+    const double s_up = T * c.num_shared * 2 * d * (r - 1) * ds, s_down = T * c.num_shared * 2 * ds * d;
+    auto cost = [&](double flops, double k) { return k > 0 ? flops / tile_efficiency(k, km->tile_k0) : 0.0; };
+    const double gemm_flops = cost(up, d) + cost(down, n) + cost(s_up, d) + cost(s_down, ds);
+    const double t_gemm = gemm_flops / (detail_perf::flop_rate(hw, w.precision) * km->efficiency);
+    // GEMM traffic: the touched experts' and shared weights; per computed row, x gathered (d),
+    // the activation written and read (n each), y written (d).
+    lc.weight_bytes = touched * r * d * n * wb + c.num_shared * r * d * ds * wb + d * c.num_experts * ab;
+    const double gemm_act = ab * (computed * (2 * d + 2 * n) + T * c.num_shared * (2 * d + 2 * ds));
+    const double t_gemm_mem = (lc.weight_bytes + gemm_act) / (hw.achievable_hbm_tbps * 1e12);
+    GlueCost g = glue_cost(c, hw, T, km->rounding);
+    // Training: the backward's stages cost as much again per forward-equivalent; rounding runs in
+    // each forward only (twice with recompute).
+    g.router *= cf; g.combine *= cf; g.fixed *= cf;
+    if (w.mode == Mode::training) g.rounding *= w.recompute ? 2.0 : 1.0;
+    lc.act_bytes = gemm_act + ab * (T * c.top_k * d + T * d) + 8.0 * T * c.top_k +  // combine
+                   ab * T * d + 4.0 * T * c.num_experts;                              // router
+    // The glue runs between the GEMMs and overlaps neither bound: it adds to both.
+    lc.t_compute = cf * t_gemm + g.total();
+    lc.t_memory = cf * t_gemm_mem + g.total();
+  } else {  // whole-layer efficiency
+    double efficiency = v.efficiency, t_host = 0;
+    if (v.per_expert_us > 0) {  // one GEMM pair per local expert from a host loop
+      const double touched = experts_touched(c.num_experts, c.top_k, l.ep, w.tokens_per_gpu);
+      const double m = rows / std::max(touched, 1.0);  // rows per expert
+      efficiency *= m / (std::ceil(m / 128.0) * 128.0);
+      t_host = cf * touched * v.per_expert_us * 1e-6;
+    }
+    lc.t_compute = cf * lc.flops / (detail_perf::flop_rate(hw, w.precision) * efficiency) + t_host;
+    lc.t_memory = cf * (lc.weight_bytes + lc.act_bytes) / (hw.achievable_hbm_tbps * 1e12);
   }
-  lc.t_compute = cf * lc.flops / (detail_perf::flop_rate(hw, w.precision) * efficiency) + t_host;
-  lc.t_memory = cf * (lc.weight_bytes + lc.act_bytes) / (hw.achievable_hbm_tbps * 1e12);
   lc.t_network = detail_perf::network_factor(w) *
                  detail_perf::all_to_all_time(hw, l.ep, lc.dispatch_bytes + lc.combine_bytes);
   lc.t_total = std::max(lc.t_compute, lc.t_memory) + lc.t_network;

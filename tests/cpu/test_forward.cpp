@@ -2,7 +2,10 @@
 // edge shapes; and bad input.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "expect_invalid.hpp"
 #include "tilemoe/tilemoe.hpp"
@@ -153,4 +156,45 @@ TEST(Bf16, RoundsToNearestEven) {
   EXPECT_EQ(bf16::from_float(1.01171875f).bits, 0x3f82);  // halfway, to even (up)
   EXPECT_TRUE(std::isnan(bf16::from_float(NAN).to_float()));
   EXPECT_EQ(bf16::from_float(-2.5f).to_float(), -2.5f);
+}
+
+// Stage timing on the CPU names each stage once, in order, with non-negative times that add up
+// to no more than the wall time of the call; a pipeline depth outside 0..4 is rejected by name.
+TEST(Forward, TimesStagesAndChecksPipelineStages) {
+  MoeConfig c = preset("tiny");
+  c.num_shared = 1;
+  c.d_shared = 16;
+  const MoeWeights w = random_weights(c, DType::f32, 3);
+  const Tensor x = random_tokens(64, c.d_model, DType::f32, 4);
+  ForwardOptions opt;
+  opt.time_stages = true;
+  opt.rounding = RoundingOptions{};
+  opt.rounding->tile = 16;
+  ForwardTrace tr;
+  const auto t0 = std::chrono::steady_clock::now();
+  moe_forward(c, w, x, opt, &tr);
+  const double wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  std::vector<std::string> names;
+  double sum = 0;
+  for (const StageTime& s : tr.stages) {
+    names.push_back(s.name);
+    EXPECT_GE(s.ms, 0.0) << s.name;
+    sum += s.ms;
+  }
+  EXPECT_EQ(names, (std::vector<std::string>{"router", "rounding", "metadata", "experts", "combine", "shared_experts"}));
+  EXPECT_LE(sum, wall + 1e-3);
+  EXPECT_EQ(tr.path, "cpu");
+  ForwardTrace quiet;
+  moe_forward(c, w, x, {}, &quiet);
+  EXPECT_TRUE(quiet.stages.empty());
+  for (int bad : {-1, 5}) {
+    ForwardOptions o;
+    o.pipeline_stages = bad;
+    try {
+      moe_forward(c, w, x, o);
+      ADD_FAILURE() << "pipeline_stages = " << bad << " was accepted";
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("pipeline_stages"), std::string::npos) << e.what();
+    }
+  }
 }

@@ -6,7 +6,8 @@
 #include <fstream>
 #include <string>
 
-#include "perf/json.hpp"  // internal header (tests also see src/)
+#include "perf/json.hpp"  // internal headers (tests also see src/)
+#include "perf/stage_model.hpp"
 #include "tilemoe/error.hpp"
 #include "tilemoe/perf_model.hpp"
 
@@ -219,13 +220,22 @@ TEST(PerfModel, TokensPerDayArithmetic) {
 
 TEST(PerfModel, VariantsOrderedAndDefaultsCited) {
   const auto v = default_variants();
-  ASSERT_EQ(v.size(), 5u);
-  EXPECT_EQ(v.front().name, "sequential");
+  ASSERT_EQ(v.size(), 6u);
+  const char* names[] = {"sequential", "grouped", "grouped+rounding", "fused_1stage", "fused", "fused+rounding"};
+  for (size_t i = 0; i < v.size(); ++i) EXPECT_EQ(v[i].name, names[i]);
   EXPECT_DOUBLE_EQ(v.front().efficiency, kDenseEfficiency);  // cuBLAS per expert
   EXPECT_DOUBLE_EQ(v.front().per_expert_us, 28.0);             // + the host loop
-  EXPECT_NEAR(v.back().efficiency, 534.8 / 743, 1e-12);
-  for (size_t i = 2; i < v.size(); ++i) EXPECT_GE(v[i].efficiency, v[i - 1].efficiency);
-  for (size_t i = 1; i < v.size(); ++i) EXPECT_EQ(v[i].per_expert_us, 0.0);
+  EXPECT_EQ(kernel_model(v.front()), nullptr);                 // sequential: host-loop model
+  for (size_t i = 1; i < v.size(); ++i) {
+    EXPECT_EQ(v[i].per_expert_us, 0.0);
+    const KernelModel* k = kernel_model(v[i]);  // every one-launch default: the stage model
+    ASSERT_NE(k, nullptr) << v[i].name;
+    EXPECT_EQ(k->efficiency, v[i].efficiency);
+    EXPECT_EQ(k->rounding, v[i].name.find("+rounding") != std::string::npos);
+  }
+  // IO overlap: the pipelined fused kernels against the same kernels with one stage.
+  EXPECT_GT(v[4].efficiency, v[3].efficiency);
+  EXPECT_LT(kernel_model(v[4])->tile_k0, kernel_model(v[1])->tile_k0);  // persistent: cheaper tiles
   for (const auto& x : v) EXPECT_FALSE(x.source.empty());
   EXPECT_NEAR(chapter_variants()[3].efficiency, 0.78 * 1.15, 1e-12);
 }
@@ -313,14 +323,14 @@ TEST(PerfBench, MeasuredEfficiencyFromBenchJson) {
   EXPECT_EQ(b.card, "NVIDIA H100 80GB HBM3");
   ASSERT_EQ(b.results.size(), 4u);
   const auto v = variants_from_bench(b, load_hardware("h100"), "sonic-7b", default_variants());
-  ASSERT_EQ(v.size(), 6u);
+  ASSERT_EQ(v.size(), default_variants().size() + 1);
   EXPECT_EQ(v[1].name, "grouped");
   EXPECT_TRUE(v[1].measured);
   EXPECT_DOUBLE_EQ(v[1].efficiency, 371.5 / 743);  // same config, most tokens
   EXPECT_FALSE(v[0].measured);                      // sequential: not in the file, default
   EXPECT_DOUBLE_EQ(v[0].efficiency, kDenseEfficiency);
-  EXPECT_EQ(v[5].name, "torch_grouped_mm");
-  EXPECT_DOUBLE_EQ(v[5].efficiency, 0.6);
+  EXPECT_EQ(v.back().name, "torch_grouped_mm");  // a peer: appended, measured
+  EXPECT_DOUBLE_EQ(v.back().efficiency, 0.6);
   EXPECT_NE(error_of([] { parse_bench_json(R"({"results": [{"config": "x", "tokens": 0, "variant": "g", "ms": 1, "tflops": 1}]})"); })
                 .find("tokens = 0"), std::string::npos);
   EXPECT_NE(error_of([] { parse_bench_json(R"({"card": "x"})"); }).find("missing member \"results\""), std::string::npos);
@@ -356,4 +366,172 @@ TEST(PerfFiles, HardwareAndConfigFiles) {
   EXPECT_NE(error_of([&] { load_model(write_temp("z.cfg", "d_model = 1024\nd_expert = 64\nnum_experts = 8\ntop_k = 9\n")); })
                 .find("top_k = 9"), std::string::npos);
   EXPECT_NE(error_of([] { load_model("no/such/file.cfg"); }).find("no such file"), std::string::npos);
+}
+
+// ---- the stage model (src/perf/stage_model.hpp) --------------------------------------------
+
+namespace {
+
+// d 1024, n 512, SwiGLU, E 2, K 2: every token goes to both experts, so each expert gets
+// exactly T rows and the tile counts are exact (no randomness to approximate).
+ModelSpec both_experts_model() {
+  ModelSpec m = small_model();
+  m.moe.num_experts = 2;
+  m.moe.top_k = 2;
+  return m;
+}
+
+Variant default_named(const std::string& name) {
+  for (const auto& v : default_variants())
+    if (v.name == name) return v;
+  ADD_FAILURE() << "no default variant " << name;
+  return plain(1.0);
+}
+
+}  // namespace
+
+TEST(PerfStage, BinomialTail) {
+  // X ~ Bin(100, 1/2): P(X > 50) = 1 - Phi((50.5 - 50) / 5) = 1 - Phi(0.1) = 0.460172 (normal);
+  // the exact sum is 0.460205.
+  EXPECT_NEAR(binomial_tail_above(100, 0.5, 50), 0.460172, 1e-6);
+  EXPECT_NEAR(binomial_tail_above(100, 0.5, 50), 0.460205, 1e-4);
+  EXPECT_EQ(binomial_tail_above(300, 1.0, 256), 1.0);  // no variance: X = 300 exactly
+  EXPECT_EQ(binomial_tail_above(300, 1.0, 300), 0.0);
+}
+
+TEST(PerfStage, ExpectedTilesHandComputed) {
+  // Exact counts (K = E): 300 rows fill 3 tiles (300 > 0, > 128, > 256); after nearest rounding
+  // 300 = 256 + 44 rounds down to 2 tiles, 330 = 256 + 74 rounds up to 3.
+  EXPECT_DOUBLE_EQ(expected_tiles(300, 4, 4), 3.0);
+  EXPECT_DOUBLE_EQ(expected_rounded_tiles(300, 4, 4), 2.0);
+  EXPECT_DOUBLE_EQ(expected_rounded_tiles(330, 4, 4), 3.0);
+  EXPECT_DOUBLE_EQ(expected_tiles(1024, 2, 2), 8.0);  // exact multiple: no padding
+  EXPECT_DOUBLE_EQ(expected_rounded_tiles(64, 2, 2), 0.0);  // 64 rows: dropped
+  // sonic-7b at T 24576: X ~ Bin(24576, 1/16), mean 1536 (12 tiles), sd 37.95. P(X > 128 j) is
+  // ~1 up to j = 10, then 0.99961 (j 11), 0.49474 (j 12), 0.00035 (j 13): 12.4947 tiles, a
+  // utilization of 1536 / (12.4947 x 128) = 96.0% (tilemoe demo measured 95.8% on this layer,
+  // docs/gpu.md run 18). Rounded: P(X > 128 j + 64) = ~1 to j 10, 0.9529, 0.0446: 11.998.
+  EXPECT_NEAR(expected_tiles(24576, 8, 128), 12.4947, 5e-4);
+  EXPECT_NEAR(1536 / (expected_tiles(24576, 8, 128) * 128), 0.9604, 1e-4);
+  EXPECT_NEAR(expected_rounded_tiles(24576, 8, 128), 11.998, 2e-3);
+  // deepseek-v3 at T 4096: mean 128 rows per expert, sd 11.14: 1 + P(X > 128) = 1.482 tiles;
+  // rounding leaves one (P(X > 64) = 1, P(X > 192) = 0): a third fewer tiles.
+  EXPECT_NEAR(expected_tiles(4096, 8, 256), 1.482, 1e-3);
+  EXPECT_NEAR(expected_rounded_tiles(4096, 8, 256), 1.0, 1e-6);
+}
+
+TEST(PerfStage, TileEfficiency) {
+  EXPECT_DOUBLE_EQ(tile_efficiency(1024, 310), 1024.0 / 1334);
+  EXPECT_DOUBLE_EQ(tile_efficiency(512, 0), 1.0);
+}
+
+TEST(PerfStage, GlueHandComputed) {
+  // T 1024, d 1024, E 2, K 2 on the round card (100 TFLOP/s, 1 TB/s).
+  // Router: 3 x 2 x 1024 x 1024 x 2 = 12,582,912 FLOP at 100e12 x 0.28 = 0.449 us, against
+  // 3 x 2 x 1024 x 1024 + 4 x 1024 x 2 = 6,299,648 B = 6.299648 us: memory bound.
+  // Combine: 2 x 1024 x 2 x 1024 + 8 x 1024 x 2 + 2 x 1024 x 1024 = 6,307,840 B = 6.30784 us.
+  // Fixed 100 us; rounding 260 us + 0.086 ns x 1024 x 2.
+  const GlueCost g = glue_cost(both_experts_model().moe, round_card(), 1024, true);
+  EXPECT_NEAR(g.router, 6.299648e-6, 1e-15);
+  EXPECT_NEAR(g.combine, 6.30784e-6, 1e-15);
+  EXPECT_DOUBLE_EQ(g.fixed, 100e-6);
+  EXPECT_NEAR(g.rounding, 260e-6 + 0.086e-9 * 2048, 1e-15);
+  EXPECT_NEAR(g.total(), g.router + g.combine + g.fixed + g.rounding, 1e-18);
+  EXPECT_EQ(glue_cost(both_experts_model().moe, round_card(), 1024, false).rounding, 0.0);
+  // A wide router is compute bound: E 256, d 7168, T 4096 on the round card: 3 x 2 x 4096 x
+  // 7168 x 256 = 45.1 GFLOP at 28 TFLOP/s = 1.611 ms, against 176 MB = 0.18 ms.
+  MoeConfig wide = both_experts_model().moe;
+  wide.d_model = 7168; wide.num_experts = 256; wide.top_k = 8;
+  EXPECT_NEAR(glue_cost(wide, round_card(), 4096, false).router, 3 * 2 * 4096.0 * 7168 * 256 / 28e12, 1e-15);
+}
+
+TEST(PerfStage, LayerHandComputed) {
+  // T 1024, both experts: 8 tiles each, 2048 rows computed (= T K, no padding).
+  // Up 2048 x 2 x 1024 x 1024 = 4,294,967,296 FLOP over a reduction of d 1024, down 2048 x 2 x
+  // 512 x 1024 = 2,147,483,648 over n 512. fused (0.90, tile cost 310):
+  // (4294967296 x 1334/1024 + 2147483648 x 822/512) / (100e12 x 0.90)
+  //   = (5,595,201,536 + 3,447,717,888) / 9e13 = 100.476882 us.
+  // Memory: weights 2 x 3 x 1024 x 512 x 2 + router 1024 x 2 x 2 = 6,295,552 B, activations
+  // 2 x 2048 x (2 x 1024 + 2 x 512) = 12,582,912 B: 18.878464 us. Glue (above, no rounding):
+  // 6.299648 + 6.30784 + 100 = 112.607488 us, added to both.
+  const Variant fused = default_named("fused");
+  const KernelModel* k = kernel_model(fused);
+  ASSERT_NE(k, nullptr);
+  ASSERT_EQ(k->efficiency, 0.90);
+  ASSERT_EQ(k->tile_k0, 310);
+  const LayerCost l = moe_layer_cost(both_experts_model(), round_card(), Layout{1, 1}, prefill(1024), fused);
+  EXPECT_NEAR(l.t_compute, 100.476882e-6 + 112.607488e-6, 1e-11);
+  EXPECT_NEAR(l.t_memory, 18.878464e-6 + 112.607488e-6, 1e-11);
+  EXPECT_NEAR(l.weight_bytes, 6295552.0, 1e-3);
+  EXPECT_EQ(l.bound, Bound::compute);
+  EXPECT_DOUBLE_EQ(l.t_total, l.t_compute);
+  // grouped (0.89, tile cost 570): (4294967296 x 1594/1024 + 2147483648 x 1082/512) / 8.9e13
+  //   = (6,685,720,576 + 4,538,236,928) / 8.9e13 = 126.111882 us.
+  const Variant grouped = default_named("grouped");
+  ASSERT_EQ(kernel_model(grouped)->tile_k0, 570);
+  EXPECT_NEAR(moe_layer_cost(both_experts_model(), round_card(), Layout{1, 1}, prefill(1024), grouped).t_compute,
+              126.111882e-6 + 112.607488e-6, 1e-11);
+  // The same efficiency given by a caller (not the default): the whole-layer model, as before.
+  Variant mine = fused;
+  mine.efficiency = 0.9000001;
+  EXPECT_EQ(kernel_model(mine), nullptr);
+}
+
+TEST(PerfStage, RoundingCostsItsStageAndDropsSmallExperts) {
+  // T 1000, both experts: 1000 rows = 896 + 104 rounds up to 1024 (8 tiles), the same 8 tiles
+  // the padded GEMM computes: fused+rounding - fused = the rounding stage, 260 us + 0.086 ns x
+  // 1000 x 2.
+  const ModelSpec m = both_experts_model();
+  const Hardware h = round_card();
+  const LayerCost f = moe_layer_cost(m, h, Layout{1, 1}, prefill(1000), default_named("fused"));
+  const LayerCost r = moe_layer_cost(m, h, Layout{1, 1}, prefill(1000), default_named("fused+rounding"));
+  EXPECT_NEAR(r.t_total - f.t_total, 260e-6 + 0.086e-9 * 2000, 1e-12);
+  // T 50: 50 rows round down to none: no GEMM and no expert weights, only the glue is left.
+  const LayerCost s = moe_layer_cost(m, h, Layout{1, 1}, prefill(50), default_named("fused+rounding"));
+  const GlueCost g = glue_cost(m.moe, h, 50, true);
+  EXPECT_NEAR(s.t_compute, g.total(), 1e-15);
+  EXPECT_NEAR(s.weight_bytes, 1024.0 * 2 * 2, 1e-9);  // the router's only
+}
+
+TEST(PerfStage, TrainingScalesStagesButNotRounding) {
+  // Training: GEMMs and glue x 3 (x 4 with recompute); rounding once per forward.
+  const ModelSpec m = both_experts_model();
+  Workload t = prefill(1000);
+  t.mode = Mode::training;
+  const GlueCost g = glue_cost(m.moe, round_card(), 1000, true);
+  for (const char* name : {"fused", "fused+rounding"}) {
+    const Variant v = default_named(name);
+    const double fwd = moe_layer_cost(m, round_card(), Layout{1, 1}, prefill(1000), v).t_compute;
+    const double rounding = kernel_model(v)->rounding ? g.rounding : 0.0;
+    t.recompute = false;
+    EXPECT_NEAR(moe_layer_cost(m, round_card(), Layout{1, 1}, t, v).t_compute, 3 * fwd - 2 * rounding, 1e-12) << name;
+    t.recompute = true;
+    EXPECT_NEAR(moe_layer_cost(m, round_card(), Layout{1, 1}, t, v).t_compute, 4 * fwd - 2 * rounding, 1e-12) << name;
+  }
+}
+
+TEST(PerfStage, WholeLayerEfficienciesStayWholeLayer) {
+  // The chapter's, measured and callers' variants keep the whole-layer formula.
+  for (const auto& v : chapter_variants()) EXPECT_EQ(kernel_model(v), nullptr) << v.name;
+  EXPECT_EQ(kernel_model(plain(0.9)), nullptr);
+  const BenchFile b = parse_bench_json(R"({"card": "H", "results": [
+      {"config": "sonic-7b", "tokens": 24576, "variant": "fused", "ms": 1.5, "tflops": 300}]})");
+  const auto v = variants_from_bench(b, load_hardware("h200"), "sonic-7b", default_variants());
+  for (const auto& x : v) EXPECT_EQ(kernel_model(x) == nullptr, x.measured || x.name == "sequential") << x.name;
+}
+
+TEST(PerfStage, BenchNamesMapOntoModelVariants) {
+  const auto d = default_variants();
+  const auto c = chapter_variants();
+  auto name = [](const Variant* v) { return v ? v->name : std::string("none"); };
+  for (const char* same : {"sequential", "grouped", "grouped+rounding", "fused", "fused_1stage", "fused+rounding"})
+    EXPECT_EQ(name(variant_for_bench(same, d)), same);
+  EXPECT_EQ(name(variant_for_bench("fused_4stage", d)), "fused");  // IO overlap, 4 stages
+  EXPECT_EQ(name(variant_for_bench("dense_cublas", d)), "none");
+  EXPECT_EQ(name(variant_for_bench("torch_grouped_mm", d)), "none");
+  EXPECT_EQ(name(variant_for_bench("scattermoe", d)), "none");
+  // The chapter's names: rounding + IO overlap, and no IO overlap = grouped.
+  EXPECT_EQ(name(variant_for_bench("fused+rounding", c)), "grouped+rounding+io_overlap");
+  EXPECT_EQ(name(variant_for_bench("fused_1stage", c)), "grouped");
+  EXPECT_EQ(name(variant_for_bench("fused_4stage", c)), "fused");
 }

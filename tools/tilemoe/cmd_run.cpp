@@ -18,6 +18,8 @@ int cmd_run(int argc, char** argv) {
              {"dtype", "fp32 or bf16", "bf16"},
              {"rounding", "token rounding rule: none, nearest, up, down, stochastic, balanced", "none"},
              {"tile", "token rounding tile size", "128"},
+             {"pipeline-stages", "fused on the GPU: load pipeline stages, 0 = the heuristic's, 1 = no overlap", "0"},
+             {"stages", "also time each stage (router, metadata, projections, combine)", "", true},
              {"repeats", "timed runs (the median is reported)", "5"},
              {"threads", "CPU threads (0 = all)", "0"},
              {"seed", "seed of weights and tokens", "1"},
@@ -33,6 +35,9 @@ int cmd_run(int argc, char** argv) {
   ForwardOptions opt;
   opt.algorithm = parse_algorithm(args.get("algorithm"));
   opt.num_threads = static_cast<int>(args.get_int("threads"));
+  opt.pipeline_stages = static_cast<int>(args.get_int("pipeline-stages"));
+  check_arg(opt.pipeline_stages >= 0 && opt.pipeline_stages <= 4, "--pipeline-stages", opt.pipeline_stages,
+            "0 (the heuristic's) or 1..4");
   check_arg(opt.num_threads >= 0, "--threads", opt.num_threads, ">= 0");
   if (args.get("rounding") != "none") {
     RoundingOptions r;
@@ -57,6 +62,23 @@ int cmd_run(int argc, char** argv) {
   ForwardTrace trace;
   moe_forward(cfg, w, x, opt, &trace);
   const Timing t = time_runs([&] { moe_forward(cfg, w, x, opt); }, repeats, device, "forward");
+  // Stage medians over the repeats (a separate, timed pass: stage timing synchronizes).
+  std::vector<StageTime> stages;
+  if (args.has("stages")) {
+    ForwardOptions timed = opt;
+    timed.time_stages = true;
+    std::vector<std::vector<double>> ms;
+    for (int r = 0; r < repeats; ++r) {
+      ForwardTrace tr;
+      moe_forward(cfg, w, x, timed, &tr);
+      if (ms.empty()) ms.resize(tr.stages.size()), stages = tr.stages;
+      for (std::size_t i = 0; i < tr.stages.size() && i < ms.size(); ++i) ms[i].push_back(tr.stages[i].ms);
+    }
+    for (std::size_t i = 0; i < stages.size(); ++i) {
+      std::sort(ms[i].begin(), ms[i].end());
+      stages[i].ms = ms[i][ms[i].size() / 2];
+    }
+  }
 
   const double A = static_cast<double>(trace.routing.num_assignments());
   const double rows = is_gated(cfg.activation) ? 3.0 : 2.0;
@@ -72,10 +94,13 @@ int cmd_run(int argc, char** argv) {
     std::printf("{\"config\": \"%s\", \"tokens\": %lld, \"device\": \"%s\", \"device_name\": \"%s\", "
                 "\"algorithm\": \"%s\", \"dtype\": \"%s\", \"rounding\": \"%s\", \"repeats\": %d, "
                 "\"median_ms\": %.6f, \"min_ms\": %.6f, \"tflops\": %.4f, \"tokens_per_s\": %.1f, "
-                "\"assignments\": %.0f, \"expert_counts\": [",
+                "\"assignments\": %.0f, \"path\": \"%s\", \"stages_ms\": {",
                 cfg.name.c_str(), T, to_string(device), json_escape(device_name(device)).c_str(),
                 to_string(opt.algorithm), to_string(dtype), args.get("rounding").c_str(), repeats,
-                t.median_ms, t.min_ms, tflops, tok_s, A);
+                t.median_ms, t.min_ms, tflops, tok_s, A, json_escape(trace.path).c_str());
+    for (std::size_t i = 0; i < stages.size(); ++i)
+      std::printf("%s\"%s\": %.6f", i ? ", " : "", stages[i].name.c_str(), stages[i].ms);
+    std::printf("}, \"expert_counts\": [");
     for (std::size_t e = 0; e < counts.size(); ++e) std::printf("%s%lld", e ? ", " : "", (long long)counts[e]);
     std::printf("]}\n");
     return 0;
@@ -85,7 +110,13 @@ int cmd_run(int argc, char** argv) {
   std::printf("device     %s (%s)\n", to_string(device), device_name(device).c_str());
   std::printf("run        %lld tokens, %s, %s, rounding %s\n", T, to_string(opt.algorithm), to_string(dtype),
               args.get("rounding").c_str());
+  std::printf("kernels    %s\n", trace.path.c_str());
   std::printf("time       %.3f ms median of %d (best %.3f ms)\n", t.median_ms, repeats, t.min_ms);
+  if (!stages.empty()) {
+    std::printf("stages    ");
+    for (const StageTime& s : stages) std::printf(" %s %.3f", s.name.c_str(), s.ms);
+    std::printf(" ms (medians)\n");
+  }
   std::printf("throughput %.0f tokens/s, %.3f TFLOP/s (%.3g GFLOP per forward)\n", tok_s, tflops, flops / 1e9);
   std::printf("load       %.0f assignments, per expert min %lld, mean %.1f, max %lld (max/min %s)\n", A,
               (long long)cmin, mean, (long long)cmax,

@@ -4,6 +4,7 @@
 // tokens/day and memory per GPU, for each expert-algorithm variant. --compare puts the model's
 // one-layer prediction next to bench_moe_variants' measurements. Everything it prints without
 // --compare is a prediction (see docs/throughput.md).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "perf/stage_model.hpp"  // internal: variant_for_bench
 #include "tilemoe/error.hpp"
 #include "tilemoe/perf_model.hpp"
 
@@ -146,7 +148,7 @@ struct Run {
 std::vector<Variant> load_variants(const std::string& src, const Hardware& hw, const std::string& config,
                                    std::string& described) {
   if (src.empty() || src == "defaults") {
-    described = "documented defaults (SonicMoE-anchored; docs/throughput.md)";
+    described = "documented defaults (our GPU library's kernels, stage model; docs/throughput.md)";
     return default_variants();
   }
   if (src == "chapter") {
@@ -240,10 +242,28 @@ void print_table(const Run& r) {
                 mc.tokens_per_day / base, mc.moe_activation_bytes_per_layer / 1e9, mc.memory.total() / 1e9,
                 mc.fits() ? "yes" : "NO");
   }
+  // Rounding to 128-row tiles changes the computation where experts get few rows: nearest
+  // rounding drops an expert's 1..64 rows. Say how many routed rows the rounded variants compute.
+  for (const auto& mc : r.costs) {
+    const KernelModel* km = kernel_model(mc.variant);
+    if (!km || !km->rounding) continue;
+    const double feed = static_cast<double>(r.work.tokens_per_gpu) * r.layout.ep * r.work.imbalance;
+    const double rows = static_cast<double>(r.work.tokens_per_gpu) * c.top_k * r.work.imbalance;
+    const double kept = static_cast<double>(c.num_experts) / r.layout.ep *
+                        expected_rounded_tiles(feed, c.top_k, c.num_experts) * kTileRows / rows;
+    if (std::fabs(kept - 1) > 0.05)
+      std::printf("note: %s computes %.0f%% of the routed rows (%.1f rows per local expert, rounded to 128-row "
+                  "tiles: 1..64 rows are dropped): not the same computation\n",
+                  mc.variant.name.c_str(), 100 * kept, rows / (static_cast<double>(c.num_experts) / r.layout.ep));
+  }
   std::printf("\nvariant efficiency sources:\n");
   for (const auto& v : r.variants) std::printf("  %-28s %s\n", v.name.c_str(), v.source.c_str());
 
-  const ModelCost& best = r.costs[r.costs.size() > 4 ? 4 : r.costs.size() - 1];
+  // The chapter's end point: the fused variant (every list has one).
+  const ModelCost* fused = &r.costs.back();
+  for (const auto& mc : r.costs)
+    if (mc.variant.name == "fused") fused = &mc;
+  const ModelCost& best = *fused;
   const MemoryUse& m = best.memory;
   std::printf("\nmemory per GPU (%s): weights %.1f GB, gradients %.1f GB, optimizer %.1f GB, activations %.1f GB, "
               "KV cache %.1f GB = %.1f GB of %.0f GB\n",
@@ -369,20 +389,19 @@ int run_compare(const std::map<std::string, std::string>& a) {
     std::printf("warning: --efficiency is the compared file itself, so compute-bound rows agree by "
                 "construction\n");
   std::printf("one MoE layer, forward, EP 1, at achievable rates; efficiencies: %s\n\n", eff.c_str());
-  std::printf("%-16s %8s %-28s %10s %10s %8s %8s\n", "config", "tokens", "variant", "predicted", "measured",
-              "gap %", "bound");
+  std::printf("%-16s %8s %-18s %-28s %10s %10s %8s %8s\n", "config", "tokens", "variant", "model variant",
+              "predicted", "measured", "gap %", "bound");
   double sum_abs = 0;
   int n = 0;
+  std::vector<std::pair<std::string, std::pair<double, int>>> per_variant;  // bench name: sum |gap|, rows
   for (const auto& r : b.results) {
     const ModelSpec m = load_model(r.config);
     std::string described;
     const std::vector<Variant> vs = load_variants(eff, hw, m.moe.name, described);
-    const Variant* v = nullptr;
-    for (const auto& x : vs)
-      if (x.name == r.variant) v = &x;
+    const Variant* v = variant_for_bench(r.variant, vs);
     if (!v) {
-      std::printf("%-16s %8lld %-28s %10s %8.3f ms %8s\n", r.config.c_str(), static_cast<long long>(r.tokens),
-                  r.variant.c_str(), "no model", r.ms, "");
+      std::printf("%-16s %8lld %-18s %-28s %10s %7.3f ms\n", r.config.c_str(), static_cast<long long>(r.tokens),
+                  r.variant.c_str(), "-", "no model", r.ms);
       continue;
     }
     Workload w;
@@ -392,10 +411,20 @@ int run_compare(const std::map<std::string, std::string>& a) {
     const double pred = l.t_total * 1e3, gap = (pred - r.ms) / r.ms * 100;
     sum_abs += std::fabs(gap);
     ++n;
-    std::printf("%-16s %8lld %-28s %7.3f ms %7.3f ms %+7.1f%% %8s\n", r.config.c_str(),
-                static_cast<long long>(r.tokens), r.variant.c_str(), pred, r.ms, gap, to_string(l.bound));
+    auto it = std::find_if(per_variant.begin(), per_variant.end(), [&](const auto& p) { return p.first == r.variant; });
+    if (it == per_variant.end()) it = per_variant.insert(per_variant.end(), {r.variant, {0.0, 0}});
+    it->second.first += std::fabs(gap);
+    ++it->second.second;
+    std::printf("%-16s %8lld %-18s %-28s %7.3f ms %7.3f ms %+7.1f%% %8s\n", r.config.c_str(),
+                static_cast<long long>(r.tokens), r.variant.c_str(), v->name == r.variant ? "=" : v->name.c_str(),
+                pred, r.ms, gap, to_string(l.bound));
   }
-  if (n > 0) std::printf("\nmean |gap| %.1f%% over %d rows (aim: within 15%%)\n", sum_abs / n, n);
+  if (n > 0) {
+    std::printf("\nmean |gap| %.1f%% over %d rows (aim: within 15%%); by variant:", sum_abs / n, n);
+    for (const auto& [name, acc] : per_variant)
+      std::printf(" %s %.1f%% (%d)%s", name.c_str(), acc.first / acc.second, acc.second,
+                  &name == &per_variant.back().first ? "\n" : ",");
+  }
   return 0;
 }
 

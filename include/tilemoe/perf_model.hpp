@@ -104,8 +104,11 @@ struct Workload {
 };
 
 // One expert algorithm. efficiency: the share of the achievable GEMM rate the MoE layer reaches
-// when compute bound. fused_io: gather and SwiGLU fused into the GEMMs (less activation traffic
-// and memory).
+// when compute bound; for the GPU library's one-launch defaults (grouped, fused, their +rounding
+// forms, fused_1stage) it is the GEMM kernels' share on a long reduction, and the layer is the
+// stage model's sum (router, metadata, rounding, GEMMs with a per-tile cost, combine:
+// src/perf/stage_model.hpp, docs/throughput.md). fused_io: gather and SwiGLU fused into the GEMMs
+// (less activation traffic and memory).
 struct Variant {
   std::string name;
   double efficiency = 0;
@@ -168,7 +171,8 @@ struct LayerCost {  // one MoE layer on one GPU, for the mode (training: forward
   double weight_bytes = 0, act_bytes = 0;
   double dispatch_bytes = 0, combine_bytes = 0;
   double t_compute = 0, t_memory = 0, t_network = 0;
-  double t_total = 0;  // max(compute, memory) + network (all-to-all not overlapped)
+  double t_total = 0;  // max(compute, memory) + network (all-to-all not overlapped); for the
+                       // stage-modelled variants the other stages add to both bounds
   Bound bound = Bound::compute;
 };
 

@@ -6,16 +6,18 @@
 //   consumers (224).
 // - Persistent: one block per SM walks the output tiles t = blockIdx.x, + gridDim.x, ... in the
 //   raster order of raster_tile (grouped_gemm.cuh), so the producer loads the next tile while
-//   the consumers finish the last one.
+//   the consumers finish the last one. (Claiming tiles from an atomic counter instead was
+//   slower, docs/gpu.md run 19.)
 // - Producer: one thread issues TMA loads of the weight tile (the gated up-projection: 128 gate
 //   rows and the 128 up rows of the same outputs; the down-projection: 256 rows), and of the
 //   activation tile in the down-projection, into 128-byte-swizzled stages that complete on a
 //   "full" mbarrier with their byte count. In the up-projection the 128 producer threads gather
 //   the routed x rows with cp.async (Hopper's TMA has no gather), so the gathered copy of x
 //   never exists in global memory. Each thread waits for its own copies two stages behind,
-//   fences them for the async proxy (cp.async writes -> wgmma reads; the fence must come from
-//   the writing thread once its writes have landed: a consumer-side fence after
-//   cp.async.mbarrier.arrive gave stale tiles on large runs), then arrives on the stage.
+//   fences them for the async proxy (cp.async writes -> wgmma reads, fenced by the writing
+//   thread once they have landed: the conservative reading of the proxy rules), then arrives
+//   on the stage. Arriving through cp.async.mbarrier.arrive instead, without waiting, measured
+//   no faster (docs/gpu.md, run 17).
 // - Consumers: per k tile, wait for the stage, 4 wgmma m64n256k16 from shared-memory
 //   descriptors, keep one batch in flight and release the previous stage on its "empty" barrier.
 // - Epilogue: activation in registers, bf16 tile staged in shared memory (XOR-swizzled 16-byte

@@ -18,7 +18,8 @@ const std::vector<KernelModel>& kernel_models() {
        "one launch per projection, cp.async pipeline: eff 0.89, tile cost 570 (run 18, H200, 14e18ac: "
        "sonic-7b 1.837 ms, mixtral-8x7b 29.382 ms at T 24576)"},
       {"grouped+rounding", 0.89, 570, true, false,
-       "grouped's kernels after token rounding (0.26 ms + 0.086 ns x T x E, H100 run 12)"},
+       "grouped's kernels after token rounding (0.175 ms + 0.0192 ns x T x E: H100 run 20, "
+       "3ed8419)"},
       {"fused_1stage", 0.48, 166, false, true,
        "warp-specialized TMA + wgmma, one stage (no IO overlap): eff 0.48, tile cost 166 (run 18: "
        "sonic-7b 2.143 ms, mixtral-8x7b 51.039 ms)"},
@@ -26,7 +27,8 @@ const std::vector<KernelModel>& kernel_models() {
        "warp-specialized TMA + wgmma, pipelined (IO overlap): eff 0.90, tile cost 310 (run 18: "
        "sonic-7b 1.500 ms, mixtral-8x7b 27.832 ms)"},
       {"fused+rounding", 0.90, 310, true, true,
-       "fused's kernels after token rounding (0.26 ms + 0.086 ns x T x E, H100 run 12)"},
+       "fused's kernels after token rounding (0.175 ms + 0.0192 ns x T x E: H100 run 20, "
+       "3ed8419)"},
   };
   return all;
 }
@@ -103,11 +105,15 @@ GlueCost glue_cost(const MoeConfig& c, const Hardware& hw, double tokens, bool r
   // layer's fixed cost at T 64 is about the same (olmoe-1b-7b fused 0.294 ms against a 0.191 ms
   // memory roofline, run 18 small): one constant.
   g.fixed = kGlueFixedSeconds;
-  // Token rounding (pre-b29bd46 kernels, as runs 12 and 17 ran them): a fixed part and a part
-  // per router probability (T x E), from sonic-7b's grouped+rounding - grouped at T 4096 and
-  // 24576 on the H100 (run 12: 0.253 and 0.478 ms, with the model's GEMM savings added back).
-  // 0.086 ns per 4-byte probability is ~60x slower than streaming them on the H100: latency and
-  // sort bound, so not scaled by bandwidth.
+  // Token rounding (the kernels of b29bd46 on): a fixed part and a part per router probability
+  // (T x E), the least-squares fit of a + b T E to the rounding stages (rounding_probs +
+  // rounding_metadata + rounding, medians) of sonic-7b-shaped layers (d 1536, n 256) at E 128 K 8,
+  // E 256 K 4 and E 512 K 8, T 16384 and 24576, on the H100 (bench_moe_variants run 20,
+  // 2026-11-27, commit 3ed8419; the stage medians are in the run's log, its JSON
+  // results/h100_2026-11-27_run20_sparsity.json keeps the layer times): 0.208 to 0.422 ms, the fit
+  // within -8% .. +8% of each. 0.0192 ns per 4-byte probability is ~14x slower than
+  // streaming them on the H100, so the term is not scaled by bandwidth.
+  // The pre-b29bd46 kernels (runs 12, 17) cost 0.26 ms + 0.086 ns x T x E (H100 run 12).
   if (rounding) g.rounding = kRoundingFixedSeconds + kRoundingPerTokenExpertSeconds * T * E;
   return g;
 }

@@ -63,7 +63,8 @@ GlueCost glue_cost(const MoeConfig& c, const Hardware& hw, double tokens, bool r
 // Measured constants of the glue (docs/throughput.md cites each).
 inline constexpr double kRouterEfficiency = 0.28;        // of the achievable bf16 rate
 inline constexpr double kGlueFixedSeconds = 0.10e-3;     // top-k + metadata + launches
-inline constexpr double kRoundingFixedSeconds = 0.26e-3;
-inline constexpr double kRoundingPerTokenExpertSeconds = 0.086e-9;
+// Token rounding = fixed + per T x E: least-squares fit to H100 run 20 (stage_model.cpp).
+inline constexpr double kRoundingFixedSeconds = 0.175e-3;
+inline constexpr double kRoundingPerTokenExpertSeconds = 0.0192e-9;
 
 }  // namespace tilemoe::perf

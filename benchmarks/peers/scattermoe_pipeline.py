@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from torch_pipeline import extra_bytes, load, route  # noqa: E402
+from torch_pipeline import extra_bytes, load, median_ms, route  # noqa: E402
 
 SCATTERMOE_PATH = os.environ.get("SCATTERMOE_PATH", os.path.join(HERE, "..", "..", ".peers", "scattermoe"))
 TOL = 2e-2
@@ -137,20 +137,7 @@ def main():
         print(f"CHECK {meta['config']} {T} rel_err {rel:.3e} over {rows.numel()} tokens: {'ok' if ok else 'FAILED'}",
               flush=True)
 
-        reps, warm = meta.get("reps", 10), meta.get("warmup", 3)
-        for _ in range(warm):
-            forward()
-        torch.cuda.synchronize()
-        times = []
-        a_ev, b_ev = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for i in range(reps):
-            flush.fill_(i & 0xFF)
-            a_ev.record()
-            forward()
-            b_ev.record()
-            b_ev.synchronize()
-            times.append(a_ev.elapsed_time(b_ev))
-        ms = sorted(times)[len(times) // 2]
+        ms = median_ms(forward, flush, meta.get("reps", 10), meta.get("warmup", 3))
         extra = extra_bytes(forward)
         if ok:
             print(f"RESULT {meta['config']} {T} {ms:.4f} {extra}", flush=True)

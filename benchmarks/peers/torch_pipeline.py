@@ -32,6 +32,23 @@ def load(path, dtype, shape):
     return t.cuda()
 
 
+def median_ms(forward, flush, reps, warmup):
+    """Median ms of forward() over reps, after warm-up, each after an L2 flush, by CUDA events."""
+    for _ in range(warmup):
+        forward()
+    torch.cuda.synchronize()
+    times = []
+    a_ev, b_ev = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    for i in range(reps):
+        flush.fill_(i & 0xFF)
+        a_ev.record()
+        forward()
+        b_ev.record()
+        b_ev.synchronize()
+        times.append(a_ev.elapsed_time(b_ev))
+    return sorted(times)[len(times) // 2]
+
+
 def extra_bytes(forward):
     """Device memory one forward allocates beyond what exists before it and its output (peak)."""
     torch.cuda.synchronize()
@@ -119,20 +136,7 @@ def main():
                 out += (F.silu(hs[:, :ns]) * hs[:, ns:]) @ sw2[s].t()
             return out.to(bf)
 
-        reps, warm = meta.get("reps", 10), meta.get("warmup", 3)
-        for _ in range(warm):
-            forward()
-        torch.cuda.synchronize()
-        times = []
-        a_ev, b_ev = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        for i in range(reps):
-            flush.fill_(i & 0xFF)
-            a_ev.record()
-            forward()
-            b_ev.record()
-            b_ev.synchronize()
-            times.append(a_ev.elapsed_time(b_ev))
-        ms = sorted(times)[len(times) // 2]
+        ms = median_ms(forward, flush, meta.get("reps", 10), meta.get("warmup", 3))
         extra = extra_bytes(forward)
         print(f"RESULT {meta['config']} {T} {ms:.4f} {extra}", flush=True)
         json.dump({"config": meta["config"], "tokens": T, "variant": "torch_grouped_mm", "ms": ms, "extra_bytes": extra,

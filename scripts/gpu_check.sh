@@ -55,7 +55,17 @@ if has bench; then
     # ScatterMoE runs where its source was put in .peers/scattermoe (git-ignored; carried).
     PEERS=(--torch benchmarks/peers/torch_pipeline.py)
     [ -d .peers/scattermoe/scattermoe ] && PEERS+=(--scattermoe benchmarks/peers/scattermoe_pipeline.py)
-    PYTHONUNBUFFERED=1 $B --configs ${BENCH_CONFIGS:-sonic-7b,qwen3-30b-a3b,olmoe-1b-7b,mixtral-8x7b,deepseek-v3} \
+    # SonicMoE runs where its packages travelled in .sonic/ (git-ignored; carried): site.tar.xz,
+    # the unpacked sonic-moe, quack-kernels and nvidia-cutlass-dsl wheels, and the small wheels
+    # of their other needs.
+    if [ -f .sonic/site.tar.xz ]; then
+      mkdir -p /tmp/sonic_site && tar -xJf .sonic/site.tar.xz -C /tmp/sonic_site &&
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/sonic_site .sonic/*.whl \
+          > "$OUT/sonic_install.log" 2>&1 &&
+        PEERS+=(--sonicmoe benchmarks/peers/sonicmoe_pipeline.py) &&
+        export PYTHONPATH=/tmp/sonic_site:/tmp/sonic_site/nvidia_cutlass_dsl/python_packages${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    PYTHONUNBUFFERED=1 $B ${BENCH_ARGS:-} --configs ${BENCH_CONFIGS:-sonic-7b,qwen3-30b-a3b,olmoe-1b-7b,mixtral-8x7b,deepseek-v3} \
       --tokens ${BENCH_TOKENS:-24576} --json "$OUT/bench.json" --dump /tmp/bench_inputs "${PEERS[@]}" \
       > "$OUT/bench.log" 2>&1
     note "bench rc=$? ($((SECONDS - start)) s)"

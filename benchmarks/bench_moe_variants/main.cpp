@@ -7,12 +7,15 @@
 //   fused_1stage      the warp-specialized kernels with one pipeline stage: load, then compute
 //   fused_4stage      the same with four stages (3 in the down-projection): the IO overlap
 //   fused+rounding    fused after token rounding
+//   fused_graph       fused, captured once in a CUDA graph and replayed (no host launch work)
 //   dense_cublas      a cuBLAS GEMM pair with the same FLOPs ([T*K, d] x [d, 2n], [T*K, n] x [n, d],
 //                     plus the shared experts' pair): the upper bound
 //   torch_grouped_mm  PyTorch on the same inputs (router, sort, torch._grouped_mm, SwiGLU,
 //                     torch._grouped_mm, weighted index_add), benchmarks/peers/torch_pipeline.py
 //   scattermoe        ScatterMoE's Triton kernels (github.com/shawntan/scattermoe) on the same inputs,
 //                     benchmarks/peers/scattermoe_pipeline.py (--scattermoe)
+//   sonicmoe          SonicMoE (PyPI sonic-moe, QuACK / CuTe-DSL kernels) on the same inputs,
+//                     benchmarks/peers/sonicmoe_pipeline.py (--sonicmoe)
 // Each time: warm-up, then the median of --reps runs, each after an L2 flush, by CUDA events.
 // The memory roofline of a layer: the bytes it must move (the touched experts' weights, the
 // shared experts', the router's, x and out) over the device-to-device copy bandwidth measured in
@@ -50,7 +53,7 @@ struct Args {
   std::vector<std::string> configs{"sonic-7b", "qwen3-30b-a3b", "olmoe-1b-7b", "mixtral-8x7b", "deepseek-v3"};
   std::vector<std::int64_t> tokens{24576};
   int reps = 10, warmup = 3;
-  std::string json, dump, torch_script, scattermoe_script, python = "python3";
+  std::string json, dump, torch_script, scattermoe_script, sonicmoe_script, python = "python3";
   std::uint64_t seed = 1234;
   bool sequential = true;
   bool stages = false;
@@ -64,18 +67,27 @@ std::vector<std::string> split(const std::string& s) {
   return v;
 }
 
-// A --configs entry: a preset name, optionally with the expert count and top-k changed, as in
-// "sonic-7b:E256:K4" (the sparsity sweeps of token rounding). The entry is the config's name.
+// A --configs entry: a preset name, optionally with the expert count, top-k, model width or
+// expert width changed, as in "sonic-7b:E256:K4" (the sparsity sweeps of token rounding) or
+// "sonic-7b:d4096:n512" (the issue's T 32768 layers). The entry is the config's name.
 MoeConfig config_from_spec(const std::string& spec) {
   std::stringstream ss(spec);
   std::string part;
   std::getline(ss, part, ':');
   MoeConfig c = preset(part);
   while (std::getline(ss, part, ':')) {
-    const bool ok = part.size() > 1 && (part[0] == 'E' || part[0] == 'K') &&
+    const bool ok = part.size() > 1 && std::string("EKdn").find(part[0]) != std::string::npos &&
                     part.find_first_not_of("0123456789", 1) == std::string::npos && part.size() < 9;
-    if (!ok) throw InvalidArgument("config '" + spec + "': modifier '" + part + "': expected E<experts> or K<top-k>");
-    (part[0] == 'E' ? c.num_experts : c.top_k) = std::stoi(part.substr(1));
+    if (!ok)
+      throw InvalidArgument("config '" + spec + "': modifier '" + part +
+                            "': expected E<experts>, K<top-k>, d<d_model> or n<d_expert>");
+    const int v = std::stoi(part.substr(1));
+    switch (part[0]) {
+      case 'E': c.num_experts = v; break;
+      case 'K': c.top_k = v; break;
+      case 'd': c.d_model = v; break;
+      default: c.d_expert = v; break;
+    }
   }
   c.name = spec;
   c.validate();
@@ -84,9 +96,9 @@ MoeConfig config_from_spec(const std::string& spec) {
 
 void usage() {
   std::puts(
-      "usage: bench_moe_variants [--configs a,b:E256:K4] [--tokens 4096,24576] [--reps N] [--warmup N]\n"
+      "usage: bench_moe_variants [--configs a,b:E256:K4,c:d4096:n512] [--tokens 4096,24576] [--reps N] [--warmup N]\n"
       "                          [--json out.json] [--dump dir --torch peers/torch_pipeline.py [--python python3]]\n"
-      "                          [--scattermoe peers/scattermoe_pipeline.py (with --dump)]\n"
+      "                          [--scattermoe peers/scattermoe_pipeline.py] [--sonicmoe peers/sonicmoe_pipeline.py] (with --dump)\n"
       "                          [--no-sequential] [--stages] [--seed S]");
 }
 
@@ -108,6 +120,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--dump") a.dump = val();
     else if (k == "--torch") a.torch_script = val();
     else if (k == "--scattermoe") a.scattermoe_script = val();
+    else if (k == "--sonicmoe") a.sonicmoe_script = val();
     else if (k == "--python") a.python = val();
     else if (k == "--seed") a.seed = std::stoull(val());
     else if (k == "--no-sequential") a.sequential = false;
@@ -207,6 +220,33 @@ double copy_tbps(Timer& timer, const Args& a) {
   cudaFree(src);
   cudaFree(dst);
   return 2.0 * static_cast<double>(bytes) / (ms * 1e-3) / 1e12;
+}
+
+// The forward captured once in a CUDA graph and replayed, as a serving stack runs its decode
+// steps: the same kernels, without the host's launch work between them (the layer has no host
+// synchronization, so it captures).
+template <class Fwd>
+double graph_ms(Timer& timer, const Args& a, Fwd&& forward) {
+  cudaStream_t s = cudaStreamPerThread;
+  (void)forward();  // scratch sized, handles created, kernels loaded: nothing allocates while capturing
+  CK(cudaStreamSynchronize(s));
+  cudaGraph_t graph = nullptr;
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+  Tensor out;
+  try {
+    out = forward();
+  } catch (...) {
+    cudaStreamEndCapture(s, &graph);
+    throw;
+  }
+  CK(cudaStreamEndCapture(s, &graph));
+  cudaGraphExec_t exec = nullptr;
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  const double ms = timer.median_ms([&] { CK(cudaGraphLaunch(exec, s)); }, a.warmup, a.reps);
+  CK(cudaStreamSynchronize(s));
+  CK(cudaGraphExecDestroy(exec));
+  CK(cudaGraphDestroy(graph));
+  return ms;
 }
 
 // Bytes a forward must move at least: the weights of the experts that received tokens, the shared
@@ -336,6 +376,7 @@ int main(int argc, char** argv) {
         ForwardOptions ofr = of;
         ofr.rounding = RoundingOptions{};
         add("fused+rounding", timer.median_ms([&] { (void)moe_forward(c, w, x, ofr); }, a.warmup, a.reps));
+        add("fused_graph", graph_ms(timer, a, [&] { return moe_forward(c, w, x, of); }));
         for (const ForwardOptions* o : {&of, &ofr}) {  // where the time goes: stage medians over reps
           ForwardOptions timed = *o;
           timed.time_stages = true;
@@ -387,7 +428,8 @@ int main(int argc, char** argv) {
           m << "{\"config\": \"" << c.name << "\", \"tokens\": " << T << ", \"d\": " << d << ", \"n\": " << n
             << ", \"experts\": " << c.num_experts << ", \"topk\": " << c.top_k << ", \"shared\": " << c.num_shared
             << ", \"d_shared\": " << c.d_shared << ", \"router\": \"" << to_string(c.router)
-            << "\", \"gated\": " << (is_gated(c.activation) ? "true" : "false")
+            << "\", \"renormalize\": " << (c.renormalize ? "true" : "false")
+            << ", \"gated\": " << (is_gated(c.activation) ? "true" : "false")
             << ", \"weights_dumped\": " << (dump_weights ? "true" : "false") << ", \"flops\": " << flops
             << ", \"reps\": " << a.reps << ", \"warmup\": " << a.warmup << "}\n";
           dumped.push_back(dir);
@@ -426,6 +468,7 @@ int main(int argc, char** argv) {
     };
     run_peer(a.torch_script, "torch_grouped_mm");
     run_peer(a.scattermoe_script, "scattermoe");
+    run_peer(a.sonicmoe_script, "sonicmoe");
 
     // Table.
     std::map<std::pair<std::string, std::int64_t>, std::map<std::string, double>> ms;

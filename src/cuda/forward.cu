@@ -136,7 +136,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
       float* probs; std::int32_t* r_expert; float* r_weight; std::int32_t* r_tok; std::int64_t* r_off;
       std::int32_t* target; void* r_scratch; std::size_t r_bytes;
     } p{};
-    p.logits = c.take<float>(static_cast<std::size_t>(T * E));
+    p.logits = c.take<float>(static_cast<std::size_t>(T * E * router_logit_parts(T, bf)));
     p.rscratch = c.take<unsigned char>(router_scratch_bytes(T, d, E, bf));
     p.ids = c.take<std::int32_t>(static_cast<std::size_t>(A));
     if (opt.rounding) {
@@ -175,10 +175,10 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   const auto P = layout(carver);
 
   // Router.
-  router_logits(x.raw(), bf, w.router.data<float>(), T, d, E, P.logits, P.rscratch);
+  const int parts = router_logits(x.raw(), bf, w.router.data<float>(), T, d, E, P.logits, P.rscratch);
   const float* bias = cfg.router_bias && w.router_bias.numel() > 0 ? w.router_bias.data<float>() : nullptr;
   timer.lap("router_logits");
-  router_topk(rc, P.logits, bias, T, P.ids, P.wts);
+  router_topk(rc, P.logits, bias, T, P.ids, P.wts, parts);
   timer.lap("router_topk");
 
   // Token rounding, on the device: the rounded routing keeps the capacity A_cap, unused slots
@@ -188,7 +188,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   const std::int64_t* token_offsets = nullptr;
   const std::int32_t* token_of = nullptr;
   if (opt.rounding) {
-    router_probs(rc, P.logits, T, P.probs);
+    router_probs(rc, P.logits, T, P.probs, parts);
     timer.lap("rounding_probs");
     build_metadata(P.ids, nullptr, K, A, E, tile_m, P.m, P.meta_scratch, P.meta_bytes);
     timer.lap("rounding_metadata");

@@ -42,6 +42,19 @@ inline int ws_stages(bool up) { return up ? 4 : 3; }
 // TILEMOE_GROUPED_KERNEL=ws puts the up-projection on the warp-specialized kernel too.
 inline bool fused_up_on_ws(int stages, bool forced) { return forced || stages > 0; }
 
+// Tokens up to which bf16 router logits come from one CUDA-core kernel (a block per 8 tokens and
+// expert, fp32 dot products) instead of a weight split and a tensor-core GEMM: at decode sizes
+// the GEMM path is launch-bound (H100 run 21: 62 us for Qwen3-30B-A3B at T 64, most of it
+// launches of the split and cuBLAS kernels).
+constexpr std::int64_t router_small_tokens() { return 512; }
+
+// Routing metadata in one block (metadata.cu's one-kernel stable counting sort) up to this many
+// assignments and experts; above, the general path (histogram, scans, CUB's radix sort, inverse
+// map: ~7 launches, ~24 us on an H100 at A = 512, docs/gpu.md run 21). The counters, 32 warps x
+// (E + 1) int32 in shared memory (131 KB at E = 1024), bound E.
+constexpr std::int64_t metadata_one_block_max_assignments() { return 16384; }
+constexpr int metadata_one_block_max_experts() { return 1024; }
+
 // Row stride (elements) of the bf16 activation between the two GEMMs: a multiple of 8 so that
 // its rows stay 16-byte aligned for cp.async.
 inline std::int64_t act_row_stride(std::int64_t n) { return (n + 7) / 8 * 8; }

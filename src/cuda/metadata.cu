@@ -1,19 +1,26 @@
 // Routing metadata on the GPU, without a host synchronization: per-expert counts (shared-memory
 // histogram), exclusive scans of the counts and of their row tiles (one block), a stable radix
 // sort of the assignments by expert (CUB) and the inverse map. Positions fit int32 (A < 2^31);
-// row offsets into activations are int64.
+// row offsets into activations are int64. Small routings (decode) take a one-kernel path with
+// the same outputs: a stable counting sort in one block.
 #include <algorithm>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 
 #include "buffer.cuh"
 #include "context.cuh"
+#include "heuristics.hpp"
 #include "stages.hpp"
 
 namespace tilemoe::detail::gpu {
 namespace {
 
 constexpr int kMaxExperts = 4096;
+
+// The one-block path's limits: metadata_one_block_max_assignments() and _max_experts()
+// (heuristics.hpp).
+constexpr std::int64_t kSmallMaxAssignments = metadata_one_block_max_assignments();
+constexpr int kSmallMaxExperts = metadata_one_block_max_experts();
 
 __global__ void histogram_kernel(const std::int32_t* __restrict__ expert, std::int64_t A, int E,
                                  std::int32_t* __restrict__ counts, std::int32_t* __restrict__ iota) {
@@ -84,6 +91,102 @@ __global__ void uniform_offsets_kernel(std::int64_t rows, int E, int tile_m, std
   }
 }
 
+constexpr int kSmallThreads = 1024, kSmallWarps = kSmallThreads / 32;
+constexpr int kSmallChunks = static_cast<int>(kSmallMaxAssignments / kSmallThreads);  // per warp, of 32
+constexpr int kSmallCols = (kSmallMaxExperts + 1 + kSmallThreads - 1) / kSmallThreads;  // per thread
+using SmallScan = cub::BlockScan<int, kSmallThreads, cub::BLOCK_SCAN_WARP_SCANS>;
+
+// The whole metadata in one block, as a stable counting sort. Warp w takes a contiguous segment of
+// the assignments, 32 at a time; __match_any_sync groups a chunk's lanes by expert, so that the
+// lowest lane of each group alone updates the warp's counter c[w][e] (no atomics), and a lane's
+// rank is the number of its peers below it. Segments, chunks and lanes in order: stable. Column E
+// counts the unused slots (expert id E), which thus follow offsets[E] in their order, as the
+// general path's sort puts them (key E is the largest).
+__global__ void __launch_bounds__(kSmallThreads) small_metadata_kernel(const std::int32_t* __restrict__ expert,
+                                                                      const std::int32_t* __restrict__ token_of,
+                                                                      int K, int A, int E, int tile_m, Metadata m) {
+  extern __shared__ int c[];  // [kSmallWarps][E + 1]: warp w's count of expert e, then its next position
+  __shared__ typename SmallScan::TempStorage t_rows, t_tiles;
+  const int cols = E + 1, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int chunks = (A + kSmallThreads - 1) / kSmallThreads;  // of 32, per warp; the last warps run past A
+  const int begin = warp * chunks * 32;
+  int* cw = c + warp * cols;
+  for (int i = threadIdx.x; i < kSmallWarps * cols; i += kSmallThreads) c[i] = 0;
+  // The warp's expert ids, read once into registers for both passes (-1: none).
+  int ex[kSmallChunks];
+#pragma unroll
+  for (int i = 0; i < kSmallChunks; ++i) {
+    const int a = begin + i * 32 + lane;
+    ex[i] = i < chunks && a < A ? expert[a] : -1;
+  }
+  __syncthreads();
+  // Pass 1: the warp's counts.
+#pragma unroll
+  for (int i = 0; i < kSmallChunks; ++i) {
+    if (i >= chunks) break;  // uniform over the block
+    const unsigned peers = __match_any_sync(0xffffffffu, ex[i]);
+    if (ex[i] >= 0 && lane == __ffs(peers) - 1) cw[ex[i]] += __popc(peers);
+    __syncwarp();  // the next chunk's leader of the same expert may be another lane
+  }
+  __syncthreads();
+  // Per expert: the count over the warps, the scans, then each warp's first position in place of its count.
+  int rows[kSmallCols], tiles[kSmallCols];
+#pragma unroll
+  for (int j = 0; j < kSmallCols; ++j) {
+    const int e = threadIdx.x * kSmallCols + j;
+    rows[j] = 0;
+    if (e < cols)
+      for (int w = 0; w < kSmallWarps; ++w) rows[j] += c[w * cols + e];
+    tiles[j] = e < E ? (rows[j] + tile_m - 1) / tile_m : 0;
+    if (e < E) m.counts[e] = rows[j];
+  }
+  SmallScan(t_rows).ExclusiveSum(rows, rows);
+  SmallScan(t_tiles).ExclusiveSum(tiles, tiles);
+#pragma unroll
+  for (int j = 0; j < kSmallCols; ++j) {
+    const int e = threadIdx.x * kSmallCols + j;
+    if (e >= cols) continue;
+    m.offsets[e] = rows[j];  // at e = E: the real assignments' total, where the unused slots start
+    m.tile_offsets[e] = tiles[j];
+    int next = rows[j];
+    for (int w = 0; w < kSmallWarps; ++w) {
+      const int n = c[w * cols + e];
+      c[w * cols + e] = next;
+      next += n;
+    }
+  }
+  __syncthreads();
+  // Pass 2: place each assignment at its warp's next position for its expert plus its rank.
+#pragma unroll
+  for (int i = 0; i < kSmallChunks; ++i) {
+    if (i >= chunks) break;
+    const int e = ex[i];
+    const unsigned peers = __match_any_sync(0xffffffffu, e);
+    const int leader = __ffs(peers) - 1;
+    int pos = 0;
+    if (e >= 0 && lane == leader) {
+      pos = cw[e];
+      cw[e] = pos + __popc(peers);
+    }
+    pos = __shfl_sync(0xffffffffu, pos, leader) + __popc(peers & ((1u << lane) - 1));
+    if (e >= 0) {
+      const int a = begin + i * 32 + lane;
+      m.sorted[pos] = a;
+      m.slot[a] = pos;
+      m.sorted_token[pos] = token_of ? token_of[a] : a / K;
+    }
+    __syncwarp();
+  }
+}
+
+std::size_t small_smem_bytes(int E) { return sizeof(int) * kSmallWarps * (static_cast<std::size_t>(E) + 1); }
+
+// The one-block path applies: small A, and the counters fit the device's shared memory.
+bool small_path(std::int64_t A, int E) {
+  return A <= kSmallMaxAssignments && E <= kSmallMaxExperts &&
+         small_smem_bytes(E) + 2 * sizeof(SmallScan::TempStorage) <= device_props().smem_optin;
+}
+
 // Bits of the sort keys: experts 0..E-1 and the unused-slot marker E.
 int end_bit(int E) {
   int b = 1;
@@ -117,6 +220,7 @@ SortScratch carve(void* base, std::int64_t A, int E) {
 }  // namespace
 
 std::size_t metadata_scratch_bytes(std::int64_t A, int E) {
+  if (small_path(A, E)) return 0;  // the one-block path needs none
   SortScratch s = carve(nullptr, A, E);
   Carver c;
   c.take<std::int32_t>(static_cast<std::size_t>(A));
@@ -132,6 +236,15 @@ void build_metadata(const std::int32_t* expert, const std::int32_t* token_of, in
   check_arg(scratch_bytes >= metadata_scratch_bytes(A, E), "metadata scratch", scratch_bytes,
             "metadata_scratch_bytes(A, E)");
   cudaStream_t st = current_stream();
+  if (small_path(A, E)) {
+    const std::size_t smem = small_smem_bytes(E);
+    if (smem > 48 * 1024)
+      TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(small_metadata_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              static_cast<int>(smem)));
+    small_metadata_kernel<<<1, kSmallThreads, smem, st>>>(expert, token_of, K, static_cast<int>(A), E, tile_m, m);
+    TILEMOE_CHECK_LAUNCH();
+    return;
+  }
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(m.counts, 0, sizeof(std::int32_t) * E, st));
   SortScratch s = carve(scratch, A, E);
   const int sms = device_props().sm_count;

@@ -1,5 +1,7 @@
-// Router on the GPU. Logits by cuBLAS (fp32 for fp32 x; for bf16 x, three bf16 GEMMs over a
-// hi/mid/lo split of the fp32 router weights, fp32-accurate); then one fused kernel for scores,
+// Router on the GPU. Logits in fp32 accuracy: fp32 x by one fp32 cuBLAS GEMM; bf16 x either
+// (decode sizes) by one CUDA-core kernel of fp32 dot products, or by one bf16 tensor-core GEMM
+// over a hi/mid/lo split of the fp32 router weights stacked as [3E, d], whose three partial
+// logits per expert the next kernels add in a fixed order. Then one fused kernel for scores,
 // top-k and weights of every RouterKind: a warp per token, the token's E scores in shared
 // memory, K rounds of a warp arg-max over (score, -index) so that ties go to the lower index,
 // as on the CPU. E up to 4096 (shared memory permitting), K up to E.
@@ -9,12 +11,13 @@
 #include <cuda_bf16.h>
 
 #include "context.cuh"
+#include "heuristics.hpp"
 #include "stages.hpp"
 
 namespace tilemoe::detail::gpu {
 namespace {
 
-// w = hi + mid + lo, each bf16 (parts [3][n]).
+// w = hi + mid + lo, each bf16 (parts [3][n]: with n = E d, the rows of a [3E, d] matrix).
 __global__ void split_bf16x3_kernel(const float* __restrict__ w, std::int64_t n, __nv_bfloat16* __restrict__ parts) {
   for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
        i += std::int64_t(gridDim.x) * blockDim.x) {
@@ -73,6 +76,51 @@ __device__ __forceinline__ float sequential_sum(const float* v, int n) {
   return __shfl_sync(0xffffffffu, s, 0);
 }
 
+// Token row l of the logits: parts == 3 holds hi, mid and lo partial logits [3][E], added in
+// this order (every kernel reading logits adds them the same way).
+__device__ __forceinline__ float logit(const float* l, int E, int parts, int e) {
+  return parts == 1 ? l[e] : (l[e] + l[E + e]) + l[2 * E + e];
+}
+
+// Decode-size logits (router_logits_small_tokens): a block per (kSmallTok tokens, expert) reads
+// the expert's fp32 router row once, every thread a strided slice of d for all the block's
+// tokens, then a fixed-order reduction (warp shuffles, then the 8 warps in order). One launch
+// and no split of the weights; x rows come from L2.
+constexpr int kSmallTok = 8, kSmallThreads = 256;
+__global__ void __launch_bounds__(kSmallThreads) logits_small_kernel(const __nv_bfloat16* __restrict__ x,
+                                                                   const float* __restrict__ w, std::int64_t T,
+                                                                   std::int64_t d, int E, float* __restrict__ logits) {
+  __shared__ float red[kSmallThreads / 32][kSmallTok];
+  const int e = blockIdx.y;
+  const std::int64_t t0 = std::int64_t(blockIdx.x) * kSmallTok;
+  const int nt = static_cast<int>(T - t0 < kSmallTok ? T - t0 : kSmallTok);
+  const float* we = w + std::int64_t(e) * d;
+  const __nv_bfloat16* xt = x + t0 * d;
+  float acc[kSmallTok];
+#pragma unroll
+  for (int i = 0; i < kSmallTok; ++i) acc[i] = 0.0f;
+#pragma unroll 4
+  for (std::int64_t k = threadIdx.x; k < d; k += kSmallThreads) {
+    const float wv = we[k];
+#pragma unroll
+    for (int i = 0; i < kSmallTok; ++i)
+      if (i < nt) acc[i] = fmaf(__bfloat162float(xt[i * d + k]), wv, acc[i]);
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+  for (int i = 0; i < kSmallTok; ++i) {
+    float v = acc[i];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) red[warp][i] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x < nt) {
+    float v = 0.0f;
+    for (int j = 0; j < kSmallThreads / 32; ++j) v += red[j][threadIdx.x];
+    logits[(t0 + threadIdx.x) * E + e] = v;
+  }
+}
+
 struct TopkParams {
   RouterKind kind;
   int E, K, n_groups, topk_groups;
@@ -86,7 +134,7 @@ __host__ __device__ inline std::size_t topk_smem_per_warp(int E, int G) {
   return (std::size_t(2) * E + G) * sizeof(float) + ((std::size_t(E) + G + 15) / 16) * 16;
 }
 
-__global__ void topk_kernel(TopkParams p, const float* __restrict__ logits, const float* __restrict__ bias,
+__global__ void topk_kernel(TopkParams p, const float* __restrict__ logits, int parts, const float* __restrict__ bias,
                             std::int64_t T, std::int32_t* __restrict__ ids, float* __restrict__ weights) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -101,9 +149,9 @@ __global__ void topk_kernel(TopkParams p, const float* __restrict__ logits, cons
   const float NEG_INF = -INFINITY;
 
   for (std::int64_t t = blockIdx.x * std::int64_t(nwarps) + warp; t < T; t += std::int64_t(gridDim.x) * nwarps) {
-    const float* l = logits + t * E;
+    const float* l = logits + t * parts * E;
     for (int e = lane; e < E; e += 32) {
-      s[e] = l[e];
+      s[e] = logit(l, E, parts, e);
       taken[e] = 0;
     }
     __syncwarp();
@@ -187,20 +235,20 @@ __global__ void topk_kernel(TopkParams p, const float* __restrict__ logits, cons
   }
 }
 
-__global__ void probs_kernel(RouterKind kind, int E, const float* __restrict__ logits, std::int64_t T,
+__global__ void probs_kernel(RouterKind kind, int E, const float* __restrict__ logits, int parts, std::int64_t T,
                              float* __restrict__ probs) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
   for (std::int64_t t = blockIdx.x * std::int64_t(nwarps) + warp; t < T; t += std::int64_t(gridDim.x) * nwarps) {
-    const float* l = logits + t * E;
+    const float* l = logits + t * parts * E;
     float* o = probs + t * E;
     if (kind == RouterKind::sigmoid_group_topk) {
-      for (int e = lane; e < E; e += 32) o[e] = 1.0f / (1.0f + exp_cr(-l[e]));
+      for (int e = lane; e < E; e += 32) o[e] = 1.0f / (1.0f + exp_cr(-logit(l, E, parts, e)));
       continue;
     }
     float m = -INFINITY;
-    for (int e = lane; e < E; e += 32) m = fmaxf(m, l[e]);
+    for (int e = lane; e < E; e += 32) m = fmaxf(m, logit(l, E, parts, e));
     m = warp_max(m);
-    for (int e = lane; e < E; e += 32) o[e] = exp_cr(l[e] - m);
+    for (int e = lane; e < E; e += 32) o[e] = exp_cr(logit(l, E, parts, e) - m);
     __syncwarp();
     const float sum = sequential_sum(o, E);
     for (int e = lane; e < E; e += 32) o[e] = o[e] / sum;
@@ -216,39 +264,48 @@ int grid_for(std::int64_t items, int per_block) {
 
 }  // namespace
 
-std::size_t router_scratch_bytes(std::int64_t T, std::int64_t d, int E, bool x_bf16) {
-  (void)T;
-  return x_bf16 ? static_cast<std::size_t>(3 * E * d) * sizeof(__nv_bfloat16) : 0;
+int router_logit_parts(std::int64_t T, bool x_bf16) {
+  return x_bf16 && T > router_small_tokens() ? 3 : 1;
 }
 
-void router_logits(const void* x, bool x_bf16, const float* w, std::int64_t T, std::int64_t d, int E,
-                   float* logits, void* scratch) {
+std::size_t router_scratch_bytes(std::int64_t T, std::int64_t d, int E, bool x_bf16) {
+  return router_logit_parts(T, x_bf16) == 3 ? static_cast<std::size_t>(3 * E * d) * sizeof(__nv_bfloat16) : 0;
+}
+
+int router_logits(const void* x, bool x_bf16, const float* w, std::int64_t T, std::int64_t d, int E, float* logits,
+                  void* scratch) {
   const float one = 1.0f, zero = 0.0f;
   cublasHandle_t h = cublas_handle();
+  if (T == 0) return router_logit_parts(T, x_bf16);
   if (!x_bf16) {
     // Row-major logits [T, E] is column-major [E, T] = w (col-major [d, E])^T . x (col-major [d, T]).
     TILEMOE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, E, static_cast<int>(T), static_cast<int>(d), &one,
                                       w, CUDA_R_32F, static_cast<int>(d), x, CUDA_R_32F, static_cast<int>(d), &zero,
                                       logits, CUDA_R_32F, E, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-    return;
+    return 1;
   }
-  // x is exact in bf16; w = hi + mid + lo in bf16 to within fp32 rounding, so three bf16 tensor
-  // core GEMMs accumulating in fp32 give fp32-accurate logits at a fraction of an fp32 GEMM.
+  if (router_logit_parts(T, x_bf16) == 1) {
+    const dim3 grid(static_cast<unsigned>((T + kSmallTok - 1) / kSmallTok), static_cast<unsigned>(E));
+    logits_small_kernel<<<grid, kSmallThreads, 0, current_stream()>>>(static_cast<const __nv_bfloat16*>(x), w, T, d, E,
+                                                                       logits);
+    TILEMOE_CHECK_LAUNCH();
+    return 1;
+  }
+  // x is exact in bf16; w = hi + mid + lo in bf16 to within fp32 rounding, so one bf16 tensor-core
+  // GEMM against the stacked parts [3E, d], accumulating in fp32, gives fp32-accurate logits
+  // once the parts are added (topk_kernel, probs_kernel): x is read once, not three times.
   __nv_bfloat16* parts = static_cast<__nv_bfloat16*>(scratch);
   const std::int64_t n = std::int64_t(E) * d;
   split_bf16x3_kernel<<<grid_for(n, 256 * 4), 256, 0, current_stream()>>>(w, n, parts);
   TILEMOE_CHECK_LAUNCH();
-  for (int i = 0; i < 3; ++i) {
-    const float beta = i == 0 ? zero : one;
-    TILEMOE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, E, static_cast<int>(T), static_cast<int>(d), &one,
-                                      parts + i * n, CUDA_R_16BF, static_cast<int>(d), x, CUDA_R_16BF,
-                                      static_cast<int>(d), &beta, logits, CUDA_R_32F, E, CUBLAS_COMPUTE_32F,
-                                      CUBLAS_GEMM_DEFAULT));
-  }
+  TILEMOE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, 3 * E, static_cast<int>(T), static_cast<int>(d), &one,
+                                    parts, CUDA_R_16BF, static_cast<int>(d), x, CUDA_R_16BF, static_cast<int>(d), &zero,
+                                    logits, CUDA_R_32F, 3 * E, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  return 3;
 }
 
 void router_topk(const RouterConfig& rc, const float* logits, const float* bias, std::int64_t T,
-                 std::int32_t* ids, float* weights) {
+                 std::int32_t* ids, float* weights, int parts) {
   check_arg(rc.top_k <= 32, "top_k", rc.top_k, "<= 32 on the GPU router");
   if (T == 0) return;
   TopkParams p{rc.kind, rc.num_experts, rc.top_k, rc.kind == RouterKind::sigmoid_group_topk ? rc.n_groups : 1,
@@ -261,13 +318,13 @@ void router_topk(const RouterConfig& rc, const float* logits, const float* bias,
   if (smem > 48 * 1024)
     TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(smem)));
-  topk_kernel<<<grid_for(T, warps), warps * 32, smem, current_stream()>>>(p, logits, bias, T, ids, weights);
+  topk_kernel<<<grid_for(T, warps), warps * 32, smem, current_stream()>>>(p, logits, parts, bias, T, ids, weights);
   TILEMOE_CHECK_LAUNCH();
 }
 
-void router_probs(const RouterConfig& rc, const float* logits, std::int64_t T, float* probs) {
+void router_probs(const RouterConfig& rc, const float* logits, std::int64_t T, float* probs, int parts) {
   if (T == 0) return;
-  probs_kernel<<<grid_for(T, 8), 256, 0, current_stream()>>>(rc.kind, rc.num_experts, logits, T, probs);
+  probs_kernel<<<grid_for(T, 8), 256, 0, current_stream()>>>(rc.kind, rc.num_experts, logits, parts, T, probs);
   TILEMOE_CHECK_LAUNCH();
 }
 

@@ -14,18 +14,23 @@
 namespace tilemoe::detail::gpu {
 
 // ---- router (router.cu) ----
-// logits [T, E] fp32 = x [T, d] . w [E, d]^T with fp32 accuracy. x is fp32 (one fp32 GEMM) or
-// bf16 (w split into three bf16 parts in scratch, three bf16 GEMMs accumulating in fp32).
+// Logits with fp32 accuracy of x [T, d] . w [E, d]^T, written as `parts` fp32 partial logits
+// per token: logits [T, parts * E], token t's logit for expert e being l[e] for parts 1 and
+// (l[e] + l[E + e]) + l[2E + e] for parts 3, l = logits + t * parts * E. x is fp32 (one fp32
+// GEMM, parts 1) or bf16: up to router_small_tokens() tokens one CUDA-core kernel (parts 1),
+// above that w split into three bf16 parts in scratch and one bf16 GEMM against them (parts 3).
+// router_logits returns the parts it wrote, router_logit_parts(T, x_bf16) tells it beforehand.
+int router_logit_parts(std::int64_t T, bool x_bf16);
 std::size_t router_scratch_bytes(std::int64_t T, std::int64_t d, int E, bool x_bf16);
-void router_logits(const void* x, bool x_bf16, const float* w, std::int64_t T, std::int64_t d, int E,
-                   float* logits, void* scratch);
+int router_logits(const void* x, bool x_bf16, const float* w, std::int64_t T, std::int64_t d, int E, float* logits,
+                  void* scratch);
 // The fused scores + top-k + weights of every RouterKind, the CPU's tie rule (lower index wins):
-// ids [T, K] int32 and weights [T, K] fp32 from logits [T, E]; bias [E] may be null.
+// ids [T, K] int32 and weights [T, K] fp32 from logits [T, parts * E]; bias [E] may be null.
 void router_topk(const RouterConfig& rc, const float* logits, const float* bias, std::int64_t T,
-                 std::int32_t* ids, float* weights);
+                 std::int32_t* ids, float* weights, int parts = 1);
 // probs [T, E]: softmax of each row, or the sigmoid for sigmoid_group_topk (as
 // router_probabilities() on the CPU).
-void router_probs(const RouterConfig& rc, const float* logits, std::int64_t T, float* probs);
+void router_probs(const RouterConfig& rc, const float* logits, std::int64_t T, float* probs, int parts = 1);
 
 // ---- metadata (metadata.cu) ----
 struct Metadata {
@@ -36,7 +41,8 @@ struct Metadata {
   std::int32_t* slot = nullptr;          // [A] assignment -> sorted position
   std::int32_t* sorted_token = nullptr;  // [A] sorted position -> token
 };
-// Bytes of scratch the metadata of A assignments over E experts needs (CUB's sort included).
+// Bytes of scratch the metadata of A assignments over E experts needs (CUB's sort included; 0
+// for small A, which one kernel of one block sorts).
 std::size_t metadata_scratch_bytes(std::int64_t A, int E);
 // Stable sort of the assignments by expert. token_of [A] gives each assignment's token; null
 // means uniform top-k (token = a / K). tile_m: the row tile the grouped GEMM will use.

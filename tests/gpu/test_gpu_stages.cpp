@@ -1,6 +1,7 @@
 // Each GPU stage against its CPU counterpart on identical inputs: the fused router (every kind,
 // E up to 1024, K up to 16, ties), the metadata (counts, offsets, stable sort, inverse map), the
-// combine, and the grouped expert GEMMs.
+// combine, and the grouped expert GEMMs. The metadata also on synthetic routings (unused slots,
+// empty experts, one expert) around the limits of its one-block path for small A.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -174,7 +175,7 @@ TEST(GpuRouter, ProbabilitiesMatchCpu) {
 TEST(GpuMetadata, MatchesCpu) {
   TILEMOE_REQUIRE_GPU();
   for (auto [T, E, K] : {std::tuple<std::int64_t, int, int>{1, 8, 2}, {3, 64, 4}, {1000, 13, 3}, {777, 1, 1},
-                         {5000, 256, 8}, {20000, 1024, 16}, {4096, 4096, 2}}) {
+                         {5000, 256, 8}, {20000, 1024, 16}, {4096, 4096, 2}, {64, 256, 8}, {1024, 1024, 16}}) {
     if (test::sanitizing() && T > 5000) continue;
     const std::uint64_t seed = fresh_seed();
     SCOPED_TRACE("T=" + std::to_string(T) + " E=" + std::to_string(E) + " K=" + std::to_string(K) +
@@ -222,6 +223,102 @@ TEST(GpuMetadata, MatchesCpu) {
       ASSERT_EQ(gsl[p], cm.slot[p]) << "slot " << p;
     }
   }
+}
+
+namespace {
+
+// build_metadata() of `expert` against a plain stable counting sort, where expert id E marks an
+// unused slot (not counted, placed after offsets[E] in order) and empty token_of means a / K.
+void check_metadata(const std::vector<std::int32_t>& expert, const std::vector<std::int32_t>& token_of, int K,
+                    int E, int tile) {
+  namespace g = detail::gpu;
+  const std::int64_t A = static_cast<std::int64_t>(expert.size());
+  std::vector<std::int64_t> offsets(E + 2, 0);  // [E + 1]: where the unused slots end (A)
+  std::vector<std::int32_t> tiles(E + 1, 0);
+  for (std::int32_t e : expert) ++offsets[e + 1];
+  for (int e = 0; e < E; ++e) tiles[e + 1] = tiles[e] + static_cast<std::int32_t>((offsets[e + 1] + tile - 1) / tile);
+  std::vector<std::int32_t> counts(offsets.begin() + 1, offsets.end() - 1);
+  for (int e = 0; e <= E; ++e) offsets[e + 1] += offsets[e];
+  std::vector<std::int32_t> sorted(A), slot(A), stok(A);
+  std::vector<std::int64_t> next(offsets.begin(), offsets.end() - 1);
+  for (std::int64_t a = 0; a < A; ++a) {
+    const auto p = next[expert[a]]++;
+    sorted[p] = static_cast<std::int32_t>(a);
+    slot[a] = static_cast<std::int32_t>(p);
+    stok[p] = token_of.empty() ? static_cast<std::int32_t>(a / K) : token_of[a];
+  }
+  auto dev = [](std::int64_t n, DType t) { return Tensor::empty({std::max<std::int64_t>(n, 1)}, t, Device::cuda); };
+  Tensor ids = dev_i32(expert), tok = dev_i32(token_of);
+  Tensor gc = dev(E, DType::i32), go = dev(E + 1, DType::i64), gt = dev(E + 1, DType::i32);
+  Tensor gs = dev(A, DType::i32), gsl = dev(A, DType::i32), gst = dev(A, DType::i32);
+  const std::size_t sb = g::metadata_scratch_bytes(A, E);
+  Tensor scratch = dev(static_cast<std::int64_t>(sb), DType::i32);  // 4x enough
+  g::Metadata m{gc.data<std::int32_t>(), go.data<std::int64_t>(), gt.data<std::int32_t>(),
+                gs.data<std::int32_t>(), gsl.data<std::int32_t>(), gst.data<std::int32_t>()};
+  g::build_metadata(ids.data<std::int32_t>(), token_of.empty() ? nullptr : tok.data<std::int32_t>(), K, A, E, tile,
+                    m, scratch.raw(), sb);
+  const auto hc = host<std::int32_t>(gc), ht = host<std::int32_t>(gt);
+  const auto ho = host<std::int64_t>(go);
+  for (int e = 0; e < E; ++e) ASSERT_EQ(hc[e], counts[e]) << "counts " << e;
+  for (int e = 0; e <= E; ++e) {
+    ASSERT_EQ(ho[e], offsets[e]) << "offsets " << e;
+    ASSERT_EQ(ht[e], tiles[e]) << "tile_offsets " << e;
+  }
+  const auto hs = host<std::int32_t>(gs), hsl = host<std::int32_t>(gsl), hst = host<std::int32_t>(gst);
+  for (std::int64_t p = 0; p < A; ++p) {
+    ASSERT_EQ(hs[p], sorted[p]) << "sorted " << p;
+    ASSERT_EQ(hsl[p], slot[p]) << "slot " << p;
+    ASSERT_EQ(hst[p], stok[p]) << "sorted_token " << p;
+  }
+}
+
+}  // namespace
+
+// The one-block path of small A (decode) and the general path on either side of its limits
+// (src/cuda/metadata.cu: A <= 16384, E <= 1024 where shared memory allows), on shapes the
+// router's output does not give: empty experts, one expert, runs across chunks, unused slots.
+TEST(GpuMetadata, SmallPathMatchesReference) {
+  TILEMOE_REQUIRE_GPU();
+  namespace g = detail::gpu;
+  constexpr std::int64_t kSmall = 16384;  // metadata.cu's kSmallMaxAssignments
+  // Which path runs: the one-block path needs no scratch.
+  EXPECT_EQ(g::metadata_scratch_bytes(0, 8), 0u);
+  EXPECT_EQ(g::metadata_scratch_bytes(kSmall, 256), 0u);
+  EXPECT_GT(g::metadata_scratch_bytes(kSmall + 1, 256), 0u);
+  EXPECT_GT(g::metadata_scratch_bytes(512, 1025), 0u);
+  if (test::is_hopper()) EXPECT_EQ(g::metadata_scratch_bytes(kSmall, 1024), 0u);
+  enum Fill { random, one_expert, even_only, runs, unused, all_unused };
+  const char* names[] = {"random", "one_expert", "even_only", "runs", "unused", "all_unused"};
+  struct C { std::int64_t A; int E, K; Fill fill; };
+  for (const C& c : {C{0, 8, 1, random}, C{1, 1, 1, random}, C{512, 1, 1, random}, C{513, 1, 1, unused},
+                     C{512, 64, 8, random}, C{512, 64, 8, one_expert}, C{1000, 256, 4, even_only},
+                     C{3000, 5, 3, runs}, C{4096, 1024, 8, random}, C{4096, 1024, 8, unused}, C{300, 32, 3, all_unused},
+                     C{kSmall, 1024, 16, unused}, C{kSmall, 7, 2, runs}, C{kSmall - 1, 128, 1, one_expert},
+                     C{kSmall + 1, 1024, 16, unused}, C{kSmall + 1, 64, 1, runs}, C{2048, 1025, 8, unused},
+                     C{2048, 4096, 2, random}})
+    for (bool with_token_of : {false, true})
+      for (int tile : {g::grouped_tile_m(), 3}) {
+        const std::uint64_t seed = fresh_seed();
+        SCOPED_TRACE("A=" + std::to_string(c.A) + " E=" + std::to_string(c.E) + " K=" + std::to_string(c.K) + " " +
+                     names[c.fill] + (with_token_of ? " token_of" : "") + " tile=" + std::to_string(tile) +
+                     " seed=" + std::to_string(seed));
+        std::mt19937_64 gen(seed);
+        std::vector<std::int32_t> expert(c.A), token_of;
+        for (std::int64_t a = 0; a < c.A; ++a) {
+          const int r = static_cast<int>(gen() % c.E);
+          switch (c.fill) {
+            case random: expert[a] = r; break;
+            case one_expert: expert[a] = c.E / 2; break;
+            case even_only: expert[a] = r / 2 * 2; break;
+            case runs: expert[a] = static_cast<int>(a / 37 % c.E); break;  // runs across 32-wide chunks
+            case unused: expert[a] = gen() % 4 == 0 ? c.E : r; break;
+            case all_unused: expert[a] = c.E; break;
+          }
+          if (with_token_of) token_of.push_back(static_cast<std::int32_t>(gen() % 100000));
+        }
+        check_metadata(expert, token_of, c.K, c.E, tile);
+        if (HasFatalFailure()) return;
+      }
 }
 
 TEST(GpuCombine, MatchesCpu) {

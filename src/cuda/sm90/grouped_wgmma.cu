@@ -93,11 +93,11 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
   auto load_stage = [&](int s, int kt) {
     const std::int64_t k0 = std::int64_t(kt) * kBK + lc * 8;
     const bool kin = k0 < g.K;
+    // Rows past the tile's count are not loaded at all: output row r depends on A row r only,
+    // and those rows are never stored. The k tail of real rows is zero-filled.
 #pragma unroll
-    for (int i = 0; i < kAPasses; ++i) {
-      const bool ok = kin && ((a_ok >> i) & 1u);
-      ptx::cp_async_cg_16(sA(s) + swz(lr + 32 * i, lc), ok ? a_src[i] + k0 : g.A, ok ? 16 : 0);
-    }
+    for (int i = 0; i < kAPasses; ++i)
+      if ((a_ok >> i) & 1u) ptx::cp_async_cg_16(sA(s) + swz(lr + 32 * i, lc), kin ? a_src[i] + k0 : g.A, kin ? 16 : 0);
 #pragma unroll
     for (int i = 0; i < kBPasses; ++i) {
       const bool ok = kin && ((b_ok >> i) & 1u);
@@ -116,6 +116,10 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
     ptx::cp_async_commit_group();
   }
   const int wg = tid >> 7;
+  // A warpgroup whose 64 rows are all past the tile's count (an expert's last tile, and most
+  // tiles at decode sizes, where experts hold a few rows) loads but issues no wgmma: at T 64
+  // that halves the tensor-core work, which otherwise competes with the weight stream.
+  const bool active = wg * 64 < rows;
   for (int kt = 0; kt < ktiles; ++kt) {
     ptx::cp_async_wait_group<kStages - 3>();
     ptx::fence_proxy_async_shared();
@@ -124,15 +128,17 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
     if (pf < ktiles) load_stage(pf % kStages, pf);
     ptx::cp_async_commit_group();
     const int s = kt % kStages;
-    ptx::wgmma_fence();
+    if (active) {
+      ptx::wgmma_fence();
 #pragma unroll
-    for (int kk = 0; kk < kBK / 16; ++kk) {
-      const std::uint64_t da = ptx::smem_desc_sw128(sA(s) + wg * 64 * 128 + kk * 32);
-      const std::uint64_t db = ptx::smem_desc_sw128(sB(s) + kk * 32);
-      ptx::wgmma_m64n256k16_bf16(acc, da, db, 1);
+      for (int kk = 0; kk < kBK / 16; ++kk) {
+        const std::uint64_t da = ptx::smem_desc_sw128(sA(s) + wg * 64 * 128 + kk * 32);
+        const std::uint64_t db = ptx::smem_desc_sw128(sB(s) + kk * 32);
+        ptx::wgmma_m64n256k16_bf16(acc, da, db, 1);
+      }
+      ptx::wgmma_commit_group();
+      ptx::wgmma_wait_group<1>();
     }
-    ptx::wgmma_commit_group();
-    ptx::wgmma_wait_group<1>();
   }
   ptx::wgmma_wait_group<0>();
   ptx::cp_async_wait_group<0>();

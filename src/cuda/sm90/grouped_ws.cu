@@ -136,11 +136,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         if constexpr (kUp) {
           const std::int64_t kc = std::int64_t(k0) + lc * 8;
           const bool kin = kc < g.K;
+          // Rows past the tile's count are not loaded (their outputs are never stored); the k
+          // tail of real rows is zero-filled.
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
-            const bool ok = kin && arow[i] >= 0;
+            if (arow[i] < 0) continue;
             const std::uint32_t dst = sbase + stage_a(s) + (lr + 16 * i) * 128 + ((lc ^ ((lr + 16 * i) & 7)) << 4);
-            ptx::cp_async_cg_16(dst, ok ? g.A + std::int64_t(arow[i]) * g.lda + kc : g.A, ok ? 16 : 0);
+            ptx::cp_async_cg_16(dst, kin ? g.A + std::int64_t(arow[i]) * g.lda + kc : g.A, kin ? 16 : 0);
           }
           ptx::cp_async_commit_group();
           // This thread's copies of the stage issued `lag` stages ago have landed: make them
@@ -175,6 +177,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (std::int64_t t = blockIdx.x; t < total; t += gridDim.x) {
       const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
       const RowTile rt = find_row_tile<kBM>(g, tc.row);
+      if (cw * 64 >= rt.rows) {
+        // All 64 of this warpgroup's rows are past the tile's count (an expert's last tile; most
+        // tiles at decode sizes): no wgmma and no epilogue, only the stage hand-back, so the
+        // tensor-core work of a few-row tile halves.
+        for (int kt = 0; kt < ktiles; ++kt) {
+          ptx::mbarrier_wait(&full[s], phase);
+          ptx::mbarrier_arrive(&empty[s]);
+          if (++s == stages) s = 0, phase ^= 1;
+        }
+        continue;
+      }
 #pragma unroll
       for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
       for (int kt = 0; kt < ktiles; ++kt) {

@@ -1,0 +1,135 @@
+// The GPU router logits (router.cu) against a float64 reference: both paths for bf16 x (the
+// CUDA-core kernel up to router_small_tokens() tokens, the split-weight tensor-core GEMM with
+// three partial logits above), and the top-k and probabilities read from the partial logits
+// against the same kernels fed the summed logits.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "gpu_test_util.hpp"
+
+#if TILEMOE_WITH_CUDA
+#include "cuda/heuristics.hpp"
+#include "cuda/stages.hpp"
+#endif
+
+using namespace tilemoe;
+
+#if TILEMOE_WITH_CUDA
+namespace {
+
+namespace g = tilemoe::detail::gpu;
+
+MoeConfig layer(std::int64_t d, int E, int K) {
+  MoeConfig c;
+  c.name = "router-test";
+  c.d_model = d;
+  c.d_expert = 16;
+  c.num_experts = E;
+  c.top_k = K;
+  return c;
+}
+
+template <class T>
+std::vector<T> host(const Tensor& t) {
+  Tensor h = t.to(Device::cpu);
+  return std::vector<T>(h.data<T>(), h.data<T>() + h.numel());
+}
+
+// Summed logits [T, E] from the [T, parts * E] partial logits, added in the kernels' order.
+std::vector<float> summed(const std::vector<float>& l, std::int64_t T, int E, int parts) {
+  std::vector<float> s(static_cast<std::size_t>(T * E));
+  for (std::int64_t t = 0; t < T; ++t)
+    for (int e = 0; e < E; ++e) {
+      const float* r = l.data() + t * parts * E;
+      s[t * E + e] = parts == 1 ? r[e] : (r[e] + r[E + e]) + r[2 * E + e];
+    }
+  return s;
+}
+
+}  // namespace
+
+TEST(GpuRouter, LogitsMatchFloat64Reference) {
+  TILEMOE_REQUIRE_GPU();
+  const std::int64_t small = g::router_small_tokens();
+  for (auto [T, d, E] : {std::tuple<std::int64_t, std::int64_t, int>{1, 64, 8}, {7, 200, 37}, {64, 2048, 128},
+                         {small, 72, 256}, {small + 1, 72, 256}, {2000, 1536, 128}, {300, 7168, 64}}) {
+    if (test::sanitizing() && T * d * E > (1 << 24)) continue;
+    const std::uint64_t seed = test::fresh_seed();
+    SCOPED_TRACE("T=" + std::to_string(T) + " d=" + std::to_string(d) + " E=" + std::to_string(E) +
+                 " seed=" + std::to_string(seed));
+    MoeConfig c = layer(d, E, 1);
+    const MoeWeights w = random_weights(c, DType::bf16, seed);  // the router stays fp32
+    const Tensor x = random_tokens(T, d, DType::bf16, seed + 1);
+    const auto xf = x.to_floats();
+    const float* wr = w.router.data<float>();
+
+    const MoeWeights wd = w.to(Device::cuda);
+    const Tensor xd = x.to(Device::cuda);
+    const int parts = g::router_logit_parts(T, true);
+    EXPECT_EQ(parts, T <= small ? 1 : 3);
+    Tensor logits = Tensor::empty({T * E * parts}, DType::f32, Device::cuda);
+    Tensor scratch = Tensor::empty({std::max<std::int64_t>(1, static_cast<std::int64_t>(g::router_scratch_bytes(T, d, E, true)))},
+                                   DType::i32, Device::cuda);
+    ASSERT_EQ(g::router_logits(xd.raw(), true, wd.router.data<float>(), T, d, E, logits.data<float>(), scratch.raw()),
+              parts);
+    const auto got = summed(host<float>(logits), T, E, parts);
+
+    double worst = 0;
+    for (std::int64_t t = 0; t < T; ++t)
+      for (int e = 0; e < E; ++e) {
+        double ref = 0, mag = 0;
+        for (std::int64_t k = 0; k < d; ++k) {
+          const double p = double(xf[t * d + k]) * double(wr[e * d + k]);
+          ref += p;
+          mag += std::abs(p);
+        }
+        // fp32 accumulation over d terms: a few units of 2^-24 relative to sum |x w| times sqrt-ish growth.
+        const double err = std::abs(double(got[t * E + e]) - ref) / (mag + 1e-30);
+        worst = std::max(worst, err);
+      }
+    EXPECT_LT(worst, 2e-6) << "largest error relative to sum |x w|";
+  }
+}
+
+TEST(GpuRouter, TopkAndProbsReadPartialLogits) {
+  TILEMOE_REQUIRE_GPU();
+  const std::int64_t T = g::router_small_tokens() + 100;
+  for (RouterKind kind : {RouterKind::softmax_topk, RouterKind::topk_softmax, RouterKind::sigmoid_group_topk}) {
+    const std::uint64_t seed = test::fresh_seed();
+    SCOPED_TRACE(std::string(to_string(kind)) + " seed=" + std::to_string(seed));
+    MoeConfig c = layer(256, 64, 4);
+    c.router = kind;
+    if (kind == RouterKind::sigmoid_group_topk) {
+      c.n_groups = 8;
+      c.topk_groups = 4;
+      c.router_bias = true;
+    }
+    const RouterConfig rc = c.router_config();
+    const MoeWeights w = random_weights(c, DType::bf16, seed).to(Device::cuda);
+    const Tensor x = random_tokens(T, c.d_model, DType::bf16, seed + 1).to(Device::cuda);
+    const int E = c.num_experts, K = c.top_k, parts = g::router_logit_parts(T, true);
+    ASSERT_EQ(parts, 3);
+    Tensor lp = Tensor::empty({T * E * parts}, DType::f32, Device::cuda);
+    Tensor scratch = Tensor::empty({static_cast<std::int64_t>(g::router_scratch_bytes(T, c.d_model, E, true))}, DType::i32,
+                                   Device::cuda);
+    g::router_logits(x.raw(), true, w.router.data<float>(), T, c.d_model, E, lp.data<float>(), scratch.raw());
+    const auto sum = summed(host<float>(lp), T, E, parts);
+    Tensor ls = Tensor::from_floats({T * E}, sum).to(Device::cuda);
+    const float* bias = c.router_bias ? w.router_bias.data<float>() : nullptr;
+    Tensor ids_p = Tensor::empty({T * K}, DType::i32, Device::cuda), ids_s = Tensor::empty({T * K}, DType::i32, Device::cuda);
+    Tensor w_p = Tensor::empty({T * K}, DType::f32, Device::cuda), w_s = Tensor::empty({T * K}, DType::f32, Device::cuda);
+    Tensor pr_p = Tensor::empty({T * E}, DType::f32, Device::cuda), pr_s = Tensor::empty({T * E}, DType::f32, Device::cuda);
+    g::router_topk(rc, lp.data<float>(), bias, T, ids_p.data<std::int32_t>(), w_p.data<float>(), parts);
+    g::router_topk(rc, ls.data<float>(), bias, T, ids_s.data<std::int32_t>(), w_s.data<float>(), 1);
+    g::router_probs(rc, lp.data<float>(), T, pr_p.data<float>(), parts);
+    g::router_probs(rc, ls.data<float>(), T, pr_s.data<float>(), 1);
+    // The same sums in the same order: bit-identical results.
+    EXPECT_EQ(host<std::int32_t>(ids_p), host<std::int32_t>(ids_s));
+    const auto a = host<float>(w_p), b = host<float>(w_s), pa = host<float>(pr_p), pb = host<float>(pr_s);
+    EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+    EXPECT_EQ(0, std::memcmp(pa.data(), pb.data(), pa.size() * sizeof(float)));
+  }
+}
+#endif

@@ -50,26 +50,53 @@ fi
 if has bench; then
   B=$BUILD/bin/bench_moe_variants
   if [ -x $B ]; then
-    start=$SECONDS
-    mkdir -p "$OUT/bench_inputs"
     # ScatterMoE runs where its source was put in .peers/scattermoe (git-ignored; carried).
-    PEERS=(--torch benchmarks/peers/torch_pipeline.py)
-    [ -d .peers/scattermoe/scattermoe ] && PEERS+=(--scattermoe benchmarks/peers/scattermoe_pipeline.py)
+    # BENCH_PEERS picks among them (default all three).
+    WANT=" ${BENCH_PEERS:-torch scattermoe sonicmoe} "
+    PEERS=()
+    [[ $WANT == *" torch "* ]] && PEERS+=(--torch benchmarks/peers/torch_pipeline.py)
+    [[ $WANT == *" scattermoe "* ]] && [ -d .peers/scattermoe/scattermoe ] &&
+      PEERS+=(--scattermoe benchmarks/peers/scattermoe_pipeline.py)
     # SonicMoE runs where its packages travelled in .sonic/ (git-ignored; carried): site.tar.xz,
     # the unpacked sonic-moe, quack-kernels and nvidia-cutlass-dsl wheels, and the small wheels
-    # of their other needs.
-    if [ -f .sonic/site.tar.xz ]; then
-      mkdir -p /tmp/sonic_site && tar -xJf .sonic/site.tar.xz -C /tmp/sonic_site &&
+    # of their other needs (scripts/peers.sh makes both folders).
+    if [[ $WANT == *" sonicmoe "* ]] && [ -f .sonic/site.tar.xz ]; then
+      rm -rf /tmp/sonic_site && mkdir -p /tmp/sonic_site && tar -xJf .sonic/site.tar.xz -C /tmp/sonic_site &&
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/sonic_site .sonic/*.whl \
           > "$OUT/sonic_install.log" 2>&1 &&
         PEERS+=(--sonicmoe benchmarks/peers/sonicmoe_pipeline.py) &&
         export PYTHONPATH=/tmp/sonic_site:/tmp/sonic_site/nvidia_cutlass_dsl/python_packages${PYTHONPATH:+:$PYTHONPATH}
     fi
-    PYTHONUNBUFFERED=1 $B ${BENCH_ARGS:-} --configs ${BENCH_CONFIGS:-sonic-7b,qwen3-30b-a3b,olmoe-1b-7b,mixtral-8x7b,deepseek-v3} \
-      --tokens ${BENCH_TOKENS:-24576} --json "$OUT/bench.json" --dump /tmp/bench_inputs "${PEERS[@]}" \
-      > "$OUT/bench.log" 2>&1
-    note "bench rc=$? ($((SECONDS - start)) s)"
-    tail -40 "$OUT/bench.log"
+    # BENCH_SETS="configs@tokens ...": one benchmark run per set (configs x tokens within a set),
+    # each peer script stopped after PEER_TIMEOUT seconds; the JSON of all sets merged.
+    SETS=${BENCH_SETS:-"${BENCH_CONFIGS:-sonic-7b,qwen3-30b-a3b,olmoe-1b-7b,mixtral-8x7b,deepseek-v3}@${BENCH_TOKENS:-24576}"}
+    i=0
+    for set in $SETS; do
+      i=$((i + 1))
+      start=$SECONDS
+      PYTHONUNBUFFERED=1 $B ${BENCH_ARGS:-} --configs "${set%@*}" --tokens "${set##*@}" --json "$OUT/bench_$i.json" \
+        --dump /tmp/bench_inputs_$i --python "timeout ${PEER_TIMEOUT:-400} python3" "${PEERS[@]}" > "$OUT/bench_$i.log" 2>&1
+      note "bench $set rc=$? ($((SECONDS - start)) s)"
+      sed -n '/^config  *T  *variant/,/^$/p' "$OUT/bench_$i.log"
+      rm -rf /tmp/bench_inputs_$i
+    done
+    python3 - "$OUT" $i <<'PY'
+import json, sys
+out, n = sys.argv[1], int(sys.argv[2])
+merged = None
+for i in range(1, n + 1):
+    try:
+        d = json.load(open(f"{out}/bench_{i}.json"))
+    except (OSError, ValueError):
+        continue
+    if merged is None:
+        merged = d
+    else:
+        merged["results"] += d["results"]
+if merged:
+    json.dump(merged, open(f"{out}/bench.json", "w"), indent=1)
+PY
+    rm -f "$OUT"/bench_[0-9]*.json
   fi
 fi
 if has example; then
@@ -93,7 +120,7 @@ if has example; then
     cat "$OUT/demo.log"
   fi
 fi
-(cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz *.log 2>/dev/null && rm -f cmake.log build.log tests_cpu.log)
+(cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz *.log 2>/dev/null && rm -f cmake.log build.log tests_cpu.log bench_*.log sonic_install.log)
 echo
 echo "==================== summary ===================="
 cat "$OUT/card.txt"

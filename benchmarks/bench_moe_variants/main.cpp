@@ -96,7 +96,7 @@ MoeConfig config_from_spec(const std::string& spec) {
 
 void usage() {
   std::puts(
-      "usage: bench_moe_variants [--configs a,b:E256:K4,c:d4096:n512] [--tokens 4096,24576] [--reps N] [--warmup N]\n"
+      "usage: bench_moe_variants [--configs a,b:E256:K4,c:d4096:n512@32768] [--tokens 4096,24576] [--reps N] [--warmup N]\n"
       "                          [--json out.json] [--dump dir --torch peers/torch_pipeline.py [--python python3]]\n"
       "                          [--scattermoe peers/scattermoe_pipeline.py] [--sonicmoe peers/sonicmoe_pipeline.py] (with --dump)\n"
       "                          [--no-sequential] [--stages] [--seed S]");
@@ -325,10 +325,25 @@ int main(int argc, char** argv) {
     std::vector<Result> results;
     std::vector<std::string> dumped;
     std::map<std::string, MoeConfig> configs;
-    for (const std::string& name : a.configs) configs[name] = config_from_spec(name);
-    for (const std::string& name : a.configs) {
+    // An entry "spec@T" runs at token count T only (the layers each have their own T);
+    // a plain entry at every --tokens count.
+    std::vector<std::pair<std::string, std::vector<std::int64_t>>> runs;
+    for (const std::string& entry : a.configs) {
+      const std::size_t at = entry.find('@');
+      const std::string name = entry.substr(0, at);
+      std::vector<std::int64_t> tokens = a.tokens;
+      if (at != std::string::npos) {
+        const std::string t = entry.substr(at + 1);
+        if (t.empty() || t.find_first_not_of("0123456789") != std::string::npos || t.size() > 9)
+          throw InvalidArgument("config '" + entry + "': expected <config>@<tokens>, tokens a positive integer");
+        tokens = {std::stoll(t)};
+      }
+      configs[name] = config_from_spec(name);
+      runs.push_back({name, tokens});
+    }
+    for (const auto& [name, tokens] : runs) {
       const MoeConfig& c = configs.at(name);
-      for (std::int64_t T : a.tokens) {
+      for (std::int64_t T : tokens) {
         const double flops = c.flops_per_token() * static_cast<double>(T);
         double mem_ms = 0;  // set once the routing is known
         auto add = [&](const std::string& variant, double ms) {

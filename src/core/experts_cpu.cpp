@@ -55,6 +55,35 @@ void widen(const void* src, bool is_bf16, std::int64_t count, std::vector<float>
   }
 }
 
+// a[j] = act(g[j], u[j]) for j < n (plain activations ignore u), one loop per activation so that
+// the choice is made once per row. The loops are straight-line code (detail::exp_fast, no libm
+// call; -fno-trapping-math for this file, see CMakeLists.txt) that GCC vectorizes. On x86-64 the
+// function is compiled twice, for AVX2 and for the baseline (SSE2), and the loader picks the one
+// the CPU runs, so the binary stays portable. Both give the same bits: the same float operations
+// in the same order (AVX2 without FMA, so nothing is contracted), only more lanes at a time.
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+void activate_row(Activation act, const float* g, const float* u, float* a, std::int64_t n) {
+  switch (act) {
+    case Activation::swiglu:
+      for (std::int64_t j = 0; j < n; ++j) a[j] = detail::silu(g[j]) * u[j];
+      break;
+    case Activation::geglu:
+      for (std::int64_t j = 0; j < n; ++j) a[j] = detail::gelu_tanh(g[j]) * u[j];
+      break;
+    case Activation::gelu:
+      for (std::int64_t j = 0; j < n; ++j) a[j] = detail::gelu_tanh(g[j]);
+      break;
+    case Activation::relu:
+      for (std::int64_t j = 0; j < n; ++j) a[j] = std::max(g[j], 0.0f);
+      break;
+    case Activation::clamped_swiglu:
+      for (std::int64_t j = 0; j < n; ++j) a[j] = detail::clamped_swiglu(g[j], u[j]);
+      break;
+  }
+}
+
 // y[r] = expert(x[rows[r]]) for r < m; y has row stride d. rows == nullptr means rows 0..m-1
 // from row `first`. accumulate adds into y instead of storing.
 void run_expert(const ExpertView& ev, Activation act, const Tensor& x, const std::int64_t* rows,
@@ -91,22 +120,12 @@ void run_expert(const ExpertView& ev, Activation act, const Tensor& x, const std
   s.h.resize(static_cast<std::size_t>(m * rows13));
   detail::gemm_nt(m, rows13, d, s.x.data(), d, w13, d, s.h.data(), rows13);
   s.a.resize(static_cast<std::size_t>(m * n));
-  // One loop per activation, so that the choice is made once per tile, not per element.
-  auto apply = [&](auto fn) {
-    for (std::int64_t r = 0; r < m; ++r) {
-      const float* h = s.h.data() + r * rows13;
-      float* a = s.a.data() + r * n;
-      for (std::int64_t j = 0; j < n; ++j) a[j] = fn(h[j], h[n + j < rows13 ? n + j : j]);
-      if (ev.bf16)
-        for (std::int64_t j = 0; j < n; ++j) a[j] = round_bf16(a[j]);
-    }
-  };
-  switch (act) {
-    case Activation::swiglu: apply([](float g, float u) { return detail::silu(g) * u; }); break;
-    case Activation::geglu: apply([](float g, float u) { return detail::gelu_tanh(g) * u; }); break;
-    case Activation::gelu: apply([](float g, float) { return detail::gelu_tanh(g); }); break;
-    case Activation::relu: apply([](float g, float) { return std::max(g, 0.0f); }); break;
-    case Activation::clamped_swiglu: apply([](float g, float u) { return detail::clamped_swiglu(g, u); }); break;
+  for (std::int64_t r = 0; r < m; ++r) {
+    const float* h = s.h.data() + r * rows13;
+    float* a = s.a.data() + r * n;
+    activate_row(act, h, rows13 > n ? h + n : h, a, n);  // gated: up follows gate in h
+    if (ev.bf16)
+      for (std::int64_t j = 0; j < n; ++j) a[j] = round_bf16(a[j]);
   }
   detail::gemm_nt(m, d, n, s.a.data(), n, w2, n, y, d, accumulate ? 1.0f : 0.0f);
 }

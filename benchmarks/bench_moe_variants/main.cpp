@@ -67,33 +67,6 @@ std::vector<std::string> split(const std::string& s) {
   return v;
 }
 
-// A --configs entry: a preset name, optionally with the expert count, top-k, model width or
-// expert width changed, as in "sonic-7b:E256:K4" (the sparsity sweeps of token rounding) or
-// "sonic-7b:d4096:n512" (the T 32768 layers). The entry is the config's name.
-MoeConfig config_from_spec(const std::string& spec) {
-  std::stringstream ss(spec);
-  std::string part;
-  std::getline(ss, part, ':');
-  MoeConfig c = preset(part);
-  while (std::getline(ss, part, ':')) {
-    const bool ok = part.size() > 1 && std::string("EKdn").find(part[0]) != std::string::npos &&
-                    part.find_first_not_of("0123456789", 1) == std::string::npos && part.size() < 9;
-    if (!ok)
-      throw InvalidArgument("config '" + spec + "': modifier '" + part +
-                            "': expected E<experts>, K<top-k>, d<d_model> or n<d_expert>");
-    const int v = std::stoi(part.substr(1));
-    switch (part[0]) {
-      case 'E': c.num_experts = v; break;
-      case 'K': c.top_k = v; break;
-      case 'd': c.d_model = v; break;
-      default: c.d_expert = v; break;
-    }
-  }
-  c.name = spec;
-  c.validate();
-  return c;
-}
-
 void usage() {
   std::puts(
       "usage: bench_moe_variants [--configs a,b:E256:K4,c:d4096:n512@32768] [--tokens 4096,24576] [--reps N] [--warmup N]\n"
@@ -338,7 +311,7 @@ int main(int argc, char** argv) {
           throw InvalidArgument("config '" + entry + "': expected <config>@<tokens>, tokens a positive integer");
         tokens = {std::stoll(t)};
       }
-      configs[name] = config_from_spec(name);
+      configs[name] = preset_variant(name);  // "sonic-7b:E256:K4", "sonic-7b:d4096:n512"
       runs.push_back({name, tokens});
     }
     for (const auto& [name, tokens] : runs) {

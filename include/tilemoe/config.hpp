@@ -79,5 +79,9 @@ struct MoeConfig {
 const MoeConfig& preset(std::string_view name);
 std::vector<std::string> preset_names();
 const std::vector<MoeConfig>& presets();
+// A preset with some sizes changed, as benchmarks name their layers: "name[:E<experts>]
+// [:K<top_k>][:d<d_model>][:n<d_expert>]", e.g. "sonic-7b:E256:K4" or "sonic-7b:d4096:n512".
+// The result is named spec and validated; a bad modifier throws InvalidArgument naming it.
+MoeConfig preset_variant(std::string_view spec);
 
 }  // namespace tilemoe

@@ -218,4 +218,29 @@ const MoeConfig& preset(std::string_view name) {
   throw InvalidArgument(detail::concat("config = '", name, "': expected one of ", list));
 }
 
+MoeConfig preset_variant(std::string_view spec) {
+  std::size_t colon = spec.find(':');
+  MoeConfig c = preset(spec.substr(0, colon));
+  while (colon != std::string_view::npos) {
+    const std::size_t next = spec.find(':', colon + 1);
+    const std::string_view part = spec.substr(colon + 1, next == std::string_view::npos ? next : next - colon - 1);
+    colon = next;
+    const bool ok = part.size() > 1 && part.size() < 9 && std::string_view("EKdn").find(part[0]) != std::string_view::npos &&
+                    part.find_first_not_of("0123456789", 1) == std::string_view::npos;
+    if (!ok)
+      throw InvalidArgument(detail::concat("config = '", spec, "': modifier '", part,
+                                           "': expected E<experts>, K<top_k>, d<d_model> or n<d_expert>"));
+    const int v = std::stoi(std::string(part.substr(1)));
+    switch (part[0]) {
+      case 'E': c.num_experts = v; break;
+      case 'K': c.top_k = v; break;
+      case 'd': c.d_model = v; break;
+      default: c.d_expert = v; break;
+    }
+  }
+  c.name = std::string(spec);
+  c.validate();
+  return c;
+}
+
 }  // namespace tilemoe

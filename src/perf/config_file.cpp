@@ -103,8 +103,8 @@ ModelSpec load_model(std::string_view name_or_file) {
       throw InvalidArgument(detail::concat("--config = '", name_or_file,
                                            "': no such file, and not a preset name"));
     ModelSpec m;
-    m.moe = preset(name_or_file);  // throws with the list of names
-    m.mla = preset_mla(name_or_file);
+    m.moe = preset_variant(name_or_file);  // a preset, or one with sizes changed ("sonic-7b:d4096:n512")
+    m.mla = preset_mla(name_or_file.substr(0, name_or_file.find(':')));
     return m;
   }
   const std::string path(name_or_file);

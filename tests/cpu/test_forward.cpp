@@ -150,6 +150,24 @@ TEST(Config, PresetsAreValidAndMatchPublishedFigures) {
   EXPECT_DOUBLE_EQ(ds.flops_per_token(), 2.0 * 3 * 7168 * (8.0 * 2048 + 2048));
 }
 
+// Benchmarks name layers as presets with sizes changed; bad modifiers are named.
+TEST(Config, PresetVariantChangesSizesAndNamesBadModifiers) {
+  const MoeConfig v = preset_variant("sonic-7b:d4096:n512:E64:K4");
+  EXPECT_EQ(v.name, "sonic-7b:d4096:n512:E64:K4");
+  EXPECT_EQ(v.d_model, 4096);
+  EXPECT_EQ(v.d_expert, 512);
+  EXPECT_EQ(v.num_experts, 64);
+  EXPECT_EQ(v.top_k, 4);
+  EXPECT_EQ(v.router, preset("sonic-7b").router);
+  EXPECT_EQ(preset_variant("qwen3-30b-a3b").d_model, 2048);
+  expect_invalid([&] { preset_variant("sonic-7b:x12"); }, "'x12'");
+  expect_invalid([&] { preset_variant("sonic-7b:E"); }, "'E'");
+  expect_invalid([&] { preset_variant("sonic-7b:K12a"); }, "'K12a'");
+  expect_invalid([&] { preset_variant("sonic-7b:"); }, "modifier");
+  expect_invalid([&] { preset_variant("sonic-7b:K200"); }, "top_k");  // K > E, from validate()
+  expect_invalid([&] { preset_variant("nope:E8"); }, "nope");
+}
+
 TEST(Bf16, RoundsToNearestEven) {
   EXPECT_EQ(bf16::from_float(1.0f).bits, 0x3f80);
   EXPECT_EQ(bf16::from_float(1.00390625f).bits, 0x3f80);  // halfway, to even (down)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from torch_pipeline import extra_bytes, load, median_ms, route  # noqa: E402
+from torch_pipeline import extra_bytes, load_case, median_ms, route  # noqa: E402
 
 SCATTERMOE_PATH = os.environ.get("SCATTERMOE_PATH", os.path.join(HERE, "..", "..", ".peers", "scattermoe"))
 TOL = 2e-2
@@ -51,6 +51,27 @@ def reference(x, ids, wts, w13, w2, n, shared, rows):
             y += sw2.float() @ (F.silu(h[:ns]) * h[ns:])
         out.append(y)
     return torch.stack(out)
+
+
+def check_rows(c, got, rows):
+    """Relative error of a forward's output rows `rows` (got) against reference() on case c (as
+    load_case returns it); prints the CHECK line. Returns (rel, ok)."""
+    shared = [(c.sw13[s], c.sw2[s], c.ns) for s in range(c.S)]
+    want = reference(c.x, c.ids.long(), c.wts, c.w13, c.w2, c.n, shared, rows)
+    rel = ((got - want).norm() / want.norm()).item()
+    ok = rel <= TOL and bool(torch.isfinite(got).all())
+    print(f"CHECK {c.meta['config']} {c.T} rel_err {rel:.3e} over {rows.numel()} tokens: {'ok' if ok else 'FAILED'}",
+          flush=True)
+    return rel, ok
+
+
+def report(who, c, ms, extra, ok):
+    """The RESULT line bench_moe_variants reads, or why there is none. Returns the exit status."""
+    if ok:
+        print(f"RESULT {c.meta['config']} {c.T} {ms:.4f} {extra}", flush=True)
+        return 0
+    print(f"{who}: {c.meta['config']} T={c.T}: {ms:.4f} ms not reported, the check failed", flush=True)
+    return 1
 
 
 def main():
@@ -89,29 +110,11 @@ def main():
     flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
     rc = 0
     for case in cases:
-        meta = json.load(open(os.path.join(case, "meta.json")))
-        T, d, n, E, K = meta["tokens"], meta["d"], meta["n"], meta["experts"], meta["topk"]
-        S, ns = meta["shared"], meta["d_shared"]
+        c = load_case(case)
+        meta, T, n, E, K, S, ns = c.meta, c.T, c.n, c.E, c.K, c.S, c.ns
+        x, wr, bias, ids, wts = c.x, c.wr, c.bias, c.ids.long(), c.wts
+        w13, w2, sw13, sw2 = c.w13, c.w2, c.sw13, c.sw2
         bf = torch.bfloat16
-        x = load(os.path.join(case, "x.bin"), bf, (T, d))
-        wr = load(os.path.join(case, "router.bin"), torch.float32, (E, d))
-        bias = load(os.path.join(case, "router_bias.bin"), torch.float32, (E,)) if os.path.exists(os.path.join(case, "router_bias.bin")) else None
-        ids = load(os.path.join(case, "ids.bin"), torch.int32, (T, K)).long()
-        wts = load(os.path.join(case, "weights.bin"), torch.float32, (T, K))
-        g = torch.Generator(device="cuda").manual_seed(0)
-        sw13 = sw2 = None
-        if meta["weights_dumped"]:
-            w13 = load(os.path.join(case, "w13.bin"), bf, (E, 2 * n, d))
-            w2 = load(os.path.join(case, "w2.bin"), bf, (E, d, n))
-            if S:
-                sw13 = load(os.path.join(case, "shared_w13.bin"), bf, (S, 2 * ns, d))
-                sw2 = load(os.path.join(case, "shared_w2.bin"), bf, (S, d, ns))
-        else:
-            w13 = torch.randn(E, 2 * n, d, device="cuda", generator=g, dtype=bf) / d ** 0.5
-            w2 = torch.randn(E, d, n, device="cuda", generator=g, dtype=bf) / n ** 0.5
-            if S:
-                sw13 = torch.randn(S, 2 * ns, d, device="cuda", generator=g, dtype=bf) / d ** 0.5
-                sw2 = torch.randn(S, d, ns, device="cuda", generator=g, dtype=bf) / ns ** 0.5
         w13_t = w13.permute(0, 2, 1)  # [E, d, 2n]: ParallelExperts passes weight.permute(0, 2, 1)
         w2_t = w2.permute(0, 2, 1)    # [E, n, d]
 
@@ -129,26 +132,15 @@ def main():
             return out
 
         rows = torch.linspace(0, T - 1, 16, device="cuda").long()
-        got = forward()[rows].float()
-        shared = [(sw13[s], sw2[s], ns) for s in range(S)]
-        want = reference(x, ids, wts, w13, w2, n, shared, rows)
-        rel = ((got - want).norm() / want.norm()).item()
-        ok = rel <= TOL and bool(torch.isfinite(got).all())
-        print(f"CHECK {meta['config']} {T} rel_err {rel:.3e} over {rows.numel()} tokens: {'ok' if ok else 'FAILED'}",
-              flush=True)
-
+        rel, ok = check_rows(c, forward()[rows].float(), rows)
         ms = median_ms(forward, flush, meta.get("reps", 10), meta.get("warmup", 3))
         extra = extra_bytes(forward)
-        if ok:
-            print(f"RESULT {meta['config']} {T} {ms:.4f} {extra}", flush=True)
-        else:
-            print(f"scattermoe_pipeline: {meta['config']} T={T}: {ms:.4f} ms not reported, the check failed", flush=True)
-            rc = 1
+        rc |= report("scattermoe_pipeline", c, ms, extra, ok)
         json.dump({"config": meta["config"], "tokens": T, "variant": "scattermoe", "ms": ms, "extra_bytes": extra, "rel_err": rel,
                    "check_ok": ok, "scattermoe": commit, "torch": torch.__version__, "triton": triton.__version__,
                    "weights_dumped": meta["weights_dumped"]},
                   open(os.path.join(case, "scattermoe.json"), "w"))
-        del w13, w2, w13_t, w2_t, x, sw13, sw2
+        del c, w13, w2, w13_t, w2_t, x, sw13, sw2
         torch.cuda.empty_cache()
     return rc
 

@@ -35,10 +35,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from scattermoe_pipeline import reference  # noqa: E402
-from torch_pipeline import extra_bytes, load, median_ms, route  # noqa: E402
-
-TOL = 2e-2
+from scattermoe_pipeline import check_rows, report  # noqa: E402
+from torch_pipeline import extra_bytes, load_case, median_ms, route  # noqa: E402
 
 
 def swiglu_shared(x, sw13, sw2, ns):
@@ -69,32 +67,14 @@ def main():
     swiglu = ActivationType.SWIGLU
     rc = 0
     for case in cases:
-        meta = json.load(open(os.path.join(case, "meta.json")))
-        T, d, n, E, K = meta["tokens"], meta["d"], meta["n"], meta["experts"], meta["topk"]
-        S, ns = meta["shared"], meta["d_shared"]
+        c = load_case(case)
+        meta, T, d, n, E, K, S, ns = c.meta, c.T, c.d, c.n, c.E, c.K, c.S, c.ns
         if not meta.get("gated", True):
             print(f"sonicmoe_pipeline: {meta['config']}: SonicMoE runs gated activations only; skipped")
             continue
+        x, wr, bias, ids, wts = c.x, c.wr, c.bias, c.ids, c.wts
+        w13, w2, sw13, sw2 = c.w13, c.w2, c.sw13, c.sw2
         bf = torch.bfloat16
-        x = load(os.path.join(case, "x.bin"), bf, (T, d))
-        wr = load(os.path.join(case, "router.bin"), torch.float32, (E, d))
-        bias = load(os.path.join(case, "router_bias.bin"), torch.float32, (E,)) if os.path.exists(os.path.join(case, "router_bias.bin")) else None
-        ids = load(os.path.join(case, "ids.bin"), torch.int32, (T, K))
-        wts = load(os.path.join(case, "weights.bin"), torch.float32, (T, K))
-        g = torch.Generator(device="cuda").manual_seed(0)
-        sw13 = sw2 = None
-        if meta["weights_dumped"]:
-            w13 = load(os.path.join(case, "w13.bin"), bf, (E, 2 * n, d))
-            w2 = load(os.path.join(case, "w2.bin"), bf, (E, d, n))
-            if S:
-                sw13 = load(os.path.join(case, "shared_w13.bin"), bf, (S, 2 * ns, d))
-                sw2 = load(os.path.join(case, "shared_w2.bin"), bf, (S, d, ns))
-        else:
-            w13 = torch.randn(E, 2 * n, d, device="cuda", generator=g, dtype=bf) / d ** 0.5
-            w2 = torch.randn(E, d, n, device="cuda", generator=g, dtype=bf) / n ** 0.5
-            if S:
-                sw13 = torch.randn(S, 2 * ns, d, device="cuda", generator=g, dtype=bf) / d ** 0.5
-                sw2 = torch.randn(S, d, ns, device="cuda", generator=g, dtype=bf) / ns ** 0.5
         # SonicMoE's layouts: w1 (2n, d, E) with rows gate0, up0, gate1, up1, ...; w2 (d, n, E).
         w1 = torch.stack((w13[:, :n], w13[:, n:]), dim=2).reshape(E, 2 * n, d).permute(1, 2, 0)
         w2s = w2.permute(1, 2, 0)
@@ -127,30 +107,20 @@ def main():
         mode = "moe_TC_softmax_topk_layer (its router)" if tc else "torch router + moe_general_routing_inputs"
         try:
             rows = torch.linspace(0, T - 1, 16, device="cuda").long()
-            got = forward_general(False)[rows].float()
-            shared = [(sw13[s], sw2[s], ns) for s in range(S)]
-            want = reference(x, ids.long(), wts, w13, w2, n, shared, rows)
-            rel = ((got - want).norm() / want.norm()).item()
-            ok = rel <= TOL and bool(torch.isfinite(got).all())
-            print(f"CHECK {meta['config']} {T} rel_err {rel:.3e} over {rows.numel()} tokens: {'ok' if ok else 'FAILED'}",
-                  flush=True)
+            rel, ok = check_rows(c, forward_general(False)[rows].float(), rows)
             ms = median_ms(forward, flush, meta.get("reps", 10), meta.get("warmup", 3))
             extra = extra_bytes(forward)
         except Exception as e:  # noqa: BLE001
             print(f"sonicmoe_pipeline: {meta['config']} T={T}: {type(e).__name__}: {str(e)[:400]}", flush=True)
             rc = 1
             continue
-        if ok:
-            print(f"RESULT {meta['config']} {T} {ms:.4f} {extra}", flush=True)
-            print(f"  ({mode})", flush=True)
-        else:
-            print(f"sonicmoe_pipeline: {meta['config']} T={T}: {ms:.4f} ms not reported, the check failed", flush=True)
-            rc = 1
+        rc |= report("sonicmoe_pipeline", c, ms, extra, ok)
+        print(f"  ({mode})", flush=True)
         json.dump({"config": meta["config"], "tokens": T, "variant": "sonicmoe", "ms": ms, "extra_bytes": extra,
                    "rel_err": rel, "check_ok": ok, "mode": mode, "versions": versions, "torch": torch.__version__,
                    "weights_dumped": meta["weights_dumped"]},
                   open(os.path.join(case, "sonicmoe.json"), "w"))
-        del w13, w2, w1, w2s, x, sw13, sw2
+        del c, w13, w2, w1, w2s, x, sw13, sw2
         torch.cuda.empty_cache()
     return rc
 

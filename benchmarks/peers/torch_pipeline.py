@@ -18,18 +18,52 @@ output) and writes CASE_DIR/torch.json.
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def load(path, dtype, shape):
+def load(path, dtype, shape, device="cuda"):
     a = np.fromfile(path, dtype=np.uint16 if dtype == torch.bfloat16 else np.float32 if dtype == torch.float32 else np.int32)
     t = torch.from_numpy(a.reshape(shape))
     if dtype == torch.bfloat16:
         t = t.view(torch.bfloat16)
-    return t.cuda()
+    return t.to(device)
+
+
+def load_case(case, device="cuda"):
+    """One case bench_moe_variants dumped: meta.json's sizes, x [T, d] bf16, the fp32 router
+    [E, d] and bias [E] (or None), the routing ids [T, K] int32 and weights [T, K] fp32, and the
+    expert weights w13 [E, 2n, d], w2 [E, d, n] (shared: sw13 [S, 2ns, d], sw2 [S, d, ns], or None)
+    in bf16, from the dump or, for layers too large to dump, drawn with the same shapes and scale
+    (the values do not change the timing)."""
+    meta = json.load(open(os.path.join(case, "meta.json")))
+    T, d, n, E, K = meta["tokens"], meta["d"], meta["n"], meta["experts"], meta["topk"]
+    S, ns = meta["shared"], meta["d_shared"]
+    bf = torch.bfloat16
+    f = lambda name: os.path.join(case, name)  # noqa: E731
+    c = SimpleNamespace(meta=meta, T=T, d=d, n=n, E=E, K=K, S=S, ns=ns, sw13=None, sw2=None)
+    c.x = load(f("x.bin"), bf, (T, d), device)
+    c.wr = load(f("router.bin"), torch.float32, (E, d), device)
+    c.bias = load(f("router_bias.bin"), torch.float32, (E,), device) if os.path.exists(f("router_bias.bin")) else None
+    c.ids = load(f("ids.bin"), torch.int32, (T, K), device)
+    c.wts = load(f("weights.bin"), torch.float32, (T, K), device)
+    if meta["weights_dumped"]:
+        c.w13 = load(f("w13.bin"), bf, (E, 2 * n, d), device)
+        c.w2 = load(f("w2.bin"), bf, (E, d, n), device)
+        if S:
+            c.sw13 = load(f("shared_w13.bin"), bf, (S, 2 * ns, d), device)
+            c.sw2 = load(f("shared_w2.bin"), bf, (S, d, ns), device)
+    else:
+        g = torch.Generator(device=device).manual_seed(0)
+        c.w13 = torch.randn(E, 2 * n, d, device=device, generator=g, dtype=bf) / d ** 0.5
+        c.w2 = torch.randn(E, d, n, device=device, generator=g, dtype=bf) / n ** 0.5
+        if S:
+            c.sw13 = torch.randn(S, 2 * ns, d, device=device, generator=g, dtype=bf) / d ** 0.5
+            c.sw2 = torch.randn(S, d, ns, device=device, generator=g, dtype=bf) / ns ** 0.5
+    return c
 
 
 def median_ms(forward, flush, reps, warmup):
@@ -93,28 +127,11 @@ def main():
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     flush = torch.empty(2 * l2, dtype=torch.uint8, device="cuda")
     for case in cases:
-        meta = json.load(open(os.path.join(case, "meta.json")))
-        T, d, n, E, K = meta["tokens"], meta["d"], meta["n"], meta["experts"], meta["topk"]
-        S, ns = meta["shared"], meta["d_shared"]
+        c = load_case(case)
+        meta, T, d, n, E, K, S, ns = c.meta, c.T, c.d, c.n, c.E, c.K, c.S, c.ns
+        x, wr, bias, ids, wts = c.x, c.wr, c.bias, c.ids.long(), c.wts
+        w13, w2, sw13, sw2 = c.w13, c.w2, c.sw13, c.sw2
         bf = torch.bfloat16
-        x = load(os.path.join(case, "x.bin"), bf, (T, d))
-        wr = load(os.path.join(case, "router.bin"), torch.float32, (E, d))
-        bias = load(os.path.join(case, "router_bias.bin"), torch.float32, (E,)) if os.path.exists(os.path.join(case, "router_bias.bin")) else None
-        ids = load(os.path.join(case, "ids.bin"), torch.int32, (T, K)).long()
-        wts = load(os.path.join(case, "weights.bin"), torch.float32, (T, K))
-        g = torch.Generator(device="cuda").manual_seed(0)
-        if meta["weights_dumped"]:
-            w13 = load(os.path.join(case, "w13.bin"), bf, (E, 2 * n, d))
-            w2 = load(os.path.join(case, "w2.bin"), bf, (E, d, n))
-            if S:
-                sw13 = load(os.path.join(case, "shared_w13.bin"), bf, (S, 2 * ns, d))
-                sw2 = load(os.path.join(case, "shared_w2.bin"), bf, (S, d, ns))
-        else:
-            w13 = (torch.randn(E, 2 * n, d, device="cuda", generator=g, dtype=bf) / d ** 0.5)
-            w2 = (torch.randn(E, d, n, device="cuda", generator=g, dtype=bf) / n ** 0.5)
-            if S:
-                sw13 = torch.randn(S, 2 * ns, d, device="cuda", generator=g, dtype=bf) / d ** 0.5
-                sw2 = torch.randn(S, d, ns, device="cuda", generator=g, dtype=bf) / ns ** 0.5
         w13_t = w13.transpose(1, 2)  # [E, d, 2n], the layout torch._grouped_mm wants for B
         w2_t = w2.transpose(1, 2)    # [E, n, d]
 
@@ -142,7 +159,7 @@ def main():
         json.dump({"config": meta["config"], "tokens": T, "variant": "torch_grouped_mm", "ms": ms, "extra_bytes": extra,
                    "torch": torch.__version__, "weights_dumped": meta["weights_dumped"]},
                   open(os.path.join(case, "torch.json"), "w"))
-        del w13, w2, w13_t, w2_t, x
+        del c, w13, w2, w13_t, w2_t, x, sw13, sw2
         torch.cuda.empty_cache()
     return 0
 

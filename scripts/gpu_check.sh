@@ -2,6 +2,9 @@
 # One call on the GPU machine: build, GPU tests, compute-sanitizer, benchmark, example.
 # Usage: scripts/gpu_check.sh [build] [tests] [sanitize] [bench] [example]   (default: all)
 # Logs go to $OUT (or ./gpu_out); a short summary table is printed last.
+# bench: BENCH_SETS="cfg[@T],cfg[@T]...@T ..." (one benchmark run per set; default BENCH_CONFIGS
+# at BENCH_TOKENS), BENCH_ARGS (more flags), BENCH_PEERS="torch scattermoe sonicmoe" (those whose
+# code travelled: scripts/peers.sh), PEER_TIMEOUT (seconds per peer script, default 400).
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"

@@ -48,7 +48,7 @@ int cmd_demo(int argc, char** argv) {
   if (s.device == Device::cuda && !cuda_available())
     throw InvalidArgument("--device = cuda: no CUDA GPU is available here (use --device cpu)");
   const bool gpu = s.device == Device::cuda;
-  s.cfg = preset(args.get("config").empty() ? (gpu ? "sonic-7b" : "demo") : args.get("config"));
+  s.cfg = preset_variant(args.get("config").empty() ? (gpu ? "sonic-7b" : "demo") : args.get("config"));
   s.tokens = args.get_int("tokens") > 0 ? args.get_int("tokens") : (gpu ? 24576 : 4096);
   s.dtype = parse_dtype(args.get("dtype"));
   s.repeats = static_cast<int>(args.get_int("repeats"));

@@ -11,7 +11,7 @@ namespace tilemoe::tool {
 
 int cmd_run(int argc, char** argv) {
   Args args("run", "Times one MoE layer forward pass: time, throughput, expert load histogram.",
-            {{"config", "preset name (tilemoe configs lists them)", "demo"},
+            {{"config", "preset name (tilemoe configs lists them), optionally with sizes changed: name:E<experts>:K<top_k>:d<d_model>:n<d_expert>", "demo"},
              {"tokens", "tokens in the batch", "4096"},
              {"device", "cpu or cuda", default_device() == Device::cuda ? "cuda" : "cpu"},
              {"algorithm", "sequential, grouped or fused", "grouped"},
@@ -25,7 +25,7 @@ int cmd_run(int argc, char** argv) {
              {"seed", "seed of weights and tokens", "1"},
              {"json", "print JSON instead of a table", "", true}});
   if (!args.parse(argc, argv)) return 0;
-  const MoeConfig& cfg = preset(args.get("config"));
+  const MoeConfig cfg = preset_variant(args.get("config"));  // "sonic-7b", "sonic-7b:d4096:n512"
   const long long T = args.get_int("tokens");
   check_arg(T >= 1 && T <= (1ll << 24), "--tokens", T, "1 <= tokens <= 16777216");
   const Device device = parse_device(args.get("device"));

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, compute-sanitizer, benchmark, example.
-# Usage: scripts/gpu_check.sh [build] [tests] [sanitize] [bench] [example]   (default: all)
+# Usage: scripts/gpu_check.sh [build] [tests] [sanitize] [bench] [example] [profile]
+#        (default: all but profile)
 # Logs go to $OUT (or ./gpu_out); a short summary table is printed last.
 # bench: BENCH_SETS="cfg[@T],cfg[@T]...@T ..." (one benchmark run per set; default BENCH_CONFIGS
 # at BENCH_TOKENS), BENCH_ARGS (more flags), BENCH_PEERS="torch scattermoe sonicmoe" (those whose
@@ -122,6 +123,15 @@ if has example; then
     note "tilemoe demo rc=$?"
     cat "$OUT/demo.log"
   fi
+fi
+if has profile; then
+  # Nsight Compute on one fused forward's expert GEMMs (the second forward, after a warm-up):
+  # speed-of-light and memory sections, to see whether L2, DRAM or the tensor pipes bound them.
+  ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --kernel-name regex:grouped \
+    --launch-skip 2 --launch-count 2 $BUILD/bin/tilemoe run --config "${PROFILE_CONFIG:-qwen3-30b-a3b}" \
+    --tokens "${PROFILE_TOKENS:-16384}" --algorithm fused --device cuda --repeats 1 > "$OUT/profile.log" 2>&1
+  note "profile rc=$? (${PROFILE_CONFIG:-qwen3-30b-a3b}, T ${PROFILE_TOKENS:-16384})"
+  grep -E "grouped_|Throughput|Duration|Busy|Hit Rate" "$OUT/profile.log" | head -60
 fi
 (cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz *.log 2>/dev/null && rm -f cmake.log build.log tests_cpu.log bench_*.log sonic_install.log)
 echo

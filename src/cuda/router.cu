@@ -82,7 +82,7 @@ __device__ __forceinline__ float logit(const float* l, int E, int parts, int e) 
   return parts == 1 ? l[e] : (l[e] + l[E + e]) + l[2 * E + e];
 }
 
-// Decode-size logits (router_logits_small_tokens): a block per (kSmallTok tokens, expert) reads
+// Decode-size logits (up to router_small_tokens(), heuristics.hpp): a block per (kSmallTok tokens, expert) reads
 // the expert's fp32 router row once, every thread a strided slice of d for all the block's
 // tokens, then a fixed-order reduction (warp shuffles, then the 8 warps in order). One launch
 // and no split of the weights; x rows come from L2.
@@ -241,14 +241,15 @@ __global__ void probs_kernel(RouterKind kind, int E, const float* __restrict__ l
   for (std::int64_t t = blockIdx.x * std::int64_t(nwarps) + warp; t < T; t += std::int64_t(gridDim.x) * nwarps) {
     const float* l = logits + t * parts * E;
     float* o = probs + t * E;
+    for (int e = lane; e < E; e += 32) o[e] = logit(l, E, parts, e);  // the parts added once
     if (kind == RouterKind::sigmoid_group_topk) {
-      for (int e = lane; e < E; e += 32) o[e] = 1.0f / (1.0f + exp_cr(-logit(l, E, parts, e)));
+      for (int e = lane; e < E; e += 32) o[e] = 1.0f / (1.0f + exp_cr(-o[e]));
       continue;
     }
     float m = -INFINITY;
-    for (int e = lane; e < E; e += 32) m = fmaxf(m, logit(l, E, parts, e));
+    for (int e = lane; e < E; e += 32) m = fmaxf(m, o[e]);
     m = warp_max(m);
-    for (int e = lane; e < E; e += 32) o[e] = exp_cr(logit(l, E, parts, e) - m);
+    for (int e = lane; e < E; e += 32) o[e] = exp_cr(o[e] - m);
     __syncwarp();
     const float sum = sequential_sum(o, E);
     for (int e = lane; e < E; e += 32) o[e] = o[e] / sum;

@@ -21,7 +21,6 @@ there, or at $SCATTERMOE_PATH (the folder holding the scattermoe package).
 Usage: scattermoe_pipeline.py CASE_DIR [CASE_DIR ...]   prints "RESULT config tokens ms extra_bytes" per case
 and writes CASE_DIR/scattermoe.json.
 """
-import json
 import os
 import sys
 
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from torch_pipeline import extra_bytes, load_case, median_ms, route  # noqa: E402
+from torch_pipeline import extra_bytes, load_case, median_ms, report, route  # noqa: E402
 
 SCATTERMOE_PATH = os.environ.get("SCATTERMOE_PATH", os.path.join(HERE, "..", "..", ".peers", "scattermoe"))
 TOL = 2e-2
@@ -63,15 +62,6 @@ def check_rows(c, got, rows):
     print(f"CHECK {c.meta['config']} {c.T} rel_err {rel:.3e} over {rows.numel()} tokens: {'ok' if ok else 'FAILED'}",
           flush=True)
     return rel, ok
-
-
-def report(who, c, ms, extra, ok):
-    """The RESULT line bench_moe_variants reads, or why there is none. Returns the exit status."""
-    if ok:
-        print(f"RESULT {c.meta['config']} {c.T} {ms:.4f} {extra}", flush=True)
-        return 0
-    print(f"{who}: {c.meta['config']} T={c.T}: {ms:.4f} ms not reported, the check failed", flush=True)
-    return 1
 
 
 def main():
@@ -135,11 +125,8 @@ def main():
         rel, ok = check_rows(c, forward()[rows].float(), rows)
         ms = median_ms(forward, flush, meta.get("reps", 10), meta.get("warmup", 3))
         extra = extra_bytes(forward)
-        rc |= report("scattermoe_pipeline", c, ms, extra, ok)
-        json.dump({"config": meta["config"], "tokens": T, "variant": "scattermoe", "ms": ms, "extra_bytes": extra, "rel_err": rel,
-                   "check_ok": ok, "scattermoe": commit, "torch": torch.__version__, "triton": triton.__version__,
-                   "weights_dumped": meta["weights_dumped"]},
-                  open(os.path.join(case, "scattermoe.json"), "w"))
+        rc |= report("scattermoe_pipeline", c, "scattermoe", ms, extra, ok, rel_err=rel, scattermoe=commit,
+                     triton=triton.__version__)
         del c, w13, w2, w13_t, w2_t, x, sw13, sw2
         torch.cuda.empty_cache()
     return rc

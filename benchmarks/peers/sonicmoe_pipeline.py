@@ -27,7 +27,6 @@ call (scripts/gpu_check.sh unpacks .sonic/ when it is there).
 Usage: sonicmoe_pipeline.py CASE_DIR [CASE_DIR ...]   prints "RESULT config tokens ms extra_bytes" per case
 and writes CASE_DIR/sonicmoe.json.
 """
-import json
 import os
 import sys
 
@@ -35,8 +34,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from scattermoe_pipeline import check_rows, report  # noqa: E402
-from torch_pipeline import extra_bytes, load_case, median_ms, route  # noqa: E402
+from scattermoe_pipeline import check_rows  # noqa: E402
+from torch_pipeline import extra_bytes, load_case, median_ms, report, route  # noqa: E402
 
 
 def swiglu_shared(x, sw13, sw2, ns):
@@ -114,12 +113,8 @@ def main():
             print(f"sonicmoe_pipeline: {meta['config']} T={T}: {type(e).__name__}: {str(e)[:400]}", flush=True)
             rc = 1
             continue
-        rc |= report("sonicmoe_pipeline", c, ms, extra, ok)
         print(f"  ({mode})", flush=True)
-        json.dump({"config": meta["config"], "tokens": T, "variant": "sonicmoe", "ms": ms, "extra_bytes": extra,
-                   "rel_err": rel, "check_ok": ok, "mode": mode, "versions": versions, "torch": torch.__version__,
-                   "weights_dumped": meta["weights_dumped"]},
-                  open(os.path.join(case, "sonicmoe.json"), "w"))
+        rc |= report("sonicmoe_pipeline", c, "sonicmoe", ms, extra, ok, rel_err=rel, mode=mode, versions=versions)
         del c, w13, w2, w1, w2s, x, sw13, sw2
         torch.cuda.empty_cache()
     return rc

@@ -13,7 +13,7 @@ do not change the timing).
 
 Usage: torch_pipeline.py CASE_DIR [CASE_DIR ...]   prints "RESULT config tokens ms extra_bytes"
 per case (extra_bytes: the peak device memory a forward allocates beyond its inputs, weights and
-output) and writes CASE_DIR/torch.json.
+output) and writes CASE_DIR/torch_grouped_mm.json.
 """
 import json
 import os
@@ -44,7 +44,7 @@ def load_case(case, device="cuda"):
     S, ns = meta["shared"], meta["d_shared"]
     bf = torch.bfloat16
     f = lambda name: os.path.join(case, name)  # noqa: E731
-    c = SimpleNamespace(meta=meta, T=T, d=d, n=n, E=E, K=K, S=S, ns=ns, sw13=None, sw2=None)
+    c = SimpleNamespace(case=case, meta=meta, T=T, d=d, n=n, E=E, K=K, S=S, ns=ns, sw13=None, sw2=None)
     c.x = load(f("x.bin"), bf, (T, d), device)
     c.wr = load(f("router.bin"), torch.float32, (E, d), device)
     c.bias = load(f("router_bias.bin"), torch.float32, (E,), device) if os.path.exists(f("router_bias.bin")) else None
@@ -91,6 +91,21 @@ def extra_bytes(forward):
     out = forward()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() - base - out.numel() * out.element_size()
+
+
+def report(who, c, variant, ms, extra, ok=True, **fields):
+    """The RESULT line bench_moe_variants reads (or why there is none, when the peer's check
+    failed), and CASE_DIR/<variant>.json with the same figures and `fields`. Returns the exit
+    status."""
+    meta = c.meta
+    if ok:
+        print(f"RESULT {meta['config']} {c.T} {ms:.4f} {extra}", flush=True)
+    else:
+        print(f"{who}: {meta['config']} T={c.T}: {ms:.4f} ms not reported, the check failed", flush=True)
+    json.dump({"config": meta["config"], "tokens": c.T, "variant": variant, "ms": ms, "extra_bytes": extra,
+               "check_ok": ok, "torch": torch.__version__, "weights_dumped": meta["weights_dumped"], **fields},
+              open(os.path.join(c.case, variant + ".json"), "w"))
+    return 0 if ok else 1
 
 
 def route(logits, meta, bias):
@@ -155,10 +170,7 @@ def main():
 
         ms = median_ms(forward, flush, meta.get("reps", 10), meta.get("warmup", 3))
         extra = extra_bytes(forward)
-        print(f"RESULT {meta['config']} {T} {ms:.4f} {extra}", flush=True)
-        json.dump({"config": meta["config"], "tokens": T, "variant": "torch_grouped_mm", "ms": ms, "extra_bytes": extra,
-                   "torch": torch.__version__, "weights_dumped": meta["weights_dumped"]},
-                  open(os.path.join(case, "torch.json"), "w"))
+        report("torch_pipeline", c, "torch_grouped_mm", ms, extra)
         del c, w13, w2, w13_t, w2_t, x, sw13, sw2
         torch.cuda.empty_cache()
     return 0

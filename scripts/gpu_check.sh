@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, compute-sanitizer, benchmark, example.
-# Usage: scripts/gpu_check.sh [build] [tests] [sanitize] [bench] [example] [profile]
-#        (default: all but profile)
+# Usage: scripts/gpu_check.sh [build] [tests] [sanitize] [bench] [example] [ab] [profile]
+#        (default: all but ab and profile)
 # Logs go to $OUT (or ./gpu_out); a short summary table is printed last.
 # bench: BENCH_SETS="cfg[@T],cfg[@T]...@T ..." (one benchmark run per set; default BENCH_CONFIGS
 # at BENCH_TOKENS), BENCH_ARGS (more flags), BENCH_PEERS="torch scattermoe sonicmoe" (those whose
 # code travelled: scripts/peers.sh), PEER_TIMEOUT (seconds per peer script, default 400).
+# tests, sanitize: also rerun the fast-path tests under each setting of TEST_ENVS ("A=1 B=2;C=3").
+# ab: the fused layer's stage medians under each setting of AB_ENVS ("base" = none) on AB_CONFIGS,
+# an A/B of kernel variants chosen by environment variables, all in one run on one card.
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -32,6 +35,18 @@ if has tests; then
   rc=$?
   note "tests_gpu rc=$rc ($((SECONDS - start)) s): $(grep -E '^\[  (PASSED|FAILED)' "$OUT/tests_gpu.log" | tr '\n' ' ')"
   grep -E "Failure|FAILED|error|Expected|Which is|seed=|actual" "$OUT/tests_gpu.log" | head -60
+  F_FAST='GpuForward.FusedBf16ShapeMatrix:GpuForward.FusedMatchesGroupedOnLargeInputs:GpuGroupedGemm.*:GpuRounding.ForwardWithRoundingMatchesReference:GpuGraph.*'
+  IFS=';' read -ra ENVS <<< "${TEST_ENVS:-}"
+  for e in "${ENVS[@]}"; do
+    [ -z "$e" ] && continue
+    start=$SECONDS
+    env $e timeout 300 $T --gtest_brief=1 --gtest_filter="$F_FAST" > "$OUT/tests_gpu_env.log" 2>&1
+    rc=$?
+    note "tests_gpu [$e] rc=$rc ($((SECONDS - start)) s): $(grep -E '^\[  (PASSED|FAILED)' "$OUT/tests_gpu_env.log" | tr '\n' ' ')"
+    grep -E "Failure|FAILED|Expected|Which is|seed=|actual" "$OUT/tests_gpu_env.log" | head -30
+    cat "$OUT/tests_gpu_env.log" >> "$OUT/tests_gpu_envs.log"
+  done
+  rm -f "$OUT/tests_gpu_env.log"
   $BUILD/tests/tilemoe_tests_cpu --gtest_brief=1 > "$OUT/tests_cpu.log" 2>&1
   note "tests_cpu rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/tests_cpu.log" | tr '\n' ' ')"
 fi
@@ -50,6 +65,20 @@ if has sanitize; then
     note "sanitizer $tool rc=$rc ($((SECONDS - start)) s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_$tool.log" | tail -1) $(grep -E '^\[  (PASSED|FAILED)' "$OUT/sanitize_$tool.log" | tr '\n' ' ')"
     grep -E "^=========  *(Invalid|Race|Error)" "$OUT/sanitize_$tool.log" | sort | uniq -c | head -10
   done
+  IFS=';' read -ra ENVS <<< "${TEST_ENVS:-}"
+  for e in "${ENVS[@]}"; do
+    [ -z "$e" ] && continue
+    for tool in memcheck racecheck synccheck; do
+      start=$SECONDS
+      env $e TILEMOE_SANITIZE=1 timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_brief=1 \
+        --gtest_filter='GpuForward.FusedBf16ShapeMatrix:GpuGroupedGemm.FusedKernelsManyTilesPerBlock' > "$OUT/sanitize_env.log" 2>&1
+      rc=$?
+      note "sanitizer $tool [$e] rc=$rc ($((SECONDS - start)) s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_env.log" | tail -1)"
+      grep -E "^=========  *(Invalid|Race|Error)" "$OUT/sanitize_env.log" | sort | uniq -c | head -10
+      cat "$OUT/sanitize_env.log" >> "$OUT/sanitize_envs.log"
+    done
+  done
+  rm -f "$OUT/sanitize_env.log"
 fi
 if has bench; then
   B=$BUILD/bin/bench_moe_variants
@@ -124,14 +153,31 @@ if has example; then
     cat "$OUT/demo.log"
   fi
 fi
+if has ab; then
+  B=$BUILD/bin/bench_moe_variants
+  IFS=';' read -ra ENVS <<< "${AB_ENVS:-base}"
+  for e in "${ENVS[@]}"; do
+    start=$SECONDS
+    ev=$e; [ "$e" = base ] && ev=
+    env $ev timeout 300 $B --configs "${AB_CONFIGS:-sonic-7b@24576,qwen3-30b-a3b@16384,mixtral-8x7b@4096}" --no-sequential \
+      --variants fused,dense_cublas > "$OUT/ab.log" 2>&1
+    note "ab [$e] rc=$? ($((SECONDS - start)) s)"
+    grep -E "^  fused:|up_projection|T=.*(fused|dense_cublas) " "$OUT/ab.log" | grep -v "^  fused:" | sed 's/^ */  /'
+    { echo "=== $e"; cat "$OUT/ab.log"; } >> "$OUT/ab_all.log"
+  done
+  rm -f "$OUT/ab.log"
+fi
 if has profile; then
-  # Nsight Compute on one fused forward's expert GEMMs (the second forward, after a warm-up):
-  # speed-of-light and memory sections, to see whether L2, DRAM or the tensor pipes bound them.
-  ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --kernel-name regex:grouped \
-    --launch-skip 2 --launch-count 2 $BUILD/bin/tilemoe run --config "${PROFILE_CONFIG:-qwen3-30b-a3b}" \
-    --tokens "${PROFILE_TOKENS:-16384}" --algorithm fused --device cuda --repeats 1 > "$OUT/profile.log" 2>&1
-  note "profile rc=$? (${PROFILE_CONFIG:-qwen3-30b-a3b}, T ${PROFILE_TOKENS:-16384})"
-  grep -E "grouped_|Throughput|Duration|Busy|Hit Rate" "$OUT/profile.log" | head -60
+  # Nsight Compute on the fused layer's expert GEMMs and cuBLAS's dense GEMMs of the same FLOPs
+  # (bench_moe_variants, one timed run each): speed of light, memory workload, SM clock; whether
+  # L2, DRAM or the tensor pipes bound them. cuBLAS's kernel names tell its tile and cluster.
+  ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+    --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sectors_srcunit_tex_op_read.sum.per_second \
+    --kernel-name regex:"ws_kernel|wgmma_kernel|nvjet|xmma|gemm" --launch-skip "${PROFILE_SKIP:-0}" --launch-count "${PROFILE_COUNT:-24}" \
+    $BUILD/bin/bench_moe_variants --configs "${PROFILE_CONFIG:-qwen3-30b-a3b@16384}" --no-sequential --variants fused,dense_cublas \
+    --reps 1 --warmup 0 > "$OUT/profile.log" 2>&1
+  note "profile rc=$? (${PROFILE_CONFIG:-qwen3-30b-a3b@16384})"
+  grep -E "Context [0-9]+, Stream|SM Frequency|Duration|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|L1/TEX Hit|L2 Hit Rate|hmma_cycles|srcunit_tex_op_read|Memory Throughput" "$OUT/profile.log" | head -150
 fi
 (cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz *.log 2>/dev/null && rm -f cmake.log build.log tests_cpu.log bench_*.log sonic_install.log)
 echo

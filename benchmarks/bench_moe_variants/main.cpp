@@ -57,6 +57,7 @@ struct Args {
   std::uint64_t seed = 1234;
   bool sequential = true;
   bool stages = false;
+  std::vector<std::string> variants;  // empty: all of ours
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -72,7 +73,10 @@ void usage() {
       "usage: bench_moe_variants [--configs a,b:E256:K4,c:d4096:n512@32768] [--tokens 4096,24576] [--reps N] [--warmup N]\n"
       "                          [--json out.json] [--dump dir --torch peers/torch_pipeline.py [--python python3]]\n"
       "                          [--scattermoe peers/scattermoe_pipeline.py] [--sonicmoe peers/sonicmoe_pipeline.py] (with --dump)\n"
-      "                          [--no-sequential] [--stages] [--seed S]");
+      "                          [--no-sequential] [--stages] [--seed S]\n"
+      "                          [--variants grouped,fused,...] (ours to time; default all: sequential, grouped,\n"
+      "                           grouped+rounding, fused, fused_1stage, fused_4stage, fused+rounding, fused_graph,\n"
+      "                           dense_cublas)");
 }
 
 Args parse(int argc, char** argv) {
@@ -98,9 +102,15 @@ Args parse(int argc, char** argv) {
     else if (k == "--seed") a.seed = std::stoull(val());
     else if (k == "--no-sequential") a.sequential = false;
     else if (k == "--stages") a.stages = true;
+    else if (k == "--variants") a.variants = split(val());
     else if (k == "--help" || k == "-h") { usage(); std::exit(0); }
     else throw InvalidArgument("argument '" + k + "': unknown (see --help)");
   }
+  static const char* known[] = {"sequential",   "grouped",        "grouped+rounding", "fused",       "fused_1stage",
+                                "fused_4stage", "fused+rounding", "fused_graph",      "dense_cublas"};
+  for (const std::string& v : a.variants)
+    if (std::find(std::begin(known), std::end(known), v) == std::end(known))
+      throw InvalidArgument("--variants: '" + v + "' is not one of ours (see --help)");
   return a;
 }
 
@@ -340,32 +350,43 @@ int main(int argc, char** argv) {
         ForwardTrace tr;
         (void)moe_forward(c, w, x, og, &tr);  // the routing, for the dump and the roofline
         mem_ms = layer_bytes(c, T, tr.counts) / (copy_bw * 1e12) * 1e3;
-        if (a.sequential) {
+        auto want = [&](const char* v) {
+          if (std::string(v) == "sequential" && !a.sequential) return false;
+          return a.variants.empty() || std::find(a.variants.begin(), a.variants.end(), v) != a.variants.end();
+        };
+        if (want("sequential")) {
           ForwardOptions os;
           os.algorithm = Algorithm::sequential;
           add("sequential", timer.median_ms([&] { (void)moe_forward(c, w, x, os); }, a.warmup, a.reps));
         }
-        add("grouped", timer.median_ms([&] { (void)moe_forward(c, w, x, og); }, a.warmup, a.reps));
+        if (want("grouped")) add("grouped", timer.median_ms([&] { (void)moe_forward(c, w, x, og); }, a.warmup, a.reps));
         ForwardOptions orr = og;
         orr.rounding = RoundingOptions{};
-        try {
-          add("grouped+rounding", timer.median_ms([&] { (void)moe_forward(c, w, x, orr); }, a.warmup, a.reps));
-        } catch (const Error& e) {
-          std::printf("  grouped+rounding skipped: %s\n", e.what());
+        if (want("grouped+rounding")) {
+          try {
+            add("grouped+rounding", timer.median_ms([&] { (void)moe_forward(c, w, x, orr); }, a.warmup, a.reps));
+          } catch (const Error& e) {
+            std::printf("  grouped+rounding skipped: %s\n", e.what());
+          }
         }
         ForwardOptions of = og;
         of.algorithm = Algorithm::fused;
-        add("fused", timer.median_ms([&] { (void)moe_forward(c, w, x, of); }, a.warmup, a.reps));
+        if (want("fused")) add("fused", timer.median_ms([&] { (void)moe_forward(c, w, x, of); }, a.warmup, a.reps));
         ForwardOptions of1 = of;
         of1.pipeline_stages = 1;
-        add("fused_1stage", timer.median_ms([&] { (void)moe_forward(c, w, x, of1); }, a.warmup, a.reps));
+        if (want("fused_1stage"))
+          add("fused_1stage", timer.median_ms([&] { (void)moe_forward(c, w, x, of1); }, a.warmup, a.reps));
         of1.pipeline_stages = 4;
-        add("fused_4stage", timer.median_ms([&] { (void)moe_forward(c, w, x, of1); }, a.warmup, a.reps));
+        if (want("fused_4stage"))
+          add("fused_4stage", timer.median_ms([&] { (void)moe_forward(c, w, x, of1); }, a.warmup, a.reps));
         ForwardOptions ofr = of;
         ofr.rounding = RoundingOptions{};
-        add("fused+rounding", timer.median_ms([&] { (void)moe_forward(c, w, x, ofr); }, a.warmup, a.reps));
-        add("fused_graph", graph_ms(timer, a, [&] { return moe_forward(c, w, x, of); }));
+        if (want("fused+rounding"))
+          add("fused+rounding", timer.median_ms([&] { (void)moe_forward(c, w, x, ofr); }, a.warmup, a.reps));
+        if (want("fused_graph")) add("fused_graph", graph_ms(timer, a, [&] { return moe_forward(c, w, x, of); }));
         for (const ForwardOptions* o : {&of, &ofr}) {  // where the time goes: stage medians over reps
+          const char* name = o == &of ? "fused" : "fused+rounding";
+          if (!want(name)) continue;
           ForwardOptions timed = *o;
           timed.time_stages = true;
           ForwardTrace ft;
@@ -374,7 +395,6 @@ int main(int argc, char** argv) {
             (void)moe_forward(c, w, x, timed, &ft);
             for (const StageTime& st : ft.stages) st_ms[st.name].push_back(st.ms);
           }
-          const char* name = o == &of ? "fused" : "fused+rounding";
           std::printf("  %s: %s\n   ", name, ft.path.c_str());
           double gemm = 0;
           for (const StageTime& st : ft.stages) {
@@ -391,7 +411,7 @@ int main(int argc, char** argv) {
           for (Result& r : results)  // the memory beyond inputs, weights and output: the workspace
             if (r.config == c.name && r.tokens == T && r.variant == name) r.extra_bytes = double(ft.workspace_bytes);
         }
-        add("dense_cublas", dense_ms(c, T, timer, a));
+        if (want("dense_cublas")) add("dense_cublas", dense_ms(c, T, timer, a));
         if (a.stages) bench::time_stages(c, w, x, a.reps);
 
         if (!a.dump.empty()) {

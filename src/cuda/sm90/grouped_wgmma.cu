@@ -19,6 +19,7 @@
 #include "../grouped_gemm.cuh"
 #include "../heuristics.hpp"
 #include "../ptx/cp_async.cuh"
+#include "../ptx/pipeline.cuh"
 #include "../ptx/wgmma.cuh"
 
 namespace tilemoe::detail::gpu {
@@ -39,7 +40,11 @@ __device__ __forceinline__ std::uint32_t swz(int row, int chunk) {
 // kFixed: a gated up-projection whose activation kAct is fixed at compile time; the run-time
 // switch on g.act (kept for the other cases), unrolled 64 times, made the code large enough for
 // instruction-fetch stalls (ncu, run 10).
-template <bool kUp, bool kFixed, Activation kAct>
+// kStaged (a fixed gated activation whose output rows are 16-byte aligned: N, ldc multiples of 8,
+// C aligned): the epilogue writes each warpgroup's 64 x 128 bf16 outputs into shared memory
+// (16-byte chunks XOR-swizzled by row, conflict-free both ways) and stores them as 16-byte rows,
+// instead of 4-byte stores straight from the accumulators.
+template <bool kUp, bool kFixed, Activation kAct, bool kStaged>
 __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmArgs g) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(1024) unsigned char smem_raw[];
@@ -146,6 +151,33 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
   // Accumulator j of a thread: n8 block j / 4, row 16 * warp + lane / 4 (+ 8 for j % 4 >= 2),
   // columns 2 * (lane % 4) + j % 2 of the block.
   const int t = tid & 127, w = t >> 5, l = t & 31;
+  if constexpr (kStaged) {
+    __syncthreads();  // every warpgroup's wgmma has read its last stage: the stages are free
+    unsigned char* stage = smem_raw + (sbase - static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw))) +
+                           wg * 64 * 256;  // 64 rows x 128 bf16 of this warpgroup
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int rr = 16 * w + (l >> 2) + 8 * h;
+#pragma unroll
+      for (int b = 0; b < kBN / 16; ++b) {
+        const float v0 = activate_gated<kAct>(acc[8 * b + 2 * h], acc[8 * b + 4 + 2 * h]);
+        const float v1 = activate_gated<kAct>(acc[8 * b + 2 * h + 1], acc[8 * b + 4 + 2 * h + 1]);
+        *reinterpret_cast<__nv_bfloat162*>(stage + rr * 256 + ((b ^ (rr & 7)) << 4) + (l & 3) * 4) =
+            __floats2bfloat162_rn(v0, v1);
+      }
+    }
+    ptx::named_barrier_sync(1 + wg, 128);
+#pragma unroll
+    for (int q = t; q < 64 * 16; q += 128) {
+      const int rr = q >> 4, c = q & 15;
+      const int r = wg * 64 + rr;
+      const std::int64_t j = j0 + c * 8;
+      if (r < rows && j < g.N)
+        *reinterpret_cast<uint4*>(g.C + (m0 + r) * g.ldc + j) =
+            *reinterpret_cast<const uint4*>(stage + rr * 256 + ((c ^ (rr & 7)) << 4));
+    }
+    return;
+  }
   auto store2 = [&](std::int64_t p, std::int64_t j, float v0, float v1) { store_pair(g, p, j, v0, v1); };
 #pragma unroll
   for (int h = 0; h < 2; ++h) {
@@ -201,11 +233,17 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
   const std::int64_t ntiles = (g.N + cols - 1) / cols;
   check_arg(max_tiles <= 65535, "row tiles", max_tiles, "<= 65535 per grouped launch");
   const dim3 grid(static_cast<unsigned>(ntiles), static_cast<unsigned>(max_tiles));
-  auto kernel = !up ? grouped_wgmma_kernel<false, false, Activation::relu>
-                : !fixed                               ? grouped_wgmma_kernel<true, false, Activation::relu>
-                : g.act == Activation::swiglu          ? grouped_wgmma_kernel<true, true, Activation::swiglu>
-                : g.act == Activation::geglu           ? grouped_wgmma_kernel<true, true, Activation::geglu>
-                                                       : grouped_wgmma_kernel<true, true, Activation::clamped_swiglu>;
+  const char* ep = std::getenv("TILEMOE_UP_EPILOGUE");  // "direct": A/B timing of the staged stores
+  const bool staged = fixed && g.N % 8 == 0 && g.ldc % 8 == 0 && aligned16(g.C) && !(ep && std::strcmp(ep, "direct") == 0);
+  auto kernel = !up ? grouped_wgmma_kernel<false, false, Activation::relu, false>
+                : !fixed ? grouped_wgmma_kernel<true, false, Activation::relu, false>
+                : staged
+                    ? (g.act == Activation::swiglu  ? grouped_wgmma_kernel<true, true, Activation::swiglu, true>
+                       : g.act == Activation::geglu ? grouped_wgmma_kernel<true, true, Activation::geglu, true>
+                                                    : grouped_wgmma_kernel<true, true, Activation::clamped_swiglu, true>)
+                    : (g.act == Activation::swiglu  ? grouped_wgmma_kernel<true, true, Activation::swiglu, false>
+                       : g.act == Activation::geglu ? grouped_wgmma_kernel<true, true, Activation::geglu, false>
+                                                    : grouped_wgmma_kernel<true, true, Activation::clamped_swiglu, false>);
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   kernel<<<grid, kThreads, kSmemBytes, current_stream()>>>(g);
   TILEMOE_CHECK_LAUNCH();

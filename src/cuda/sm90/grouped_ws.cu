@@ -28,6 +28,8 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <string>
 
 #include "../activation.cuh"
@@ -57,7 +59,12 @@ struct WsShape {
 static_assert(WsShape<true>::kSmem <= 232448 && WsShape<false>::kSmem <= 232448, "over the sm_90 shared memory");
 
 
-template <bool kUp, Activation kAct>
+// kPair (TILEMOE_WS_CLUSTER=2, experimental): blocks run in clusters of two that take adjacent
+// row tiles of the same column tile. Where both rows tiles belong to one expert, each block loads
+// half of the weight tile and multicasts it to both (halving the weight tile's L2 reads); else
+// each loads its own. Consumers release a stage on both blocks' "empty" barriers (one arrival per
+// warp), so a multicast never lands in a stage the partner still reads.
+template <bool kUp, Activation kAct, bool kPair>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const GemmArgs g, int ncol, int group_rows, int stages) {
@@ -79,15 +86,47 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int s = 0; s < stages; ++s) {
       // Up: the TMA thread's expect_tx arrival + one arrival per producer thread after its gather.
       ptx::mbarrier_init(&full[s], kUp ? 1 + 128 : 1);
-      ptx::mbarrier_init(&empty[s], 256);
+      ptx::mbarrier_init(&empty[s], kPair ? 2 * 8 : 256);  // kPair: a warp of either block's consumers
     }
     ptx::fence_barrier_init();
   }
   __syncthreads();
+  if constexpr (kPair) ptx::cluster_sync();  // the partner's barriers exist before any multicast or remote arrive
 
   const int nrow = g.tile_offsets[g.E];
-  const std::int64_t total = std::int64_t(nrow) * ncol;
+  const int rank = kPair ? static_cast<int>(ptx::cluster_ctarank()) : 0;
+  const int nprow = kPair ? (nrow + 1) / 2 : nrow;  // kPair: pairs of row tiles
+  const std::int64_t total = std::int64_t(nprow) * ncol;
+  const std::int64_t first = kPair ? blockIdx.x / 2 : blockIdx.x, step = kPair ? gridDim.x / 2 : gridDim.x;
   const int ktiles = static_cast<int>((g.K + kBK - 1) / kBK);
+  // This block's output tile of work item t, and whether the pair shares its weight tile. The
+  // second block of a pair past the last row tile gets no rows: it loads and releases stages
+  // like the other, so the barrier protocol stays the same on both.
+  struct Work {
+    TileCoord tc;
+    RowTile rt;
+    bool share;
+  };
+  auto work = [&](std::int64_t t) {
+    Work w;
+    w.tc = raster_tile(t, nprow, ncol, kPair ? group_rows / 2 : group_rows);
+    w.share = false;
+    if constexpr (kPair) {
+      const int r0 = 2 * w.tc.row, r1 = r0 + 1;
+      const RowTile t0 = find_row_tile<kBM>(g, r0);
+      if (r1 < nrow) {
+        const RowTile t1 = find_row_tile<kBM>(g, r1);
+        w.share = t0.expert == t1.expert;
+        w.rt = rank == 0 ? t0 : t1;
+      } else {
+        w.rt = rank == 0 ? t0 : RowTile{t0.expert, t0.m0, 0};
+      }
+      w.tc.row = r0 + rank;
+    } else {
+      w.rt = find_row_tile<kBM>(g, w.tc.row);
+    }
+    return w;
+  };
 
   if (wg == 0) {
     // ---------------- producer ----------------
@@ -104,9 +143,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       else if (n == 1) ptx::cp_async_wait_group<1>();
       else ptx::cp_async_wait_group<0>();
     };
-    for (std::int64_t t = blockIdx.x; t < total; t += gridDim.x) {
-      const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
-      const RowTile rt = find_row_tile<kBM>(g, tc.row);
+    for (std::int64_t t = first; t < total; t += step) {
+      const Work wk = work(t);
+      const TileCoord tc = wk.tc;
+      const RowTile rt = wk.rt;
       const int e = rt.expert;
       std::int32_t arow[8];
       if constexpr (kUp) {
@@ -122,15 +162,20 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
         const int k0 = kt * kBK;
         if (tid == 0) {
-          if constexpr (kUp) {
-            ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesB);
-            const int brow = static_cast<int>(e * 2 * g.N) + j0;
-            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow, &full[s]);
-            ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &map_b, k0, brow + static_cast<int>(g.N), &full[s]);
+          // The weight tile's two 128-row halves: the gate and up rows of the up-projection's
+          // outputs, or rows j0 and j0 + 128 of w2 (with kPair; one 256-row box otherwise).
+          const int brow0 = kUp ? static_cast<int>(e * 2 * g.N) + j0 : static_cast<int>(e * g.N) + j0;
+          const int brow1 = kUp ? brow0 + static_cast<int>(g.N) : brow0 + kBN / 2;
+          ptx::mbarrier_arrive_expect_tx(&full[s], kUp ? kTileBytesB : kTileBytesA + kTileBytesB);
+          if constexpr (!kUp) ptx::tma_load_2d(smem + stage_a(s), &map_a, k0, static_cast<int>(rt.m0), &full[s]);
+          if (kPair && wk.share) {  // this block's half, to both blocks
+            ptx::tma_load_2d_multicast(smem + stage_b(s) + rank * (kTileBytesB / 2), &map_b, k0, rank ? brow1 : brow0,
+                                       &full[s], 0x3);
+          } else if (kUp || kPair) {
+            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow0, &full[s]);
+            ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &map_b, k0, brow1, &full[s]);
           } else {
-            ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesB);
-            ptx::tma_load_2d(smem + stage_a(s), &map_a, k0, static_cast<int>(rt.m0), &full[s]);
-            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, static_cast<int>(e * g.N) + j0, &full[s]);
+            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow0, &full[s]);
           }
         }
         if constexpr (kUp) {
@@ -174,16 +219,29 @@ __global__ void __launch_bounds__(kThreads, 1)
     int s = 0, prev = 0;
     std::uint32_t phase = 0;
     float acc[kBN / 2];
-    for (std::int64_t t = blockIdx.x; t < total; t += gridDim.x) {
-      const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
-      const RowTile rt = find_row_tile<kBM>(g, tc.row);
+    // Hands a stage back to the producer(s) that refill it.
+    auto release = [&](int st) {
+      if constexpr (kPair) {
+        __syncwarp();
+        if (l == 0) {
+          ptx::mbarrier_arrive(&empty[st]);
+          ptx::mbarrier_arrive_cluster(&empty[st], static_cast<std::uint32_t>(rank ^ 1));
+        }
+      } else {
+        ptx::mbarrier_arrive(&empty[st]);
+      }
+    };
+    for (std::int64_t t = first; t < total; t += step) {
+      const Work wk = work(t);
+      const TileCoord tc = wk.tc;
+      const RowTile rt = wk.rt;
       if (cw * 64 >= rt.rows) {
         // All 64 of this warpgroup's rows are past the tile's count (an expert's last tile; most
         // tiles at decode sizes): no wgmma and no epilogue, only the stage hand-back, so the
         // tensor-core work of a few-row tile halves.
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&full[s], phase);
-          ptx::mbarrier_arrive(&empty[s]);
+          release(s);
           if (++s == stages) s = 0, phase ^= 1;
         }
         continue;
@@ -202,16 +260,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::wgmma_commit_group();
         if (stages > 1) {  // one batch stays in flight; the stage before it is free
           ptx::wgmma_wait_group<1>();
-          if (kt > 0) ptx::mbarrier_arrive(&empty[prev]);
+          if (kt > 0) release(prev);
         } else {           // one stage: load, then compute, then load again
           ptx::wgmma_wait_group<0>();
-          ptx::mbarrier_arrive(&empty[s]);
+          release(s);
         }
         prev = s;
         if (++s == stages) s = 0, phase ^= 1;
       }
       ptx::wgmma_wait_group<0>();
-      if (stages > 1) ptx::mbarrier_arrive(&empty[prev]);
+      if (stages > 1) release(prev);
 
       // Epilogue. Accumulator 4 b + 2 h + i of a thread: row 16 w + l / 4 + 8 h, column
       // 8 b + 2 (l % 4) + i; in the up-projection column c < 128 is a gate, c + 128 its up.
@@ -245,6 +303,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
+  // No block leaves while its partner may still multicast into it or arrive on its barriers.
+  if constexpr (kPair) ptx::cluster_sync();
 #else
   if (threadIdx.x == 0 && blockIdx.x == 0)
     printf("tilemoe: grouped_ws_kernel needs sm_90a (H100/H200); this GPU runs another arch\n");
@@ -257,17 +317,41 @@ bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15
 template <bool kUp, Activation kAct>
 void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
   using Shape = WsShape<kUp>;
+  const char* cl = std::getenv("TILEMOE_WS_CLUSTER");  // "2": pairs of blocks multicasting weights (experimental)
+  const bool pair = cl && std::strcmp(cl, "2") == 0;
   const std::int64_t rows_b = kUp ? 2 * g.N : g.N;
-  const CUtensorMap map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, kUp ? kBN / 2 : kBN);
+  const CUtensorMap map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, kUp || pair ? kBN / 2 : kBN);
   const CUtensorMap map_a = kUp ? map_b : make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM);
   const int ncol = static_cast<int>((g.N + Shape::kOutCols - 1) / Shape::kOutCols);
   const std::int64_t tiles = max_tiles * ncol;
-  const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
   stages = stages <= 0 ? ws_stages(kUp) : std::min(stages, Shape::kStages);
-  auto kernel = grouped_ws_kernel<kUp, kAct>;
+  if (!pair) {
+    const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
+    auto kernel = grouped_ws_kernel<kUp, kAct, false>;
+    TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
+    kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, g, ncol, kRasterRows, stages);
+    TILEMOE_CHECK_LAUNCH();
+    return;
+  }
+  auto kernel = grouped_ws_kernel<kUp, kAct, true>;
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
-  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, g, ncol, kRasterRows, stages);
-  TILEMOE_CHECK_LAUNCH();
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 2;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = Shape::kSmem;
+  cfg.stream = current_stream();
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  cfg.gridDim = dim3(static_cast<unsigned>(device_props().sm_count / 2 * 2));
+  int clusters = 0;  // pairs that fit on the GPU at once (a GPC with an odd SM count leaves one out)
+  TILEMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+  const std::int64_t pairs = (max_tiles + 1) / 2 * ncol;
+  cfg.gridDim = dim3(static_cast<unsigned>(2 * std::max<std::int64_t>(1, std::min<std::int64_t>(clusters, pairs))));
+  TILEMOE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, map_b, map_a, g, ncol, kRasterRows, stages));
 }
 
 }  // namespace

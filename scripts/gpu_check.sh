@@ -171,13 +171,15 @@ if has profile; then
   # Nsight Compute on the fused layer's expert GEMMs and cuBLAS's dense GEMMs of the same FLOPs
   # (bench_moe_variants, one timed run each): speed of light, memory workload, SM clock; whether
   # L2, DRAM or the tensor pipes bound them. cuBLAS's kernel names tell its tile and cluster.
-  ncu --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
+  SECTIONS=()
+  for sec in ${PROFILE_SECTIONS:-SpeedOfLight MemoryWorkloadAnalysis ComputeWorkloadAnalysis}; do SECTIONS+=(--section "$sec"); done
+  ncu "${SECTIONS[@]}" \
     --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sectors_srcunit_tex_op_read.sum.per_second \
     --kernel-name regex:"ws_kernel|wgmma_kernel|nvjet|xmma|gemm" --launch-skip "${PROFILE_SKIP:-0}" --launch-count "${PROFILE_COUNT:-24}" \
     $BUILD/bin/bench_moe_variants --configs "${PROFILE_CONFIG:-qwen3-30b-a3b@16384}" --no-sequential --variants fused,dense_cublas \
     --reps 1 --warmup 0 > "$OUT/profile.log" 2>&1
   note "profile rc=$? (${PROFILE_CONFIG:-qwen3-30b-a3b@16384})"
-  grep -E "Context [0-9]+, Stream|SM Frequency|Duration|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|L1/TEX Hit|L2 Hit Rate|hmma_cycles|srcunit_tex_op_read|Memory Throughput" "$OUT/profile.log" | head -150
+  grep -E "Context [0-9]+, Stream|SM Frequency|Duration|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|L1/TEX Hit|L2 Hit Rate|hmma_cycles|srcunit_tex_op_read|Memory Throughput|Stall|Warp Cycles Per Issued|Issue Slots|No Eligible" "$OUT/profile.log" | head -${PROFILE_LINES:-150}
 fi
 (cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz *.log 2>/dev/null && rm -f cmake.log build.log tests_cpu.log bench_*.log sonic_install.log)
 echo

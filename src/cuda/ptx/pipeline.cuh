@@ -36,30 +36,20 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const void* tensor_map, i
   cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, dst, tensor_map, coords, bar);
 }
 
-// Multicast TMA (sm_90a): the box lands at the same shared-memory offset in every CTA of the
-// cluster named in cta_mask, and completes bytes on the mbarrier at bar's offset in each of them.
-__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const void* tensor_map, int inner, int outer,
-                                                      std::uint64_t* bar, std::uint16_t cta_mask) {
+// TMA store: the box at (inner, outer) of a 2-D tensor map from shared memory at src (laid out
+// as the map's swizzle says); elements outside the tensor are not written. Asynchronous: it joins
+// the thread's current bulk group (bulk_commit_group), and src may be rewritten once
+// bulk_wait_group_read<0> has returned in the issuing thread. The writes to src must be fenced
+// for the async proxy first (fence_proxy_async_shared in each writing thread, then a barrier).
+__device__ __forceinline__ void tma_store_2d(const void* tensor_map, int inner, int outer, const void* src) {
   const std::int32_t coords[2] = {inner, outer};
-  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, dst, tensor_map, coords, bar,
-                                  cta_mask);
+  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_global, cuda::ptx::space_shared, tensor_map, coords, src);
 }
-// This CTA's rank in its cluster.
-__device__ __forceinline__ std::uint32_t cluster_ctarank() { return cuda::ptx::get_sreg_cluster_ctarank(); }
-// Arrives on the mbarrier at bar's shared-memory offset in cluster CTA `cta` (this one included).
-__device__ __forceinline__ void mbarrier_arrive_cluster(std::uint64_t* bar, std::uint32_t cta) {
-  const std::uint32_t local = static_cast<std::uint32_t>(__cvta_generic_to_shared(bar));
-  asm volatile(
-      "{\n .reg .b32 remote;\n mapa.shared::cluster.u32 remote, %0, %1;\n"
-      " mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(local),
-      "r"(cta)
-      : "memory");
-}
-// All threads of all CTAs of the cluster (barrier.cluster arrive + wait, release/acquire).
-__device__ __forceinline__ void cluster_sync() {
-  cuda::ptx::barrier_cluster_arrive(cuda::ptx::sem_release);
-  cuda::ptx::barrier_cluster_wait();
-}
+__device__ __forceinline__ void bulk_commit_group() { cuda::ptx::cp_async_bulk_commit_group(); }
+// The issuing thread's bulk groups have finished reading their shared-memory sources.
+__device__ __forceinline__ void bulk_wait_group_read_all() { cuda::ptx::cp_async_bulk_wait_group_read(cuda::ptx::n32_t<0>{}); }
+// The issuing thread's bulk groups are complete (their global writes performed).
+__device__ __forceinline__ void bulk_wait_group_all() { cuda::ptx::cp_async_bulk_wait_group(cuda::ptx::n32_t<0>{}); }
 
 // Register reallocation between warpgroups (sm_90a; the kernel needs __launch_bounds__(n, 1)).
 template <int kRegs>

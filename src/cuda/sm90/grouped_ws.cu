@@ -20,16 +20,17 @@
 //   no faster (docs/gpu.md, run 17).
 // - Consumers: per k tile, wait for the stage, 4 wgmma m64n256k16 from shared-memory
 //   descriptors, keep one batch in flight and release the previous stage on its "empty" barrier.
-// - Epilogue: activation in registers, bf16 tile staged in shared memory (XOR-swizzled 16-byte
-//   chunks, conflict-free both ways), then 16-byte row-contiguous stores with the row and
-//   column predicates (rows past an expert's count belong to the next expert's tile).
+// - Epilogue: activation in registers, bf16 tile staged in shared memory as 64-column panels in
+//   TMA's 128-byte swizzle (conflict-free writes), then, where all 64 rows of a warpgroup are
+//   the tile's, TMA stores issued by one thread: the warpgroup starts its next tile while they
+//   drain, and waits for them only before it stages the tile after. A warpgroup with rows past
+//   an expert's count (they belong to the next expert's tile) stores 16-byte chunks itself, with
+//   the row and column predicates.
 // The launcher takes it where it applies (H100/H200, K, N, strides multiples of 8, 16-byte
 // aligned operands; up-projections gated); everything else goes to grouped_gemm.cu.
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "../activation.cuh"
@@ -52,22 +53,24 @@ struct WsShape {
   static constexpr int kStages = kUp ? 4 : 3;  // at most (the down tile's staged output is twice as large)
   static constexpr int kOutCols = kUp ? kBN / 2 : kBN;  // output columns of a tile
   static constexpr int kOutRowBytes = kOutCols * 2;
+  static constexpr int kPanelBytes = 64 * 128;  // a staged output panel: 64 rows x 64 columns, a TMA store's box
   static constexpr int kStageBytes = kTileBytesA + kTileBytesB;  // 48 KiB, a multiple of 1024
   static constexpr int kOutBytes = kBM * kOutRowBytes;
   static constexpr int kSmem = 1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8;
 };
+template <bool kUp>
+constexpr bool panels_fill_output() {  // two warpgroups' rows x the tile's 64-column panels
+  return WsShape<kUp>::kOutBytes == 2 * (WsShape<kUp>::kOutCols / 64) * WsShape<kUp>::kPanelBytes;
+}
+static_assert(panels_fill_output<true>() && panels_fill_output<false>(), "the staged output is whole panels");
 static_assert(WsShape<true>::kSmem <= 232448 && WsShape<false>::kSmem <= 232448, "over the sm_90 shared memory");
 
 
-// kPair (TILEMOE_WS_CLUSTER=2, experimental): blocks run in clusters of two that take adjacent
-// row tiles of the same column tile. Where both rows tiles belong to one expert, each block loads
-// half of the weight tile and multicasts it to both (halving the weight tile's L2 reads); else
-// each loads its own. Consumers release a stage on both blocks' "empty" barriers (one arrival per
-// warp), so a multicast never lands in a stage the partner still reads.
-template <bool kUp, Activation kAct, bool kPair>
+template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
-                      const GemmArgs g, int ncol, int group_rows, int stages) {
+                      const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
+                      int stages) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -86,47 +89,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int s = 0; s < stages; ++s) {
       // Up: the TMA thread's expect_tx arrival + one arrival per producer thread after its gather.
       ptx::mbarrier_init(&full[s], kUp ? 1 + 128 : 1);
-      ptx::mbarrier_init(&empty[s], kPair ? 2 * 8 : 256);  // kPair: a warp of either block's consumers
+      ptx::mbarrier_init(&empty[s], 256);
     }
     ptx::fence_barrier_init();
   }
   __syncthreads();
-  if constexpr (kPair) ptx::cluster_sync();  // the partner's barriers exist before any multicast or remote arrive
 
   const int nrow = g.tile_offsets[g.E];
-  const int rank = kPair ? static_cast<int>(ptx::cluster_ctarank()) : 0;
-  const int nprow = kPair ? (nrow + 1) / 2 : nrow;  // kPair: pairs of row tiles
-  const std::int64_t total = std::int64_t(nprow) * ncol;
-  const std::int64_t first = kPair ? blockIdx.x / 2 : blockIdx.x, step = kPair ? gridDim.x / 2 : gridDim.x;
+  const std::int64_t total = std::int64_t(nrow) * ncol;
   const int ktiles = static_cast<int>((g.K + kBK - 1) / kBK);
-  // This block's output tile of work item t, and whether the pair shares its weight tile. The
-  // second block of a pair past the last row tile gets no rows: it loads and releases stages
-  // like the other, so the barrier protocol stays the same on both.
-  struct Work {
-    TileCoord tc;
-    RowTile rt;
-    bool share;
-  };
-  auto work = [&](std::int64_t t) {
-    Work w;
-    w.tc = raster_tile(t, nprow, ncol, kPair ? group_rows / 2 : group_rows);
-    w.share = false;
-    if constexpr (kPair) {
-      const int r0 = 2 * w.tc.row, r1 = r0 + 1;
-      const RowTile t0 = find_row_tile<kBM>(g, r0);
-      if (r1 < nrow) {
-        const RowTile t1 = find_row_tile<kBM>(g, r1);
-        w.share = t0.expert == t1.expert;
-        w.rt = rank == 0 ? t0 : t1;
-      } else {
-        w.rt = rank == 0 ? t0 : RowTile{t0.expert, t0.m0, 0};
-      }
-      w.tc.row = r0 + rank;
-    } else {
-      w.rt = find_row_tile<kBM>(g, w.tc.row);
-    }
-    return w;
-  };
 
   if (wg == 0) {
     // ---------------- producer ----------------
@@ -143,10 +114,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       else if (n == 1) ptx::cp_async_wait_group<1>();
       else ptx::cp_async_wait_group<0>();
     };
-    for (std::int64_t t = first; t < total; t += step) {
-      const Work wk = work(t);
-      const TileCoord tc = wk.tc;
-      const RowTile rt = wk.rt;
+    for (std::int64_t t = blockIdx.x; t < total; t += gridDim.x) {
+      const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
+      const RowTile rt = find_row_tile<kBM>(g, tc.row);
       const int e = rt.expert;
       std::int32_t arow[8];
       if constexpr (kUp) {
@@ -162,20 +132,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
         const int k0 = kt * kBK;
         if (tid == 0) {
-          // The weight tile's two 128-row halves: the gate and up rows of the up-projection's
-          // outputs, or rows j0 and j0 + 128 of w2 (with kPair; one 256-row box otherwise).
-          const int brow0 = kUp ? static_cast<int>(e * 2 * g.N) + j0 : static_cast<int>(e * g.N) + j0;
-          const int brow1 = kUp ? brow0 + static_cast<int>(g.N) : brow0 + kBN / 2;
-          ptx::mbarrier_arrive_expect_tx(&full[s], kUp ? kTileBytesB : kTileBytesA + kTileBytesB);
-          if constexpr (!kUp) ptx::tma_load_2d(smem + stage_a(s), &map_a, k0, static_cast<int>(rt.m0), &full[s]);
-          if (kPair && wk.share) {  // this block's half, to both blocks
-            ptx::tma_load_2d_multicast(smem + stage_b(s) + rank * (kTileBytesB / 2), &map_b, k0, rank ? brow1 : brow0,
-                                       &full[s], 0x3);
-          } else if (kUp || kPair) {
-            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow0, &full[s]);
-            ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &map_b, k0, brow1, &full[s]);
+          if constexpr (kUp) {
+            ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesB);
+            const int brow = static_cast<int>(e * 2 * g.N) + j0;
+            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow, &full[s]);
+            ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &map_b, k0, brow + static_cast<int>(g.N), &full[s]);
           } else {
-            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow0, &full[s]);
+            ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesB);
+            ptx::tma_load_2d(smem + stage_a(s), &map_a, k0, static_cast<int>(rt.m0), &full[s]);
+            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, static_cast<int>(e * g.N) + j0, &full[s]);
           }
         }
         if constexpr (kUp) {
@@ -219,29 +184,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     int s = 0, prev = 0;
     std::uint32_t phase = 0;
     float acc[kBN / 2];
-    // Hands a stage back to the producer(s) that refill it.
-    auto release = [&](int st) {
-      if constexpr (kPair) {
-        __syncwarp();
-        if (l == 0) {
-          ptx::mbarrier_arrive(&empty[st]);
-          ptx::mbarrier_arrive_cluster(&empty[st], static_cast<std::uint32_t>(rank ^ 1));
-        }
-      } else {
-        ptx::mbarrier_arrive(&empty[st]);
-      }
-    };
-    for (std::int64_t t = first; t < total; t += step) {
-      const Work wk = work(t);
-      const TileCoord tc = wk.tc;
-      const RowTile rt = wk.rt;
+    for (std::int64_t t = blockIdx.x; t < total; t += gridDim.x) {
+      const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
+      const RowTile rt = find_row_tile<kBM>(g, tc.row);
       if (cw * 64 >= rt.rows) {
         // All 64 of this warpgroup's rows are past the tile's count (an expert's last tile; most
         // tiles at decode sizes): no wgmma and no epilogue, only the stage hand-back, so the
         // tensor-core work of a few-row tile halves.
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&full[s], phase);
-          release(s);
+          ptx::mbarrier_arrive(&empty[s]);
           if (++s == stages) s = 0, phase ^= 1;
         }
         continue;
@@ -260,24 +212,28 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::wgmma_commit_group();
         if (stages > 1) {  // one batch stays in flight; the stage before it is free
           ptx::wgmma_wait_group<1>();
-          if (kt > 0) release(prev);
+          if (kt > 0) ptx::mbarrier_arrive(&empty[prev]);
         } else {           // one stage: load, then compute, then load again
           ptx::wgmma_wait_group<0>();
-          release(s);
+          ptx::mbarrier_arrive(&empty[s]);
         }
         prev = s;
         if (++s == stages) s = 0, phase ^= 1;
       }
       ptx::wgmma_wait_group<0>();
-      if (stages > 1) release(prev);
+      if (stages > 1) ptx::mbarrier_arrive(&empty[prev]);
 
       // Epilogue. Accumulator 4 b + 2 h + i of a thread: row 16 w + l / 4 + 8 h, column
       // 8 b + 2 (l % 4) + i; in the up-projection column c < 128 is a gate, c + 128 its up.
-      ptx::named_barrier_sync(1 + cw, 128);  // the last tile's staged rows have been stored
+      // The warpgroup's 64 output rows are staged as panels of 64 columns (64 rows x 128 bytes,
+      // 16-byte chunk c of row r at chunk c ^ (r % 8): TMA's 128-byte swizzle, and no bank
+      // conflicts for these writes). First, the last tile's stores have finished reading them.
+      if (tid == 0) ptx::bulk_wait_group_read_all();
+      ptx::named_barrier_sync(1 + cw, 128);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const int rr = 16 * w + (l >> 2) + 8 * h;
-        unsigned char* row = my_out + rr * Shape::kOutRowBytes + (l & 3) * 4;
+        unsigned char* row = my_out + rr * 128 + (l & 3) * 4;
 #pragma unroll
         for (int b = 0; b < Shape::kOutCols / 8; ++b) {
           float v0 = acc[4 * b + 2 * h], v1 = acc[4 * b + 2 * h + 1];
@@ -285,26 +241,43 @@ __global__ void __launch_bounds__(kThreads, 1)
             v0 = activate_gated<kAct>(v0, acc[4 * (b + 16) + 2 * h]);
             v1 = activate_gated<kAct>(v1, acc[4 * (b + 16) + 2 * h + 1]);
           }
-          *reinterpret_cast<__nv_bfloat162*>(row + ((b ^ (rr & 7)) << 4)) = __floats2bfloat162_rn(v0, v1);
+          *reinterpret_cast<__nv_bfloat162*>(row + (b >> 3) * Shape::kPanelBytes + (((b & 7) ^ (rr & 7)) << 4)) =
+              __floats2bfloat162_rn(v0, v1);
         }
       }
-      ptx::named_barrier_sync(1 + cw, 128);
-      constexpr int kChunks = Shape::kOutCols / 8;  // 16-byte chunks per row
       const int j0 = tc.col * Shape::kOutCols;
+      if (cw * 64 + 64 <= rt.rows) {
+        // All 64 rows are this tile's: one thread hands the panels to TMA stores and the
+        // warpgroup goes on to its next tile while they drain (columns past N are clipped).
+        ptx::fence_proxy_async_shared();
+        ptx::named_barrier_sync(1 + cw, 128);
+        if (tid == 0) {
+#pragma unroll
+          for (int pnl = 0; pnl < Shape::kOutCols / 64; ++pnl)
+            if (j0 + pnl * 64 < g.N)
+              ptx::tma_store_2d(&map_c, j0 + pnl * 64, static_cast<int>(rt.m0 + cw * 64), my_out + pnl * Shape::kPanelBytes);
+          ptx::bulk_commit_group();
+        }
+      } else {
+        // Rows past the count belong to the next expert's tile: 16-byte stores with the row
+        // and column predicates.
+        ptx::named_barrier_sync(1 + cw, 128);
+        constexpr int kChunks = Shape::kOutCols / 8;  // 16-byte chunks per row
 #pragma unroll 4
-      for (int q = tid; q < 64 * kChunks; q += 128) {
-        const int rr = q / kChunks, c = q % kChunks;
-        const int r = cw * 64 + rr;
-        const std::int64_t j = std::int64_t(j0) + c * 8;
-        if (r < rt.rows && j < g.N) {
-          const uint4 v = *reinterpret_cast<const uint4*>(my_out + rr * Shape::kOutRowBytes + ((c ^ (rr & 7)) << 4));
-          *reinterpret_cast<uint4*>(g.C + (rt.m0 + r) * g.ldc + j) = v;
+        for (int q = tid; q < 64 * kChunks; q += 128) {
+          const int rr = q / kChunks, c = q % kChunks;
+          const int r = cw * 64 + rr;
+          const std::int64_t j = std::int64_t(j0) + c * 8;
+          if (r < rt.rows && j < g.N) {
+            const uint4 v = *reinterpret_cast<const uint4*>(my_out + (c >> 3) * Shape::kPanelBytes + rr * 128 +
+                                                            (((c & 7) ^ (rr & 7)) << 4));
+            *reinterpret_cast<uint4*>(g.C + (rt.m0 + r) * g.ldc + j) = v;
+          }
         }
       }
     }
+    if (tid == 0) ptx::bulk_wait_group_all();  // the block's last stores are done before it exits
   }
-  // No block leaves while its partner may still multicast into it or arrive on its barriers.
-  if constexpr (kPair) ptx::cluster_sync();
 #else
   if (threadIdx.x == 0 && blockIdx.x == 0)
     printf("tilemoe: grouped_ws_kernel needs sm_90a (H100/H200); this GPU runs another arch\n");
@@ -317,41 +290,21 @@ bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15
 template <bool kUp, Activation kAct>
 void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
   using Shape = WsShape<kUp>;
-  const char* cl = std::getenv("TILEMOE_WS_CLUSTER");  // "2": pairs of blocks multicasting weights (experimental)
-  const bool pair = cl && std::strcmp(cl, "2") == 0;
   const std::int64_t rows_b = kUp ? 2 * g.N : g.N;
-  const CUtensorMap map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, kUp || pair ? kBN / 2 : kBN);
+  const CUtensorMap map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, kUp ? kBN / 2 : kBN);
   const CUtensorMap map_a = kUp ? map_b : make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM);
+  // The output's TMA stores take whole 64-row blocks of a tile, all below offsets[E]. Its extent:
+  // the down-projection's y has a_rows rows; for the up-projection's act, max_tiles * kBM bounds
+  // offsets[E] (no store reaches past the real rows either way).
+  const CUtensorMap map_c = make_tensor_map_bf16(g.C, kUp ? max_tiles * kBM : a_rows, g.N, g.ldc, 64);
   const int ncol = static_cast<int>((g.N + Shape::kOutCols - 1) / Shape::kOutCols);
   const std::int64_t tiles = max_tiles * ncol;
+  const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
   stages = stages <= 0 ? ws_stages(kUp) : std::min(stages, Shape::kStages);
-  if (!pair) {
-    const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
-    auto kernel = grouped_ws_kernel<kUp, kAct, false>;
-    TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
-    kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, g, ncol, kRasterRows, stages);
-    TILEMOE_CHECK_LAUNCH();
-    return;
-  }
-  auto kernel = grouped_ws_kernel<kUp, kAct, true>;
+  auto kernel = grouped_ws_kernel<kUp, kAct>;
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = 2;
-  attr.val.clusterDim.y = 1;
-  attr.val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = Shape::kSmem;
-  cfg.stream = current_stream();
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  cfg.gridDim = dim3(static_cast<unsigned>(device_props().sm_count / 2 * 2));
-  int clusters = 0;  // pairs that fit on the GPU at once (a GPC with an odd SM count leaves one out)
-  TILEMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
-  const std::int64_t pairs = (max_tiles + 1) / 2 * ncol;
-  cfg.gridDim = dim3(static_cast<unsigned>(2 * std::max<std::int64_t>(1, std::min<std::int64_t>(clusters, pairs))));
-  TILEMOE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, map_b, map_a, g, ncol, kRasterRows, stages));
+  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages);
+  TILEMOE_CHECK_LAUNCH();
 }
 
 }  // namespace

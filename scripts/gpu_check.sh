@@ -179,7 +179,7 @@ if has profile; then
     $BUILD/bin/bench_moe_variants --configs "${PROFILE_CONFIG:-qwen3-30b-a3b@16384}" --no-sequential --variants fused,dense_cublas \
     --reps 1 --warmup 0 > "$OUT/profile.log" 2>&1
   note "profile rc=$? (${PROFILE_CONFIG:-qwen3-30b-a3b@16384})"
-  grep -E "Context [0-9]+, Stream|SM Frequency|Duration|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|L1/TEX Hit|L2 Hit Rate|hmma_cycles|srcunit_tex_op_read|Memory Throughput|Stall|Warp Cycles Per Issued|Issue Slots|No Eligible" "$OUT/profile.log" | head -${PROFILE_LINES:-150}
+  grep -E "Context [0-9]+, Stream|SM Frequency|Duration|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|L1/TEX Hit|L2 Hit Rate|hmma_cycles|srcunit_tex_op_read|Memory Throughput|Stall|stalled|Warp Cycles Per Issued|Issue Slots|No Eligible" "$OUT/profile.log" | head -${PROFILE_LINES:-150}
 fi
 (cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz *.log 2>/dev/null && rm -f cmake.log build.log tests_cpu.log bench_*.log sonic_install.log)
 echo

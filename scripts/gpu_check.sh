@@ -6,7 +6,8 @@
 # bench: BENCH_SETS="cfg[@T],cfg[@T]...@T ..." (one benchmark run per set; default BENCH_CONFIGS
 # at BENCH_TOKENS), BENCH_ARGS (more flags), BENCH_PEERS="torch scattermoe sonicmoe" (those whose
 # code travelled: scripts/peers.sh), PEER_TIMEOUT (seconds per peer script, default 400).
-# tests, sanitize: also rerun the fast-path tests under each setting of TEST_ENVS ("A=1 B=2;C=3").
+# tests, sanitize: also rerun the fast-path tests under each setting of TEST_ENVS ("A=1 B=2;C=3");
+# SANITIZE_TOOLS="" skips the full sanitizer runs (the TEST_ENVS ones still run).
 # ab: the fused layer's stage medians under each setting of AB_ENVS ("base" = none) on AB_CONFIGS,
 # an A/B of kernel variants chosen by environment variables, all in one run on one card.
 set -u
@@ -56,7 +57,7 @@ if has sanitize; then
   # memcheck, so it takes the suites whose kernels use shared memory, minus the graph replays.
   F_MEM='-GpuForward.LargeTokenCounts:GpuForward.DeepSeekV3SizedLayer:GpuForward.SequentialFp32ShapeMatrix'
   F_RACE='GpuRouter.*:GpuMetadata.*:GpuCombine.*:GpuGroupedGemm.*:GpuRounding.MatchesCpuRoundRouting:GpuForward.OneExpertTakesEveryToken'
-  for tool in memcheck racecheck synccheck; do
+  for tool in ${SANITIZE_TOOLS-memcheck racecheck synccheck}; do
     start=$SECONDS
     F=$F_MEM; [ $tool != memcheck ] && F=$F_RACE
     TILEMOE_SANITIZE=1 timeout 420 compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_brief=1 --gtest_filter="$F" \

@@ -70,7 +70,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages) {
+                      int stages, int warp_arrive) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -88,13 +88,22 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
       // Up: the TMA thread's expect_tx arrival + one arrival per producer thread after its gather.
-      ptx::mbarrier_init(&full[s], kUp ? 1 + 128 : 1);
-      ptx::mbarrier_init(&empty[s], 256);
+      ptx::mbarrier_init(&full[s], kUp ? 1 + (warp_arrive ? 4 : 128) : 1);
+      ptx::mbarrier_init(&empty[s], warp_arrive ? 8 : 256);
     }
     ptx::fence_barrier_init();
   }
   __syncthreads();
 
+  // One arrival per warp once all its lanes got there (warp_arrive), or one per thread.
+  auto arrive = [&](std::uint64_t* bar) {
+    if (warp_arrive) {
+      __syncwarp();
+      if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bar);
+    } else {
+      ptx::mbarrier_arrive(bar);
+    }
+  };
   const int nrow = g.tile_offsets[g.E];
   const std::int64_t total = std::int64_t(nrow) * ncol;
   const int ktiles = static_cast<int>((g.K + kBK - 1) / kBK);
@@ -160,7 +169,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (++issued > lag) {
             wait_own_copies(lag);
             ptx::fence_proxy_async_shared();
-            ptx::mbarrier_arrive(&full[s_arrive]);
+            arrive(&full[s_arrive]);
             if (++s_arrive == stages) s_arrive = 0;
           }
         }
@@ -171,7 +180,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       ptx::cp_async_wait_group<0>();
       ptx::fence_proxy_async_shared();
       for (int j = 0; j < lag && j < issued; ++j) {
-        ptx::mbarrier_arrive(&full[s_arrive]);
+        arrive(&full[s_arrive]);
         if (++s_arrive == stages) s_arrive = 0;
       }
     }
@@ -193,7 +202,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // tensor-core work of a few-row tile halves.
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&full[s], phase);
-          ptx::mbarrier_arrive(&empty[s]);
+          arrive(&empty[s]);
           if (++s == stages) s = 0, phase ^= 1;
         }
         continue;
@@ -212,16 +221,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::wgmma_commit_group();
         if (stages > 1) {  // one batch stays in flight; the stage before it is free
           ptx::wgmma_wait_group<1>();
-          if (kt > 0) ptx::mbarrier_arrive(&empty[prev]);
+          if (kt > 0) arrive(&empty[prev]);
         } else {           // one stage: load, then compute, then load again
           ptx::wgmma_wait_group<0>();
-          ptx::mbarrier_arrive(&empty[s]);
+          arrive(&empty[s]);
         }
         prev = s;
         if (++s == stages) s = 0, phase ^= 1;
       }
       ptx::wgmma_wait_group<0>();
-      if (stages > 1) ptx::mbarrier_arrive(&empty[prev]);
+      if (stages > 1) arrive(&empty[prev]);
 
       // Epilogue. Accumulator 4 b + 2 h + i of a thread: row 16 w + l / 4 + 8 h, column
       // 8 b + 2 (l % 4) + i; in the up-projection column c < 128 is a gate, c + 128 its up.
@@ -301,9 +310,11 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   const std::int64_t tiles = max_tiles * ncol;
   const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
   stages = stages <= 0 ? ws_stages(kUp) : std::min(stages, Shape::kStages);
+  const char* ar = std::getenv("TILEMOE_WS_ARRIVE");  // A/B: "thread" = one barrier arrival per thread
+  const int warp_arrive = ar && std::strcmp(ar, "thread") == 0 ? 0 : 1;
   auto kernel = grouped_ws_kernel<kUp, kAct>;
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
-  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages);
+  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages, warp_arrive);
   TILEMOE_CHECK_LAUNCH();
 }
 

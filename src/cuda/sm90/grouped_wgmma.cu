@@ -233,8 +233,9 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
   const std::int64_t ntiles = (g.N + cols - 1) / cols;
   check_arg(max_tiles <= 65535, "row tiles", max_tiles, "<= 65535 per grouped launch");
   const dim3 grid(static_cast<unsigned>(ntiles), static_cast<unsigned>(max_tiles));
-  const char* ep = std::getenv("TILEMOE_UP_EPILOGUE");  // "direct": A/B timing of the staged stores
-  const bool staged = fixed && g.N % 8 == 0 && g.ldc % 8 == 0 && aligned16(g.C) && !(ep && std::strcmp(ep, "direct") == 0);
+  // Staged 16-byte stores where the output rows allow them (the A/B against direct 4-byte
+  // stores: docs/hopper.md, "Session 4").
+  const bool staged = fixed && g.N % 8 == 0 && g.ldc % 8 == 0 && aligned16(g.C);
   auto kernel = !up ? grouped_wgmma_kernel<false, false, Activation::relu, false>
                 : !fixed ? grouped_wgmma_kernel<true, false, Activation::relu, false>
                 : staged

@@ -70,7 +70,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int tma_gather) {
+                      int stages, int warp_arrive) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -88,56 +88,27 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
       // Up: the TMA thread's expect_tx arrival + one arrival per producer thread after its gather.
-      ptx::mbarrier_init(&full[s], kUp && !tma_gather ? 1 + 128 : 1);
-      ptx::mbarrier_init(&empty[s], 256);
+      ptx::mbarrier_init(&full[s], kUp ? 1 + (warp_arrive ? 4 : 128) : 1);
+      ptx::mbarrier_init(&empty[s], warp_arrive ? 8 : 256);
     }
     ptx::fence_barrier_init();
   }
   __syncthreads();
 
+  // One arrival per warp once all its lanes got there (warp_arrive), or one per thread.
+  auto arrive = [&](std::uint64_t* bar) {
+    if (warp_arrive) {
+      __syncwarp();
+      if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bar);
+    } else {
+      ptx::mbarrier_arrive(bar);
+    }
+  };
   const int nrow = g.tile_offsets[g.E];
   const std::int64_t total = std::int64_t(nrow) * ncol;
   const int ktiles = static_cast<int>((g.K + kBK - 1) / kBK);
 
-  if (wg == 0 && kUp && tma_gather) {
-    // ---------------- producer, x rows by TMA (experimental) ----------------
-    // Warp 0 gathers each routed x row of the tile with a one-row TMA box (64 columns, 128-byte
-    // swizzle applied by shared-memory address); lane 0 also loads the weight tile and arrives
-    // once per stage with the stage's byte count.
-    ptx::setmaxnreg_dec<56>();
-    if (tid < 32) {
-      int s = 0;
-      std::uint32_t phase = 0;
-      for (std::int64_t t = blockIdx.x; t < total; t += gridDim.x) {
-        const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
-        const RowTile rt = find_row_tile<kBM>(g, tc.row);
-        const int e = rt.expert;
-        std::int32_t arow[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int r = tid + 32 * i;
-          const std::int64_t p = rt.m0 + r;
-          arow[i] = r >= rt.rows ? -1 : g.gather ? g.gather[p] : static_cast<std::int32_t>(p - g.offsets[e]);
-        }
-        const int j0 = tc.col * (kBN / 2);
-        for (int kt = 0; kt < ktiles; ++kt) {
-          ptx::mbarrier_wait(&empty[s], phase ^ 1);
-          const int k0 = kt * kBK;
-          if (tid == 0) {
-            ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesB + rt.rows * 128);
-            const int brow = static_cast<int>(e * 2 * g.N) + j0;
-            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow, &full[s]);
-            ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &map_b, k0, brow + static_cast<int>(g.N), &full[s]);
-          }
-          __syncwarp();
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-            if (arow[i] >= 0) ptx::tma_load_2d(smem + stage_a(s) + (tid + 32 * i) * 128, &map_a, k0, arow[i], &full[s]);
-          if (++s == stages) s = 0, phase ^= 1;
-        }
-      }
-    }
-  } else if (wg == 0) {
+  if (wg == 0) {
     // ---------------- producer ----------------
     ptx::setmaxnreg_dec<56>();
     const int lr = tid >> 3, lc = tid & 7;  // rows lr + 16 i, 16-byte chunk lc of each k tile
@@ -198,7 +169,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (++issued > lag) {
             wait_own_copies(lag);
             ptx::fence_proxy_async_shared();
-            ptx::mbarrier_arrive(&full[s_arrive]);
+            arrive(&full[s_arrive]);
             if (++s_arrive == stages) s_arrive = 0;
           }
         }
@@ -209,7 +180,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       ptx::cp_async_wait_group<0>();
       ptx::fence_proxy_async_shared();
       for (int j = 0; j < lag && j < issued; ++j) {
-        ptx::mbarrier_arrive(&full[s_arrive]);
+        arrive(&full[s_arrive]);
         if (++s_arrive == stages) s_arrive = 0;
       }
     }
@@ -231,7 +202,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // tensor-core work of a few-row tile halves.
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&full[s], phase);
-          ptx::mbarrier_arrive(&empty[s]);
+          arrive(&empty[s]);
           if (++s == stages) s = 0, phase ^= 1;
         }
         continue;
@@ -250,16 +221,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::wgmma_commit_group();
         if (stages > 1) {  // one batch stays in flight; the stage before it is free
           ptx::wgmma_wait_group<1>();
-          if (kt > 0) ptx::mbarrier_arrive(&empty[prev]);
+          if (kt > 0) arrive(&empty[prev]);
         } else {           // one stage: load, then compute, then load again
           ptx::wgmma_wait_group<0>();
-          ptx::mbarrier_arrive(&empty[s]);
+          arrive(&empty[s]);
         }
         prev = s;
         if (++s == stages) s = 0, phase ^= 1;
       }
       ptx::wgmma_wait_group<0>();
-      if (stages > 1) ptx::mbarrier_arrive(&empty[prev]);
+      if (stages > 1) arrive(&empty[prev]);
 
       // Epilogue. Accumulator 4 b + 2 h + i of a thread: row 16 w + l / 4 + 8 h, column
       // 8 b + 2 (l % 4) + i; in the up-projection column c < 128 is a gate, c + 128 its up.
@@ -330,11 +301,7 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   using Shape = WsShape<kUp>;
   const std::int64_t rows_b = kUp ? 2 * g.N : g.N;
   const CUtensorMap map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, kUp ? kBN / 2 : kBN);
-  const char* ga = std::getenv("TILEMOE_WS_GATHER");  // "tma": x rows by one-row TMA boxes (experimental)
-  const int tma_gather = kUp && ga && std::strcmp(ga, "tma") == 0 ? 1 : 0;
-  const CUtensorMap map_a = !kUp ? make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM)
-                            : tma_gather ? make_tensor_map_bf16(g.A, (std::int64_t(1) << 31) - 1, g.K, g.lda, 1)
-                                         : map_b;
+  const CUtensorMap map_a = kUp ? map_b : make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM);
   // The output's TMA stores take whole 64-row blocks of a tile, all below offsets[E]. Its extent:
   // the down-projection's y has a_rows rows; for the up-projection's act, max_tiles * kBM bounds
   // offsets[E] (no store reaches past the real rows either way).
@@ -343,9 +310,11 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   const std::int64_t tiles = max_tiles * ncol;
   const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
   stages = stages <= 0 ? ws_stages(kUp) : std::min(stages, Shape::kStages);
+  const char* ar = std::getenv("TILEMOE_WS_ARRIVE");  // A/B: "thread" = one barrier arrival per thread
+  const int warp_arrive = ar && std::strcmp(ar, "thread") == 0 ? 0 : 1;
   auto kernel = grouped_ws_kernel<kUp, kAct>;
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
-  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages, tma_gather);
+  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages, warp_arrive);
   TILEMOE_CHECK_LAUNCH();
 }
 

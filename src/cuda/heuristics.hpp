@@ -31,8 +31,12 @@ inline bool prefer_wgmma(bool up, bool gated_fixed, std::int64_t K) { return up 
 constexpr int kRasterRows = 16;
 
 // Pipeline stages of the fused kernels (sm90/grouped_ws.cu): as many as shared memory holds
-// next to the staged output tile (48 KiB each: 4 for the up-projection, 3 for the down).
-inline int ws_stages(bool up) { return up ? 4 : 3; }
+// next to the staged output (48 KiB each, 4; the down-projection had 3 while it staged all 256
+// output columns at once).
+inline int ws_stages(bool up) {
+  (void)up;
+  return 4;
+}
 
 // The fused path's gated up-projection keeps the wgmma kernel, whose 256 threads all gather
 // with cp.async, unless a pipeline depth is asked for: there the warp-specialized kernel's 128

@@ -50,17 +50,21 @@ constexpr int kTileBytesA = kBM * kBK * 2, kTileBytesB = kBN * kBK * 2;
 
 template <bool kUp>
 struct WsShape {
-  static constexpr int kStages = kUp ? 4 : 3;  // at most (the down tile's staged output is twice as large)
+  static constexpr int kStages = 4;  // at most
   static constexpr int kOutCols = kUp ? kBN / 2 : kBN;  // output columns of a tile
-  static constexpr int kOutRowBytes = kOutCols * 2;
+  // The epilogue stages 128 columns at a time (the down-projection's 256 in two rounds), so the
+  // staged output takes 32 KiB and four 48 KiB stages fit.
+  static constexpr int kRoundCols = 128;
+  static constexpr int kRounds = kOutCols / kRoundCols;
   static constexpr int kPanelBytes = 64 * 128;  // a staged output panel: 64 rows x 64 columns, a TMA store's box
   static constexpr int kStageBytes = kTileBytesA + kTileBytesB;  // 48 KiB, a multiple of 1024
-  static constexpr int kOutBytes = kBM * kOutRowBytes;
+  static constexpr int kOutBytes = kBM * kRoundCols * 2;
   static constexpr int kSmem = 1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8;
 };
 template <bool kUp>
-constexpr bool panels_fill_output() {  // two warpgroups' rows x the tile's 64-column panels
-  return WsShape<kUp>::kOutBytes == 2 * (WsShape<kUp>::kOutCols / 64) * WsShape<kUp>::kPanelBytes;
+constexpr bool panels_fill_output() {  // two warpgroups' rows x a round's 64-column panels
+  return WsShape<kUp>::kOutBytes == 2 * (WsShape<kUp>::kRoundCols / 64) * WsShape<kUp>::kPanelBytes &&
+         WsShape<kUp>::kRounds * WsShape<kUp>::kRoundCols == WsShape<kUp>::kOutCols;
 }
 static_assert(panels_fill_output<true>() && panels_fill_output<false>(), "the staged output is whole panels");
 static_assert(WsShape<true>::kSmem <= 232448 && WsShape<false>::kSmem <= 232448, "over the sm_90 shared memory");
@@ -189,7 +193,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     ptx::setmaxnreg_inc<224>();
     const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the tile
     const int w = tid >> 5, l = tid & 31;
-    unsigned char* my_out = out_stage + cw * 64 * Shape::kOutRowBytes;
+    unsigned char* my_out = out_stage + cw * 64 * Shape::kRoundCols * 2;
     int s = 0, prev = 0;
     std::uint32_t phase = 0;
     float acc[kBN / 2];
@@ -234,53 +238,60 @@ __global__ void __launch_bounds__(kThreads, 1)
 
       // Epilogue. Accumulator 4 b + 2 h + i of a thread: row 16 w + l / 4 + 8 h, column
       // 8 b + 2 (l % 4) + i; in the up-projection column c < 128 is a gate, c + 128 its up.
-      // The warpgroup's 64 output rows are staged as panels of 64 columns (64 rows x 128 bytes,
-      // 16-byte chunk c of row r at chunk c ^ (r % 8): TMA's 128-byte swizzle, and no bank
-      // conflicts for these writes). First, the last tile's stores have finished reading them.
-      if (tid == 0) ptx::bulk_wait_group_read_all();
-      ptx::named_barrier_sync(1 + cw, 128);
+      // The warpgroup's 64 output rows are staged 128 columns per round as panels of 64 columns
+      // (64 rows x 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8): TMA's 128-byte
+      // swizzle, and no bank conflicts for these writes).
+      const bool whole = cw * 64 + 64 <= rt.rows;  // all 64 rows are this tile's
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int rr = 16 * w + (l >> 2) + 8 * h;
-        unsigned char* row = my_out + rr * 128 + (l & 3) * 4;
+      for (int round = 0; round < Shape::kRounds; ++round) {
+        // The stores issued from the staged panels (last round or last tile) have read them.
+        if (tid == 0) ptx::bulk_wait_group_read_all();
+        ptx::named_barrier_sync(1 + cw, 128);
 #pragma unroll
-        for (int b = 0; b < Shape::kOutCols / 8; ++b) {
-          float v0 = acc[4 * b + 2 * h], v1 = acc[4 * b + 2 * h + 1];
-          if constexpr (kUp) {
-            v0 = activate_gated<kAct>(v0, acc[4 * (b + 16) + 2 * h]);
-            v1 = activate_gated<kAct>(v1, acc[4 * (b + 16) + 2 * h + 1]);
+        for (int h = 0; h < 2; ++h) {
+          const int rr = 16 * w + (l >> 2) + 8 * h;
+          unsigned char* row = my_out + rr * 128 + (l & 3) * 4;
+#pragma unroll
+          for (int bb = 0; bb < Shape::kRoundCols / 8; ++bb) {
+            const int b = round * (Shape::kRoundCols / 8) + bb;
+            float v0 = acc[4 * b + 2 * h], v1 = acc[4 * b + 2 * h + 1];
+            if constexpr (kUp) {
+              v0 = activate_gated<kAct>(v0, acc[4 * (b + 16) + 2 * h]);
+              v1 = activate_gated<kAct>(v1, acc[4 * (b + 16) + 2 * h + 1]);
+            }
+            *reinterpret_cast<__nv_bfloat162*>(row + (bb >> 3) * Shape::kPanelBytes + (((bb & 7) ^ (rr & 7)) << 4)) =
+                __floats2bfloat162_rn(v0, v1);
           }
-          *reinterpret_cast<__nv_bfloat162*>(row + (b >> 3) * Shape::kPanelBytes + (((b & 7) ^ (rr & 7)) << 4)) =
-              __floats2bfloat162_rn(v0, v1);
         }
-      }
-      const int j0 = tc.col * Shape::kOutCols;
-      if (cw * 64 + 64 <= rt.rows) {
-        // All 64 rows are this tile's: one thread hands the panels to TMA stores and the
-        // warpgroup goes on to its next tile while they drain (columns past N are clipped).
-        ptx::fence_proxy_async_shared();
-        ptx::named_barrier_sync(1 + cw, 128);
-        if (tid == 0) {
+        const int j0 = tc.col * Shape::kOutCols + round * Shape::kRoundCols;
+        if (whole) {
+          // One thread hands the panels to TMA stores, and the warpgroup goes on (to the next
+          // round, or its next tile) while they drain; columns past N are clipped.
+          ptx::fence_proxy_async_shared();
+          ptx::named_barrier_sync(1 + cw, 128);
+          if (tid == 0) {
 #pragma unroll
-          for (int pnl = 0; pnl < Shape::kOutCols / 64; ++pnl)
-            if (j0 + pnl * 64 < g.N)
-              ptx::tma_store_2d(&map_c, j0 + pnl * 64, static_cast<int>(rt.m0 + cw * 64), my_out + pnl * Shape::kPanelBytes);
-          ptx::bulk_commit_group();
-        }
-      } else {
-        // Rows past the count belong to the next expert's tile: 16-byte stores with the row
-        // and column predicates.
-        ptx::named_barrier_sync(1 + cw, 128);
-        constexpr int kChunks = Shape::kOutCols / 8;  // 16-byte chunks per row
+            for (int pnl = 0; pnl < Shape::kRoundCols / 64; ++pnl)
+              if (j0 + pnl * 64 < g.N)
+                ptx::tma_store_2d(&map_c, j0 + pnl * 64, static_cast<int>(rt.m0 + cw * 64),
+                                  my_out + pnl * Shape::kPanelBytes);
+            ptx::bulk_commit_group();
+          }
+        } else {
+          // Rows past the count belong to the next expert's tile: 16-byte stores with the row
+          // and column predicates.
+          ptx::named_barrier_sync(1 + cw, 128);
+          constexpr int kChunks = Shape::kRoundCols / 8;  // 16-byte chunks per row
 #pragma unroll 4
-        for (int q = tid; q < 64 * kChunks; q += 128) {
-          const int rr = q / kChunks, c = q % kChunks;
-          const int r = cw * 64 + rr;
-          const std::int64_t j = std::int64_t(j0) + c * 8;
-          if (r < rt.rows && j < g.N) {
-            const uint4 v = *reinterpret_cast<const uint4*>(my_out + (c >> 3) * Shape::kPanelBytes + rr * 128 +
-                                                            (((c & 7) ^ (rr & 7)) << 4));
-            *reinterpret_cast<uint4*>(g.C + (rt.m0 + r) * g.ldc + j) = v;
+          for (int q = tid; q < 64 * kChunks; q += 128) {
+            const int rr = q / kChunks, c = q % kChunks;
+            const int r = cw * 64 + rr;
+            const std::int64_t j = std::int64_t(j0) + c * 8;
+            if (r < rt.rows && j < g.N) {
+              const uint4 v = *reinterpret_cast<const uint4*>(my_out + (c >> 3) * Shape::kPanelBytes + rr * 128 +
+                                                              (((c & 7) ^ (rr & 7)) << 4));
+              *reinterpret_cast<uint4*>(g.C + (rt.m0 + r) * g.ldc + j) = v;
+            }
           }
         }
       }
@@ -309,7 +320,9 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   const int ncol = static_cast<int>((g.N + Shape::kOutCols - 1) / Shape::kOutCols);
   const std::int64_t tiles = max_tiles * ncol;
   const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
-  stages = stages <= 0 ? ws_stages(kUp) : std::min(stages, Shape::kStages);
+  const char* st = std::getenv("TILEMOE_WS_STAGES");  // A/B of the default depth (experimental)
+  stages = stages <= 0 ? (st ? std::atoi(st) : ws_stages(kUp)) : stages;
+  stages = std::clamp(stages, 1, Shape::kStages);
   const char* ar = std::getenv("TILEMOE_WS_ARRIVE");  // A/B: "thread" = one barrier arrival per thread
   const int warp_arrive = ar && std::strcmp(ar, "thread") == 0 ? 0 : 1;
   auto kernel = grouped_ws_kernel<kUp, kAct>;

@@ -5,7 +5,7 @@
 //   fused             the Hopper path: persistent warp-specialized kernels, TMA loads overlapped
 //                     with wgmma (ForwardOptions::algorithm = fused)
 //   fused_1stage      the warp-specialized kernels with one pipeline stage: load, then compute
-//   fused_4stage      the same with four stages (3 in the down-projection): the IO overlap
+//   fused_4stage      the same with four stages: the IO overlap
 //   fused+rounding    fused after token rounding
 //   fused_graph       fused, captured once in a CUDA graph and replayed (no host launch work)
 //   dense_cublas      a cuBLAS GEMM pair with the same FLOPs ([T*K, d] x [d, 2n], [T*K, n] x [n, d],

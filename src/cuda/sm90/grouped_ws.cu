@@ -15,15 +15,17 @@
 //   the routed x rows with cp.async (Hopper's TMA has no gather), so the gathered copy of x
 //   never exists in global memory. Each thread waits for its own copies two stages behind,
 //   fences them for the async proxy (cp.async writes -> wgmma reads, fenced by the writing
-//   thread once they have landed: the conservative reading of the proxy rules), then arrives
-//   on the stage. Arriving through cp.async.mbarrier.arrive instead, without waiting, measured
+//   thread once they have landed: the conservative reading of the proxy rules), then its warp
+//   arrives on the stage (lane 0, after __syncwarp). Arriving through cp.async.mbarrier.arrive instead, without waiting, measured
 //   no faster (docs/gpu.md, run 17).
 // - Consumers: per k tile, wait for the stage, 4 wgmma m64n256k16 from shared-memory
-//   descriptors, keep one batch in flight and release the previous stage on its "empty" barrier.
-// - Epilogue: activation in registers, bf16 tile staged in shared memory as 64-column panels in
-//   TMA's 128-byte swizzle (conflict-free writes), then, where all 64 rows of a warpgroup are
-//   the tile's, TMA stores issued by one thread: the warpgroup starts its next tile while they
-//   drain, and waits for them only before it stages the tile after. A warpgroup with rows past
+//   descriptors, keep one batch in flight and release the previous stage on its "empty" barrier
+//   (one arrival per warp). 4 stages of 48 KiB.
+// - Epilogue: activation in registers, bf16 outputs staged in shared memory 128 columns at a
+//   time (the down-projection's 256 in two rounds, so the staging takes 32 KiB) as 64-column
+//   panels in TMA's 128-byte swizzle (conflict-free writes), then, where all 64 rows of a
+//   warpgroup are the tile's, TMA stores issued by one thread: the warpgroup goes on (next round,
+//   next tile) while they drain, and waits for them only before it stages again. A warpgroup with rows past
 //   an expert's count (they belong to the next expert's tile) stores 16-byte chunks itself, with
 //   the row and column predicates.
 // The launcher takes it where it applies (H100/H200, K, N, strides multiples of 8, 16-byte
@@ -74,7 +76,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int warp_arrive) {
+                      int stages) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -91,23 +93,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int wg = threadIdx.x >> 7, tid = threadIdx.x & 127;
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
-      // Up: the TMA thread's expect_tx arrival + one arrival per producer thread after its gather.
-      ptx::mbarrier_init(&full[s], kUp ? 1 + (warp_arrive ? 4 : 128) : 1);
-      ptx::mbarrier_init(&empty[s], warp_arrive ? 8 : 256);
+      // Up: the TMA thread's expect_tx arrival + one per producer warp after its gather; one
+      // arrival per consumer warp frees a stage.
+      ptx::mbarrier_init(&full[s], kUp ? 1 + 4 : 1);
+      ptx::mbarrier_init(&empty[s], 8);
     }
     ptx::fence_barrier_init();
   }
   __syncthreads();
 
-  // One arrival per warp once all its lanes got there (warp_arrive), or one per thread.
+  // One arrival per warp, once all its lanes got there (__syncwarp orders their copies, each
+  // fenced for the async proxy, or their wgmma reads before lane 0's release). Per thread measured
+  // the same (H100, session 4).
   auto arrive = [&](std::uint64_t* bar) {
-    if (warp_arrive) {
-      __syncwarp();
-      if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bar);
-    } else {
-      ptx::mbarrier_arrive(bar);
-    }
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bar);
   };
+
   const int nrow = g.tile_offsets[g.E];
   const std::int64_t total = std::int64_t(nrow) * ncol;
   const int ktiles = static_cast<int>((g.K + kBK - 1) / kBK);
@@ -320,14 +322,10 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   const int ncol = static_cast<int>((g.N + Shape::kOutCols - 1) / Shape::kOutCols);
   const std::int64_t tiles = max_tiles * ncol;
   const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
-  const char* st = std::getenv("TILEMOE_WS_STAGES");  // A/B of the default depth (experimental)
-  stages = stages <= 0 ? (st ? std::atoi(st) : ws_stages(kUp)) : stages;
-  stages = std::clamp(stages, 1, Shape::kStages);
-  const char* ar = std::getenv("TILEMOE_WS_ARRIVE");  // A/B: "thread" = one barrier arrival per thread
-  const int warp_arrive = ar && std::strcmp(ar, "thread") == 0 ? 0 : 1;
+  stages = std::clamp(stages <= 0 ? ws_stages(kUp) : stages, 1, Shape::kStages);
   auto kernel = grouped_ws_kernel<kUp, kAct>;
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
-  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages, warp_arrive);
+  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages);
   TILEMOE_CHECK_LAUNCH();
 }
 

@@ -257,8 +257,6 @@ std::string grouped_up(const std::uint16_t* x, std::int64_t d, const std::uint16
   g.E = E;
   g.C = reinterpret_cast<__nv_bfloat16*>(a_out);
   g.ldc = lda_act;
-  const char* pf = std::getenv("TILEMOE_X_PREFETCH");  // A/B: "0" = no L2 prefetch of gathered rows
-  g.prefetch_a = gather != nullptr && !(pf && std::strcmp(pf, "0") == 0);
   return launch<true>(g, max_tiles, 0, path);
 }
 

@@ -25,7 +25,6 @@ struct GemmArgs {
   int E;
   __nv_bfloat16* C;
   std::int64_t ldc;
-  bool prefetch_a;                // Hopper kernels: bring a tile's gathered A rows into L2 up front
 };
 
 // A block's row tile: global tile index -> its expert, first sorted position and row count, by

@@ -51,12 +51,6 @@ __device__ __forceinline__ void bulk_wait_group_read_all() { cuda::ptx::cp_async
 // The issuing thread's bulk groups are complete (their global writes performed).
 __device__ __forceinline__ void bulk_wait_group_all() { cuda::ptx::cp_async_bulk_wait_group(cuda::ptx::n32_t<0>{}); }
 
-// Asks for `bytes` (a multiple of 16) at the 16-byte aligned global address p to be brought
-// into L2, without waiting: a later load of them then comes from L2 instead of DRAM.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* p, std::uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-}
-
 // Register reallocation between warpgroups (sm_90a; the kernel needs __launch_bounds__(n, 1)).
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_dec() {

@@ -74,13 +74,6 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
     }
     a_src[i] = g.A + arow * g.lda;
   }
-  // The gathered rows are scattered over x: ask for each whole row (K elements) in L2 now, so
-  // the k tiles after the first find them there instead of in DRAM.
-  if (g.prefetch_a && lc == 0) {
-#pragma unroll
-    for (int i = 0; i < kAPasses; ++i)
-      if ((a_ok >> i) & 1u) ptx::prefetch_l2_bulk(a_src[i], static_cast<std::uint32_t>(g.K * 2));
-  }
   const __nv_bfloat16* Be = g.B + std::int64_t(e) * g.b_expert_stride;
 #pragma unroll
   for (int i = 0; i < kBPasses; ++i) {

@@ -141,13 +141,6 @@ __global__ void __launch_bounds__(kThreads, 1)
           const std::int64_t p = rt.m0 + r;
           arow[i] = r >= rt.rows ? -1 : g.gather ? g.gather[p] : static_cast<std::int32_t>(p - g.offsets[e]);
         }
-        // The tile's gathered x rows, whole, into L2 now (the k tiles after the first then
-        // come from L2, not DRAM).
-        if (g.prefetch_a && lc == 0) {
-#pragma unroll
-          for (int i = 0; i < 8; ++i)
-            if (arow[i] >= 0) ptx::prefetch_l2_bulk(g.A + std::int64_t(arow[i]) * g.lda, static_cast<std::uint32_t>(g.K * 2));
-        }
       }
       const int j0 = kUp ? tc.col * (kBN / 2) : tc.col * kBN;
       for (int kt = 0; kt < ktiles; ++kt) {

@@ -2,7 +2,7 @@
 // loads tiles (TMA for the weights, cp.async gathers of the token rows) into a ring of shared-
 // memory stages while two consumer warpgroups run wgmma on the stages already loaded. With one
 // stage there is nothing to overlap: each k tile is loaded, then computed, and the tensor cores
-// wait for every load. With four (three in the down-projection) the loads of later k tiles (and
+// wait for every load. With four the loads of later k tiles (and
 // of the next tile, the producer runs ahead of the epilogue) hide behind the math.
 // This program times the same kernels on the same layer both ways, per projection and for the
 // whole layer, and checks that both compute the same output.

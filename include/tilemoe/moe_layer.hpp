@@ -50,8 +50,8 @@ struct ForwardOptions {
   Algorithm algorithm = Algorithm::grouped;
   std::optional<RoundingOptions> rounding;  // tile-aware token rounding when set
   int num_threads = 0;                      // CPU: 0 = all hardware threads
-  // fused: shared-memory stages of the load pipeline, 0 = the heuristic's (4 up, 3 down),
-  // 1 = no overlap (load a tile, then compute it), at most 4 (3 for the down-projection).
+  // fused: shared-memory stages of the load pipeline, 0 = the heuristic's (4), 1 = no overlap
+  // (load a tile, then compute it), at most 4.
   int pipeline_stages = 0;
   // Time each stage into ForwardTrace::stages (GPU: events, one synchronization at the end).
   bool time_stages = false;

@@ -82,7 +82,7 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles);
 // gathered rows by producer warps, wgmma consumers, staged 16-byte stores. ws_refusal says why
 // they cannot take a projection ("" when they can); launch_grouped_ws requires that they can.
 // a_rows: rows allocated in A (the down-projection reads A by TMA, which needs its extent);
-// stages: shared-memory pipeline stages, 0 = ws_stages(up), 1 = no overlap (load, then compute).
+// stages: shared-memory pipeline stages, 0 = ws_stages(), 1 = no overlap (load, then compute).
 std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows);
 void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages);
 

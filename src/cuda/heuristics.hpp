@@ -34,10 +34,7 @@ constexpr int kRasterRows = 16;
 // next to the staged output (48 KiB each, 4). The down-projection had 3 while it staged all 256
 // output columns at once; the fourth took sonic-7b's down-projection from 0.349 to 0.316 ms and
 // left the larger layers within 2% (H100, session 4, docs/hopper.md).
-inline int ws_stages(bool up) {
-  (void)up;
-  return 4;
-}
+inline int ws_stages() { return 4; }
 
 // The fused path's gated up-projection keeps the wgmma kernel, whose 256 threads all gather
 // with cp.async, unless a pipeline depth is asked for: there the warp-specialized kernel's 128

@@ -13,6 +13,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 
 #include "../context.cuh"
 #include "../activation.cuh"
@@ -236,15 +237,16 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
   // Staged 16-byte stores where the output rows allow them (the A/B against direct 4-byte
   // stores: docs/hopper.md, "Session 4").
   const bool staged = fixed && g.N % 8 == 0 && g.ldc % 8 == 0 && aligned16(g.C);
-  auto kernel = !up ? grouped_wgmma_kernel<false, false, Activation::relu, false>
+  auto gated_kernel = [&](auto stage_tag) {  // the instantiation of g.act, staged or not
+    constexpr bool kS = decltype(stage_tag)::value;
+    return g.act == Activation::swiglu  ? grouped_wgmma_kernel<true, true, Activation::swiglu, kS>
+           : g.act == Activation::geglu ? grouped_wgmma_kernel<true, true, Activation::geglu, kS>
+                                        : grouped_wgmma_kernel<true, true, Activation::clamped_swiglu, kS>;
+  };
+  auto kernel = !up      ? grouped_wgmma_kernel<false, false, Activation::relu, false>
                 : !fixed ? grouped_wgmma_kernel<true, false, Activation::relu, false>
-                : staged
-                    ? (g.act == Activation::swiglu  ? grouped_wgmma_kernel<true, true, Activation::swiglu, true>
-                       : g.act == Activation::geglu ? grouped_wgmma_kernel<true, true, Activation::geglu, true>
-                                                    : grouped_wgmma_kernel<true, true, Activation::clamped_swiglu, true>)
-                    : (g.act == Activation::swiglu  ? grouped_wgmma_kernel<true, true, Activation::swiglu, false>
-                       : g.act == Activation::geglu ? grouped_wgmma_kernel<true, true, Activation::geglu, false>
-                                                    : grouped_wgmma_kernel<true, true, Activation::clamped_swiglu, false>);
+                : staged ? gated_kernel(std::true_type{})
+                         : gated_kernel(std::false_type{});
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   kernel<<<grid, kThreads, kSmemBytes, current_stream()>>>(g);
   TILEMOE_CHECK_LAUNCH();

@@ -322,7 +322,7 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   const int ncol = static_cast<int>((g.N + Shape::kOutCols - 1) / Shape::kOutCols);
   const std::int64_t tiles = max_tiles * ncol;
   const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
-  stages = std::clamp(stages <= 0 ? ws_stages(kUp) : stages, 1, Shape::kStages);
+  stages = std::clamp(stages <= 0 ? ws_stages() : stages, 1, Shape::kStages);
   auto kernel = grouped_ws_kernel<kUp, kAct>;
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
   kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages);

@@ -9,7 +9,8 @@
 # tests, sanitize: also rerun the fast-path tests under each setting of TEST_ENVS ("A=1 B=2;C=3");
 # SANITIZE_TOOLS="" skips the full sanitizer runs (the TEST_ENVS ones still run).
 # ab: the fused layer's stage medians under each setting of AB_ENVS ("base" = none) on AB_CONFIGS,
-# an A/B of kernel variants chosen by environment variables, all in one run on one card.
+# an A/B of kernel variants chosen by environment variables, all in one run on one card
+# (AB_VARIANTS: the benchmark's variants, default fused,dense_cublas).
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -161,9 +162,9 @@ if has ab; then
     start=$SECONDS
     ev=$e; [ "$e" = base ] && ev=
     env $ev timeout 300 $B --configs "${AB_CONFIGS:-sonic-7b@24576,qwen3-30b-a3b@16384,mixtral-8x7b@4096}" --no-sequential \
-      --variants fused,dense_cublas > "$OUT/ab.log" 2>&1
+      --variants "${AB_VARIANTS:-fused,dense_cublas}" > "$OUT/ab.log" 2>&1
     note "ab [$e] rc=$? ($((SECONDS - start)) s)"
-    grep -E "^  fused:|up_projection|T=.*(fused|dense_cublas) " "$OUT/ab.log" | grep -v "^  fused:" | sed 's/^ */  /'
+    grep -E "^  fused:|up_projection|T=.*(fused|fused_graph|dense_cublas) " "$OUT/ab.log" | grep -v "^  fused:" | sed 's/^ */  /'
     { echo "=== $e"; cat "$OUT/ab.log"; } >> "$OUT/ab_all.log"
   done
   rm -f "$OUT/ab.log"

@@ -209,8 +209,11 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
   if (path.fused) {
     refusal = ws_refusal(g, kUp, a_rows);
     if (refusal.empty()) {
-      const char* env = std::getenv("TILEMOE_GROUPED_KERNEL");
-      if (!kUp || fused_up_on_ws(path.stages, env && std::strcmp(env, "ws") == 0)) {
+      const char* env = std::getenv("TILEMOE_GROUPED_KERNEL");  // ws | wgmma: A/B comparisons, tests
+      const bool up_ws = env && std::strcmp(env, "ws") == 0      ? true
+                         : env && std::strcmp(env, "wgmma") == 0 ? false
+                                                                 : fused_up_on_ws(path.stages, max_tiles, g.E);
+      if (!kUp || up_ws) {
         launch_grouped_ws(g, kUp, max_tiles, a_rows, path.stages);
         return {};
       }

@@ -45,6 +45,23 @@ __device__ __forceinline__ RowTile find_row_tile(const GemmArgs& g, int tile) {
   return {lo, m0, static_cast<int>(min(std::int64_t(kBM), g.offsets[lo + 1] - m0))};
 }
 
+// The same by a whole warp (all 32 lanes, converged): each lane compares a strided slice of
+// tile_offsets[1 .. E-1] with the tile, one ballot counts the experts whose first tile is <= tile.
+// Independent loads instead of log2(E) dependent ones: one memory latency, then one for offsets.
+// The sm90 kernels' tiles start sooner (H100 run 42, against the binary search: Qwen3-30B-A3B
+// T 16384 up-projection 1.784 -> 1.672 ms, down 0.718 -> 0.687; sonic-7b down 0.323 -> 0.314).
+template <int kBM>
+__device__ __forceinline__ RowTile find_row_tile_warp(const GemmArgs& g, int tile) {
+  const int lane = threadIdx.x & 31;
+  int e = 0;
+#pragma unroll 4
+  for (int i0 = 1; i0 < g.E; i0 += 32) {
+    const int i = i0 + lane;
+    e += __popc(__ballot_sync(0xffffffffu, i < g.E && g.tile_offsets[i] <= tile));
+  }
+  const std::int64_t m0 = g.offsets[e] + std::int64_t(tile - g.tile_offsets[e]) * kBM;
+  return {e, m0, static_cast<int>(min(std::int64_t(kBM), g.offsets[e + 1] - m0))};
+}
 // Output tile t of a grouped launch -> (row tile, column tile), rasterized in groups of
 // group_rows row tiles: consecutive tiles walk down a group's rows, then its next column, so
 // the blocks running together share a few weight panels and a few row panels (which stay in

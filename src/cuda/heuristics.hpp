@@ -36,13 +36,19 @@ constexpr int kRasterRows = 16;
 // left the larger layers within 2% (H100, session 4, docs/hopper.md).
 inline int ws_stages() { return 4; }
 
-// The fused path's gated up-projection keeps the wgmma kernel, whose 256 threads all gather
-// with cp.async, unless a pipeline depth is asked for: there the warp-specialized kernel's 128
-// gathering producer threads (two stages ahead) ran behind it on an H200 (run 19: Mixtral 505
-// vs 605 TFLOP/s, DeepSeek-V3 433 vs 553, sonic-7b and Qwen3 even). The down-projection, all TMA,
-// is faster warp-specialized everywhere (sonic-7b 383 vs 214 TFLOP/s, Mixtral 682 vs 598).
-// TILEMOE_GROUPED_KERNEL=ws puts the up-projection on the warp-specialized kernel too.
-inline bool fused_up_on_ws(int stages, bool forced) { return forced || stages > 0; }
+// The fused path's gated up-projection: on large layers it keeps the wgmma kernel, whose 256
+// threads all gather with cp.async (grouped_wgmma.cu); the warp-specialized kernel's 128
+// gathering producer threads ran behind it there (H100 run 39, up-projection ms, wgmma vs ws:
+// Qwen3-30B-A3B T 16384 1.570 vs 1.756, Mixtral T 4096 3.79 vs 4.33, sonic-7b even). With about
+// one row tile per expert or less (max_tiles <= 2 E: T K / E up to ~128 rows), where the kernel
+// streams weights, the warp-specialized kernel's TMA weight loads win (H100 run 40: Qwen3 T 64
+// 0.346 -> 0.305, OLMoE T 64 0.238 -> 0.212, DeepSeek-V3 T 64 4.52 -> 4.19). A pipeline depth
+// asked for (stages > 0) also takes it. TILEMOE_GROUPED_KERNEL=ws|wgmma forces either (A/B).
+// The down-projection, all TMA, is faster warp-specialized everywhere (sonic-7b 383 vs 214
+// TFLOP/s, Mixtral 682 vs 598).
+inline bool fused_up_on_ws(int stages, std::int64_t max_tiles, int E) {
+  return stages > 0 || max_tiles <= 2 * std::int64_t(E);
+}
 
 // Tokens up to which bf16 router logits come from one CUDA-core kernel (a block per 8 tokens and
 // expert, fp32 dot products) instead of a weight split and a tensor-core GEMM: at decode sizes

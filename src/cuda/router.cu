@@ -82,42 +82,76 @@ __device__ __forceinline__ float logit(const float* l, int E, int parts, int e) 
   return parts == 1 ? l[e] : (l[e] + l[E + e]) + l[2 * E + e];
 }
 
-// Decode-size logits (up to router_small_tokens(), heuristics.hpp): a block per (kSmallTok tokens, expert) reads
-// the expert's fp32 router row once, every thread a strided slice of d for all the block's
-// tokens, then a fixed-order reduction (warp shuffles, then the 8 warps in order). One launch
-// and no split of the weights; x rows come from L2.
-constexpr int kSmallTok = 8, kSmallThreads = 256;
+// Decode-size logits (up to router_small_tokens(), heuristics.hpp): a block of 256 threads per
+// (8 tokens, 8 experts). Its threads stride d together in granules of kV elements (kV = 4: 8-byte
+// x and 16-byte w loads, where d and the pointers allow; else 1), each holding the 8 x 8 partial
+// dot products in registers, so every x and w element is loaded once per block. Then a fixed-order
+// reduction: warp shuffles, then the 8 warps in order (deterministic). One launch, no split of
+// the weights. It replaced a block per (8 tokens, expert) with scalar loads, which reread x per
+// expert: the router_logits stage (kernel plus the host's launch gap) on DeepSeek-V3 at T 64
+// went from 0.074-0.080 ms (H100 run 40) to 0.031-0.040 (runs 41, 42; docs/gpu.md).
+constexpr int kSmallTok = 8, kSmallExp = 8, kSmallThreads = 256;
+template <int kV>
 __global__ void __launch_bounds__(kSmallThreads) logits_small_kernel(const __nv_bfloat16* __restrict__ x,
                                                                    const float* __restrict__ w, std::int64_t T,
                                                                    std::int64_t d, int E, float* __restrict__ logits) {
-  __shared__ float red[kSmallThreads / 32][kSmallTok];
-  const int e = blockIdx.y;
+  __shared__ float red[kSmallThreads / 32][kSmallTok * kSmallExp];
   const std::int64_t t0 = std::int64_t(blockIdx.x) * kSmallTok;
+  const int e0 = blockIdx.y * kSmallExp;
   const int nt = static_cast<int>(T - t0 < kSmallTok ? T - t0 : kSmallTok);
-  const float* we = w + std::int64_t(e) * d;
-  const __nv_bfloat16* xt = x + t0 * d;
-  float acc[kSmallTok];
+  const int ne = E - e0 < kSmallExp ? E - e0 : kSmallExp;
+  float acc[kSmallTok][kSmallExp];
 #pragma unroll
-  for (int i = 0; i < kSmallTok; ++i) acc[i] = 0.0f;
-#pragma unroll 4
-  for (std::int64_t k = threadIdx.x; k < d; k += kSmallThreads) {
-    const float wv = we[k];
+  for (int i = 0; i < kSmallTok; ++i)
 #pragma unroll
-    for (int i = 0; i < kSmallTok; ++i)
-      if (i < nt) acc[i] = fmaf(__bfloat162float(xt[i * d + k]), wv, acc[i]);
+    for (int j = 0; j < kSmallExp; ++j) acc[i][j] = 0.0f;
+  for (std::int64_t k = std::int64_t(threadIdx.x) * kV; k < d; k += kSmallThreads * kV) {
+    float xv[kSmallTok][kV];
+#pragma unroll
+    for (int i = 0; i < kSmallTok; ++i) {
+      const __nv_bfloat16* xr = x + (t0 + (i < nt ? i : 0)) * d + k;  // rows past T: a valid row, unused
+      if constexpr (kV == 4) {
+        const uint2 u = *reinterpret_cast<const uint2*>(xr);
+        const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+        const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+        xv[i][0] = a.x, xv[i][1] = a.y, xv[i][2] = b.x, xv[i][3] = b.y;
+      } else {
+        xv[i][0] = __bfloat162float(*xr);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kSmallExp; ++j) {
+      const float* wr = w + std::int64_t(e0 + (j < ne ? j : 0)) * d + k;
+      float wv[kV];
+      if constexpr (kV == 4) {
+        const float4 f = *reinterpret_cast<const float4*>(wr);
+        wv[0] = f.x, wv[1] = f.y, wv[2] = f.z, wv[3] = f.w;
+      } else {
+        wv[0] = *wr;
+      }
+#pragma unroll
+      for (int i = 0; i < kSmallTok; ++i)
+#pragma unroll
+        for (int v = 0; v < kV; ++v) acc[i][j] = fmaf(xv[i][v], wv[v], acc[i][j]);
+    }
   }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
-  for (int i = 0; i < kSmallTok; ++i) {
-    float v = acc[i];
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if (lane == 0) red[warp][i] = v;
-  }
+  for (int i = 0; i < kSmallTok; ++i)
+#pragma unroll
+    for (int j = 0; j < kSmallExp; ++j) {
+      float v = acc[i][j];
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if (lane == 0) red[warp][i * kSmallExp + j] = v;
+    }
   __syncthreads();
-  if (threadIdx.x < nt) {
-    float v = 0.0f;
-    for (int j = 0; j < kSmallThreads / 32; ++j) v += red[j][threadIdx.x];
-    logits[(t0 + threadIdx.x) * E + e] = v;
+  if (threadIdx.x < kSmallTok * kSmallExp) {
+    const int i = threadIdx.x / kSmallExp, j = threadIdx.x % kSmallExp;
+    if (i < nt && j < ne) {
+      float v = 0.0f;
+      for (int q = 0; q < kSmallThreads / 32; ++q) v += red[q][threadIdx.x];
+      logits[(t0 + i) * E + e0 + j] = v;
+    }
   }
 }
 
@@ -286,9 +320,13 @@ int router_logits(const void* x, bool x_bf16, const float* w, std::int64_t T, st
     return 1;
   }
   if (router_logit_parts(T, x_bf16) == 1) {
-    const dim3 grid(static_cast<unsigned>((T + kSmallTok - 1) / kSmallTok), static_cast<unsigned>(E));
-    logits_small_kernel<<<grid, kSmallThreads, 0, current_stream()>>>(static_cast<const __nv_bfloat16*>(x), w, T, d, E,
-                                                                       logits);
+    const dim3 grid(static_cast<unsigned>((T + kSmallTok - 1) / kSmallTok),
+                    static_cast<unsigned>((E + kSmallExp - 1) / kSmallExp));
+    const auto* xb = static_cast<const __nv_bfloat16*>(x);
+    const bool vec = d % 4 == 0 && reinterpret_cast<std::uintptr_t>(x) % 8 == 0 &&
+                     reinterpret_cast<std::uintptr_t>(w) % 16 == 0;
+    if (vec) logits_small_kernel<4><<<grid, kSmallThreads, 0, current_stream()>>>(xb, w, T, d, E, logits);
+    else logits_small_kernel<1><<<grid, kSmallThreads, 0, current_stream()>>>(xb, w, T, d, E, logits);
     TILEMOE_CHECK_LAUNCH();
     return 1;
   }

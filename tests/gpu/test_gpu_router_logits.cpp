@@ -1,5 +1,6 @@
 // The GPU router logits (router.cu) against a float64 reference: both paths for bf16 x (the
-// CUDA-core kernel up to router_small_tokens() tokens, the split-weight tensor-core GEMM with
+// CUDA-core kernel up to router_small_tokens() tokens, vectorized where d % 4 == 0 and scalar
+// otherwise (d 201), the split-weight tensor-core GEMM with
 // three partial logits above), and the top-k and probabilities read from the partial logits
 // against the same kernels fed the summed logits.
 #include <algorithm>
@@ -53,7 +54,7 @@ std::vector<float> summed(const std::vector<float>& l, std::int64_t T, int E, in
 TEST(GpuRouter, LogitsMatchFloat64Reference) {
   TILEMOE_REQUIRE_GPU();
   const std::int64_t small = g::router_small_tokens();
-  for (auto [T, d, E] : {std::tuple<std::int64_t, std::int64_t, int>{1, 64, 8}, {7, 200, 37}, {64, 2048, 128},
+  for (auto [T, d, E] : {std::tuple<std::int64_t, std::int64_t, int>{1, 64, 8}, {7, 200, 37}, {5, 201, 9}, {64, 2048, 128},
                          {small, 72, 256}, {small + 1, 72, 256}, {2000, 1536, 128}, {300, 7168, 64}}) {
     if (test::sanitizing() && T * d * E > (1 << 24)) continue;
     const std::uint64_t seed = test::fresh_seed();

@@ -379,13 +379,14 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     Tensor y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
     auto u16 = [](const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); };
     const std::int64_t max_tiles = tiles[E] + 3;
-    for (const char* kernel : {"default", "mma", "wgmma", "fused", "fused-1-stage", "fused-4-stage"}) {  // Hopper ones fall back elsewhere
+    for (const char* kernel : {"default", "mma", "wgmma", "fused", "fused-wgmma-up", "fused-1-stage", "fused-4-stage"}) {  // Hopper ones fall back elsewhere
     SCOPED_TRACE(kernel);
     const std::string k = kernel;
     detail::gpu::GroupedPath path;
     path.fused = k.rfind("fused", 0) == 0;
     path.stages = k == "fused-1-stage" ? 1 : k == "fused-4-stage" ? 4 : 0;
     if (k == "mma" || k == "wgmma") setenv("TILEMOE_GROUPED_KERNEL", kernel, 1);
+    if (k == "fused-wgmma-up") setenv("TILEMOE_GROUPED_KERNEL", "wgmma", 1);  // whatever the heuristic picks
     ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);  // NaNs: every output must be written
     ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
     const std::string up_why = detail::gpu::grouped_up(u16(xd), d, u16(wd.w13), n, true, Activation::swiglu, E, offd.data<std::int64_t>(),

@@ -17,4 +17,12 @@ __device__ __forceinline__ void cp_async_wait_group() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// An arrival on the mbarrier at bar, made by the hardware once every cp.async this thread issued
+// before it has completed (.noinc: the barrier's expected count must include it). The thread
+// does not wait.
+__device__ __forceinline__ void cp_async_mbarrier_arrive_noinc(std::uint64_t* bar) {
+  const std::uint32_t a = static_cast<std::uint32_t>(__cvta_generic_to_shared(bar));
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(a) : "memory");
+}
+
 }  // namespace tilemoe::ptx

@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
                                     kRasterRows);
   const int tile = tc.row;
   if (tile >= g.tile_offsets[g.E]) return;
-  const RowTile rt = find_row_tile<kBM>(g, tile);
+  const RowTile rt = find_row_tile_warp<kBM>(g, tile);
   const int e = rt.expert, rows = rt.rows;
   const std::int64_t m0 = rt.m0;
   const int tid = threadIdx.x;

@@ -13,11 +13,13 @@
 //   activation tile in the down-projection, into 128-byte-swizzled stages that complete on a
 //   "full" mbarrier with their byte count. In the up-projection the 128 producer threads gather
 //   the routed x rows with cp.async (Hopper's TMA has no gather), so the gathered copy of x
-//   never exists in global memory. Each thread waits for its own copies two stages behind,
-//   fences them for the async proxy (cp.async writes -> wgmma reads, fenced by the writing
-//   thread once they have landed: the conservative reading of the proxy rules), then its warp
-//   arrives on the stage (lane 0, after __syncwarp). Arriving through cp.async.mbarrier.arrive instead, without waiting, measured
-//   no faster (docs/gpu.md, run 17).
+//   never exists in global memory. Each thread ends its copies of a stage with
+//   cp.async.mbarrier.arrive.noinc: the hardware arrives on the stage's "full" barrier once they
+//   have landed, and the thread goes on to the next stage without waiting (the barrier counts
+//   1 + 128 arrivals). The consumers, after their wait, fence the copies for the async proxy
+//   (cp.async writes -> wgmma reads). Against the earlier producer that waited for its own copies
+//   two stages behind and fenced them itself: up-projection 0.764 -> 0.652 ms on sonic-7b,
+//   1.994 -> 1.756 on Qwen3-30B-A3B, 4.711 -> 4.329 on Mixtral (H100, run 39, docs/gpu.md).
 // - Consumers: per k tile, wait for the stage, 4 wgmma m64n256k16 from shared-memory
 //   descriptors, keep one batch in flight and release the previous stage on its "empty" barrier
 //   (one arrival per warp). 4 stages of 48 KiB.
@@ -93,18 +95,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int wg = threadIdx.x >> 7, tid = threadIdx.x & 127;
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
-      // Up: the TMA thread's expect_tx arrival + one per producer warp after its gather; one
+      // Up: the TMA thread's expect_tx arrival + one per producer thread (its copies landed); one
       // arrival per consumer warp frees a stage.
-      ptx::mbarrier_init(&full[s], kUp ? 1 + 4 : 1);
+      ptx::mbarrier_init(&full[s], kUp ? 1 + 128 : 1);
       ptx::mbarrier_init(&empty[s], 8);
     }
     ptx::fence_barrier_init();
   }
   __syncthreads();
 
-  // One arrival per warp, once all its lanes got there (__syncwarp orders their copies, each
-  // fenced for the async proxy, or their wgmma reads before lane 0's release). Per thread measured
-  // the same (H100, session 4).
+  // One arrival per consumer warp, once all its lanes got there (__syncwarp orders their wgmma
+  // reads before lane 0's release). Per thread measured the same (H100, session 4).
   auto arrive = [&](std::uint64_t* bar) {
     __syncwarp();
     if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bar);
@@ -120,18 +121,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int lr = tid >> 3, lc = tid & 7;  // rows lr + 16 i, 16-byte chunk lc of each k tile
     int s = 0;
     std::uint32_t phase = 0;  // parity of the current pass over the stages
-    // Up: gathered stages in flight per thread before it waits for the oldest. The consumers
-    // hold two stages (one computing, one being released), so at most stages - 2.
-    const int lag = stages >= 4 ? 2 : stages == 3 ? 1 : 0;
-    int issued = 0, s_arrive = 0;
-    auto wait_own_copies = [](int n) {
-      if (n >= 2) ptx::cp_async_wait_group<2>();
-      else if (n == 1) ptx::cp_async_wait_group<1>();
-      else ptx::cp_async_wait_group<0>();
-    };
     for (std::int64_t t = blockIdx.x; t < total; t += gridDim.x) {
       const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
-      const RowTile rt = find_row_tile<kBM>(g, tc.row);
+      const RowTile rt = find_row_tile_warp<kBM>(g, tc.row);
       const int e = rt.expert;
       std::int32_t arow[8];
       if constexpr (kUp) {
@@ -170,26 +162,13 @@ __global__ void __launch_bounds__(kThreads, 1)
             ptx::cp_async_cg_16(dst, kin ? g.A + std::int64_t(arow[i]) * g.lda + kc : g.A, kin ? 16 : 0);
           }
           ptx::cp_async_commit_group();
-          // This thread's copies of the stage issued `lag` stages ago have landed: make them
-          // visible to the async proxy (wgmma), then arrive.
-          if (++issued > lag) {
-            wait_own_copies(lag);
-            ptx::fence_proxy_async_shared();
-            arrive(&full[s_arrive]);
-            if (++s_arrive == stages) s_arrive = 0;
-          }
+          // The hardware arrives for this thread once these copies have landed.
+          ptx::cp_async_mbarrier_arrive_noinc(&full[s]);
         }
         if (++s == stages) s = 0, phase ^= 1;
       }
     }
-    if constexpr (kUp) {
-      ptx::cp_async_wait_group<0>();
-      ptx::fence_proxy_async_shared();
-      for (int j = 0; j < lag && j < issued; ++j) {
-        arrive(&full[s_arrive]);
-        if (++s_arrive == stages) s_arrive = 0;
-      }
-    }
+    if constexpr (kUp) ptx::cp_async_wait_group<0>();  // nothing in flight when the block exits
   } else {
     // ---------------- consumers ----------------
     ptx::setmaxnreg_inc<224>();
@@ -201,7 +180,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     float acc[kBN / 2];
     for (std::int64_t t = blockIdx.x; t < total; t += gridDim.x) {
       const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
-      const RowTile rt = find_row_tile<kBM>(g, tc.row);
+      const RowTile rt = find_row_tile_warp<kBM>(g, tc.row);
       if (cw * 64 >= rt.rows) {
         // All 64 of this warpgroup's rows are past the tile's count (an expert's last tile; most
         // tiles at decode sizes): no wgmma and no epilogue, only the stage hand-back, so the
@@ -217,6 +196,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
       for (int kt = 0; kt < ktiles; ++kt) {
         ptx::mbarrier_wait(&full[s], phase);
+        if constexpr (kUp) ptx::fence_proxy_async_shared();  // the producers' cp.async writes
         ptx::wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {

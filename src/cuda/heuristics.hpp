@@ -41,9 +41,10 @@ inline int ws_stages() { return 4; }
 // gathering producer threads ran behind it there (H100 run 39, up-projection ms, wgmma vs ws:
 // Qwen3-30B-A3B T 16384 1.570 vs 1.756, Mixtral T 4096 3.79 vs 4.33, sonic-7b even). With about
 // one row tile per expert or less (max_tiles <= 2 E: T K / E up to ~128 rows), where the kernel
-// streams weights, the warp-specialized kernel's TMA weight loads win (H100 run 40: Qwen3 T 64
-// 0.346 -> 0.305, OLMoE T 64 0.238 -> 0.212, DeepSeek-V3 T 64 4.52 -> 4.19). A pipeline depth
-// asked for (stages > 0) also takes it. TILEMOE_GROUPED_KERNEL=ws|wgmma forces either (A/B).
+// streams weights, the warp-specialized kernel's TMA weight loads win (H100 runs 41, 43, the
+// up-projection's stage ms, wgmma vs ws: Qwen3 T 256 0.356 vs 0.311, OLMoE T 64 0.235 vs 0.210,
+// DeepSeek-V3 T 64 4.53 vs 4.19; graph-replayed layer: OLMoE T 64 0.364 vs 0.341 ms). A pipeline
+// depth asked for (stages > 0) also takes it. TILEMOE_GROUPED_KERNEL=ws|wgmma forces either (A/B).
 // The down-projection, all TMA, is faster warp-specialized everywhere (sonic-7b 383 vs 214
 // TFLOP/s, Mixtral 682 vs 598).
 inline bool fused_up_on_ws(int stages, std::int64_t max_tiles, int E) {
@@ -51,7 +52,7 @@ inline bool fused_up_on_ws(int stages, std::int64_t max_tiles, int E) {
 }
 
 // Tokens up to which bf16 router logits come from one CUDA-core kernel (a block per 8 tokens and
-// expert, fp32 dot products) instead of a weight split and a tensor-core GEMM: at decode sizes
+// 8 experts, fp32 dot products) instead of a weight split and a tensor-core GEMM: at decode sizes
 // the GEMM path is launch-bound (H100 run 21: 62 us for Qwen3-30B-A3B at T 64, most of it
 // launches of the split and cuBLAS kernels).
 constexpr std::int64_t router_small_tokens() { return 512; }

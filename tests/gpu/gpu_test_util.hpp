@@ -6,7 +6,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <optional>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "tilemoe/tilemoe.hpp"
@@ -23,6 +25,28 @@ namespace tilemoe::test {
 // Under compute-sanitizer (scripts/gpu_check.sh sets TILEMOE_SANITIZE=1) the tests keep to
 // their small cases: the tools slow kernels by 10-100x.
 inline bool sanitizing() { return std::getenv("TILEMOE_SANITIZE") != nullptr; }
+
+// Sets (value) or clears (nullptr) an environment variable for a scope and restores it after, so
+// that a test's kernel switch does not clobber one the whole run was given (gpu_check.sh TEST_ENVS
+// runs the fast-path tests under such settings).
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (value) setenv(name, value, 1);
+    else unsetenv(name);
+  }
+  ~ScopedEnv() {
+    if (old_) setenv(name_, old_->c_str(), 1);
+    else unsetenv(name_);
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
 
 // An sm_90 GPU (H100/H200), where the fused path's kernels run.
 inline bool is_hopper() {

@@ -114,10 +114,9 @@ TEST(GpuForward, GroupedBf16ShapeMatrixEachKernel) {
   TILEMOE_REQUIRE_GPU();
   for (const char* kernel : {"mma", "wgmma"}) {
     SCOPED_TRACE(kernel);
-    setenv("TILEMOE_GROUPED_KERNEL", kernel, 1);
+    const test::ScopedEnv env("TILEMOE_GROUPED_KERNEL", kernel);
     for (const Case& c : shape_matrix()) check_case(c, DType::bf16, Algorithm::grouped, 1e-2);
   }
-  unsetenv("TILEMOE_GROUPED_KERNEL");
 }
 
 // The fused path over the same matrix, with each pipeline depth (1: no overlap). On Hopper the

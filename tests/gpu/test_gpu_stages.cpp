@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <random>
 #include <string>
 
@@ -385,8 +386,11 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     detail::gpu::GroupedPath path;
     path.fused = k.rfind("fused", 0) == 0;
     path.stages = k == "fused-1-stage" ? 1 : k == "fused-4-stage" ? 4 : 0;
-    if (k == "mma" || k == "wgmma") setenv("TILEMOE_GROUPED_KERNEL", kernel, 1);
-    if (k == "fused-wgmma-up") setenv("TILEMOE_GROUPED_KERNEL", "wgmma", 1);  // whatever the heuristic picks
+    // mma, wgmma: forced; fused-wgmma-up: the wgmma up-projection whatever the heuristic picks;
+    // the others under whatever the run was given.
+    const char* forced = k == "mma" || k == "wgmma" ? kernel : k == "fused-wgmma-up" ? "wgmma" : nullptr;
+    std::optional<test::ScopedEnv> env;
+    if (forced) env.emplace("TILEMOE_GROUPED_KERNEL", forced);
     ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);  // NaNs: every output must be written
     ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
     const std::string up_why = detail::gpu::grouped_up(u16(xd), d, u16(wd.w13), n, true, Activation::swiglu, E, offd.data<std::int64_t>(),
@@ -395,7 +399,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     const std::string down_why = detail::gpu::grouped_down(
         u16(act), lda, n, u16(wd.w2), d, E, offd.data<std::int64_t>(), tiled.data<std::int32_t>(), max_tiles, A,
         static_cast<std::uint16_t*>(y.raw()), path);
-    unsetenv("TILEMOE_GROUPED_KERNEL");
+    env.reset();
     if (path.fused && test::is_hopper() && d % 8 == 0 && n % 8 == 0) {
       EXPECT_EQ(up_why, "");
       EXPECT_EQ(down_why, "");
@@ -412,6 +416,27 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
 TEST(GpuStages, SkipsWithoutGpu) {
   TILEMOE_REQUIRE_GPU();
   SUCCEED();
+}
+
+// The tests' environment switches restore what the run was given (set or not); no GPU needed.
+TEST(GpuTestUtil, ScopedEnvRestoresTheOuterSetting) {
+  const char* name = "TILEMOE_TEST_SCOPED_ENV";
+  unsetenv(name);
+  {
+    const test::ScopedEnv a(name, "outer");
+    EXPECT_STREQ(std::getenv(name), "outer");
+    {
+      const test::ScopedEnv b(name, "inner");
+      EXPECT_STREQ(std::getenv(name), "inner");
+      {
+        const test::ScopedEnv c(name, nullptr);
+        EXPECT_EQ(std::getenv(name), nullptr);
+      }
+      EXPECT_STREQ(std::getenv(name), "inner");
+    }
+    EXPECT_STREQ(std::getenv(name), "outer");
+  }
+  EXPECT_EQ(std::getenv(name), nullptr);
 }
 
 #if TILEMOE_WITH_CUDA
@@ -477,10 +502,11 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
     EXPECT_EQ(bad, 0) << what << ": " << bad << " of " << A << " rows differ;" << first;
   };
   Tensor act_ref = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y_ref = Tensor::empty({A, d}, DType::bf16, Device::cuda);
-  setenv("TILEMOE_GROUPED_KERNEL", "mma", 1);
-  up(act_ref, {});
-  down(act_ref, y_ref, {});
-  unsetenv("TILEMOE_GROUPED_KERNEL");
+  {
+    const test::ScopedEnv env("TILEMOE_GROUPED_KERNEL", "mma");
+    up(act_ref, {});
+    down(act_ref, y_ref, {});
+  }
   for (int stages : {0, 1, 2, 3, 4}) {
     SCOPED_TRACE("stages=" + std::to_string(stages));
     Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);

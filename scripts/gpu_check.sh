@@ -173,6 +173,9 @@ if has profile; then
   # Nsight Compute on the fused layer's expert GEMMs and cuBLAS's dense GEMMs of the same FLOPs
   # (bench_moe_variants, one timed run each): speed of light, memory workload, SM clock; whether
   # L2, DRAM or the tensor pipes bound them. cuBLAS's kernel names tell its tile and cluster.
+  # The benchmark's first forward (its routing dump) runs the `grouped` algorithm: its router
+  # GEMM, up- and (where K >= 512) down-projection match the regex first, so PROFILE_SKIP=3 (2
+  # where the down-projection's K is short) reaches the fused forward's kernels.
   SECTIONS=()
   for sec in ${PROFILE_SECTIONS:-SpeedOfLight MemoryWorkloadAnalysis ComputeWorkloadAnalysis}; do SECTIONS+=(--section "$sec"); done
   ncu "${SECTIONS[@]}" \

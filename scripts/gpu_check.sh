@@ -174,8 +174,8 @@ if has profile; then
   # (bench_moe_variants, one timed run each): speed of light, memory workload, SM clock; whether
   # L2, DRAM or the tensor pipes bound them. cuBLAS's kernel names tell its tile and cluster.
   # The benchmark's first forward (its routing dump) runs the `grouped` algorithm: its router
-  # GEMM, up- and (where K >= 512) down-projection match the regex first, so PROFILE_SKIP=3 (2
-  # where the down-projection's K is short) reaches the fused forward's kernels.
+  # GEMM (T > 512), up- and (K >= 512) down-projection match the regex first: PROFILE_SKIP=3 on
+  # large layers (one fewer for each of those that is absent) reaches the fused forward's kernels.
   SECTIONS=()
   for sec in ${PROFILE_SECTIONS:-SpeedOfLight MemoryWorkloadAnalysis ComputeWorkloadAnalysis}; do SECTIONS+=(--section "$sec"); done
   ncu "${SECTIONS[@]}" \

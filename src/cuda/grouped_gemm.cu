@@ -13,8 +13,6 @@
 // kAligned: K and every row stride are multiples of 8 elements (16-byte cp.async); otherwise
 // the loads are element-wise (slower, any shape).
 #include <algorithm>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <cuda_bf16.h>
 
@@ -209,10 +207,10 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
   if (path.fused) {
     refusal = ws_refusal(g, kUp, a_rows);
     if (refusal.empty()) {
-      const char* env = std::getenv("TILEMOE_GROUPED_KERNEL");  // ws | wgmma: A/B comparisons, tests
-      const bool up_ws = env && std::strcmp(env, "ws") == 0      ? true
-                         : env && std::strcmp(env, "wgmma") == 0 ? false
-                                                                 : fused_up_on_ws(path.stages, max_tiles, g.E);
+      const KernelOverride ov = grouped_kernel_override();
+      const bool up_ws = ov == KernelOverride::ws      ? true
+                         : ov == KernelOverride::wgmma ? false
+                                                       : fused_up_on_ws(path.stages, max_tiles, g.E);
       if (!kUp || up_ws) {
         launch_grouped_ws(g, kUp, max_tiles, a_rows, path.stages);
         return {};

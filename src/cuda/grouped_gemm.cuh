@@ -50,6 +50,8 @@ __device__ __forceinline__ RowTile find_row_tile(const GemmArgs& g, int tile) {
 // Independent loads instead of log2(E) dependent ones: one memory latency, then one for offsets.
 // The sm90 kernels' tiles start sooner (H100 run 42, against the binary search: Qwen3-30B-A3B
 // T 16384 up-projection 1.784 -> 1.672 ms, down 0.718 -> 0.687; sonic-7b down 0.323 -> 0.314).
+// The portable mma.sync kernel (grouped_gemm.cu) still takes the binary search above: not
+// measured with this one yet.
 template <int kBM>
 __device__ __forceinline__ RowTile find_row_tile_warp(const GemmArgs& g, int tile) {
   const int lane = threadIdx.x & 31;

@@ -5,6 +5,8 @@
 // with 4 stages ~250 TFLOP/s on large layers; 128 x 256 x 32 at one block per SM was slower.
 #pragma once
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 namespace tilemoe::detail::gpu {
 
@@ -21,8 +23,22 @@ struct GroupedTiles {
 //   generic epilogue whose code size stalled instruction fetch (ncu), so they stay on mma.sync.
 // - down-projection: wgmma wins once K (= n) is long enough (K 768: 435 vs 297 TFLOP/s; K 14336:
 //   604 vs 356) and not at K 256 (201 vs 211).
-// TILEMOE_GROUPED_KERNEL=mma|wgmma in the environment forces one (tests, A/B timing).
+// grouped_kernel_override() (below) can force either (tests, A/B timing).
 inline bool prefer_wgmma(bool up, bool gated_fixed, std::int64_t K) { return up ? gated_fixed : K >= 512; }
+
+// TILEMOE_GROUPED_KERNEL in the environment overrides the kernel choices of this file (tests,
+// A/B timing), read at every launch so that a test can switch it: `mma` keeps the grouped path
+// on mma.sync, `wgmma` takes the sm90 wgmma kernel wherever it applies (the fused path's
+// up-projection included), `ws` puts the fused path's up-projection on the warp-specialized kernel.
+enum class KernelOverride { none, mma, wgmma, ws };
+inline KernelOverride grouped_kernel_override() {
+  const char* env = std::getenv("TILEMOE_GROUPED_KERNEL");
+  if (!env) return KernelOverride::none;
+  if (std::strcmp(env, "mma") == 0) return KernelOverride::mma;
+  if (std::strcmp(env, "wgmma") == 0) return KernelOverride::wgmma;
+  if (std::strcmp(env, "ws") == 0) return KernelOverride::ws;
+  return KernelOverride::none;
+}
 
 // Row tiles per raster group of the grouped launches (grouped_gemm.cuh raster_tile): a wave of
 // ~132 blocks then covers ~16 row panels x ~8 weight panels, whose k slices the blocks read at
@@ -44,7 +60,7 @@ inline int ws_stages() { return 4; }
 // streams weights, the warp-specialized kernel's TMA weight loads win (H100 runs 41, 43, the
 // up-projection's stage ms, wgmma vs ws: Qwen3 T 256 0.356 vs 0.311, OLMoE T 64 0.235 vs 0.210,
 // DeepSeek-V3 T 64 4.53 vs 4.19; graph-replayed layer: OLMoE T 64 0.364 vs 0.341 ms). A pipeline
-// depth asked for (stages > 0) also takes it. TILEMOE_GROUPED_KERNEL=ws|wgmma forces either (A/B).
+// depth asked for (stages > 0) also takes it. grouped_kernel_override() ws|wgmma forces either.
 // The down-projection, all TMA, is faster warp-specialized everywhere (sonic-7b 383 vs 214
 // TFLOP/s, Mixtral 682 vs 598).
 inline bool fused_up_on_ws(int stages, std::int64_t max_tiles, int E) {

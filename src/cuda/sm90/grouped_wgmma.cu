@@ -11,8 +11,6 @@
 // aligned (the launcher checks; grouped_gemm.cu covers the rest). Other archs trap.
 #include <cuda_bf16.h>
 
-#include <cstdlib>
-#include <cstring>
 #include <type_traits>
 
 #include "../context.cuh"
@@ -221,10 +219,10 @@ bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15
 }  // namespace
 
 bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
-  const char* env = std::getenv("TILEMOE_GROUPED_KERNEL");  // A/B comparisons and tests
-  if (env && std::strcmp(env, "mma") == 0) return false;
+  const KernelOverride ov = grouped_kernel_override();
+  if (ov == KernelOverride::mma) return false;
   const bool fixed = up && g.gated && gated_fixed(g.act);
-  if (!(env && std::strcmp(env, "wgmma") == 0) && !prefer_wgmma(up, fixed, g.K)) return false;
+  if (ov != KernelOverride::wgmma && !prefer_wgmma(up, fixed, g.K)) return false;
   const DeviceProps& dp = device_props();
   if (dp.cc_major != 9 || dp.cc_minor != 0) return false;
   if (dp.smem_optin < static_cast<std::size_t>(kSmemBytes)) return false;

@@ -17,7 +17,8 @@ for d in /.peers/ /.sonic/; do grep -qx "$d" .git/info/exclude 2>/dev/null || ec
 
 if [[ " $WHAT " == *" scattermoe "* ]] && [ ! -d .peers/scattermoe/scattermoe ]; then
   commit=47b5e15
-  rm -rf .peers/scattermoe-src && git clone -q https://github.com/shawntan/scattermoe .peers/scattermoe-src
+  # SCATTERMOE_GIT: where to clone from (default GitHub; a local mirror where GitHub is not reachable)
+  rm -rf .peers/scattermoe-src && git clone -q "${SCATTERMOE_GIT:-https://github.com/shawntan/scattermoe}" .peers/scattermoe-src
   git -C .peers/scattermoe-src checkout -q $commit
   mkdir -p .peers/scattermoe && cp -r .peers/scattermoe-src/scattermoe .peers/scattermoe-src/LICENSE .peers/scattermoe/
   echo "shawntan/scattermoe $(git -C .peers/scattermoe-src rev-parse HEAD)" > .peers/scattermoe/COMMIT

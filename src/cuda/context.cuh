@@ -23,5 +23,9 @@ cublasHandle_t cublas_handle();     // bound to current_stream(), with its own w
 
 enum class Scratch { forward = 0, sequential = 1, count = 2 };
 DeviceBuffer& scratch(Scratch which);  // this thread's grow-only scratch buffer
+// This thread's two int32 tile counters of the warp-specialized kernels' dynamic schedule
+// (sm90/grouped_ws.cu): zero between launches (each launch's last block resets them), so the
+// launches of one stream may share them; zeroed on the stream when first allocated.
+int* tile_counters();
 
 }  // namespace tilemoe::detail

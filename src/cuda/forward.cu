@@ -171,6 +171,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   layout(sizer);
   DeviceBuffer& buf = scratch(Scratch::forward);
   buf.reserve(sizer.bytes());
+  if (one_launch) (void)tile_counters();  // allocated here, ahead of any graph capture
   Carver carver(buf.get());
   const auto P = layout(carver);
 

@@ -50,7 +50,27 @@ constexpr int kRasterRows = 16;
 // next to the staged output (48 KiB each, 4). The down-projection had 3 while it staged all 256
 // output columns at once; the fourth took sonic-7b's down-projection from 0.349 to 0.316 ms and
 // left the larger layers within 2% (H100, session 4, docs/hopper.md).
-inline int ws_stages() { return 4; }
+// TILEMOE_WS_STAGES (1..4) in the environment overrides it (A/B timing of the pipeline depth).
+inline int ws_stages() {
+  const char* env = std::getenv("TILEMOE_WS_STAGES");
+  const int v = env ? std::atoi(env) : 0;
+  return v >= 1 && v <= 4 ? v : 4;
+}
+
+// How the warp-specialized kernels hand out their output tiles: statically (block b takes tiles
+// b, b + grid, ...) or dynamically (after its first tile, a block's producer claims the next from
+// a device counter, one tile ahead, and passes it to the consumers through a two-slot queue in
+// shared memory). Dynamic at about one row tile per expert or less (max_tiles <= 2 E, decode
+// sizes), where every tile streams ~1 MB of weights and a static share leaves some SMs idle at
+// the end (H100 run 49, Qwen3-30B-A3B T 64 up-projection: SMs active 87.9% of its cycles).
+// On large layers a claim per tile was slower (docs/gpu.md run 19). TILEMOE_WS_SCHED=static|dynamic
+// overrides it (tests, A/B timing).
+inline bool ws_dynamic_tiles(std::int64_t max_tiles, int E) {
+  const char* env = std::getenv("TILEMOE_WS_SCHED");
+  if (env && std::strcmp(env, "static") == 0) return false;
+  if (env && std::strcmp(env, "dynamic") == 0) return true;
+  return max_tiles <= 2 * std::int64_t(E);
+}
 
 // The fused path's gated up-projection: on large layers it keeps the wgmma kernel, whose 256
 // threads all gather with cp.async (grouped_wgmma.cu); the warp-specialized kernel's 128

@@ -82,6 +82,7 @@ struct ThreadContext {
   int device = -1;
   cublasHandle_t handle = nullptr;
   DeviceBuffer cublas_ws;
+  DeviceBuffer counters;
   std::array<DeviceBuffer, static_cast<int>(Scratch::count)> scratch;
   ~ThreadContext() {
     if (handle) cublasDestroy(handle);
@@ -99,6 +100,7 @@ void bind_device() {
   }
   for (auto& b : tctx.scratch) b.reset(0);
   tctx.cublas_ws.reset(0);
+  tctx.counters.reset(0);
   tctx.device = dev;
 }
 }  // namespace
@@ -119,6 +121,16 @@ cublasHandle_t cublas_handle() {
 DeviceBuffer& scratch(Scratch which) {
   bind_device();
   return tctx.scratch[static_cast<int>(which)];
+}
+
+int* tile_counters() {
+  bind_device();
+  if (!tctx.counters.get()) {
+    tctx.counters.reset(256);
+    // On the stream (a memset node where this happens inside a graph capture).
+    TILEMOE_CUDA_CHECK(cudaMemsetAsync(tctx.counters.get(), 0, tctx.counters.size(), current_stream()));
+  }
+  return static_cast<int*>(tctx.counters.get());
 }
 
 }  // namespace tilemoe::detail

@@ -380,7 +380,8 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     Tensor y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
     auto u16 = [](const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); };
     const std::int64_t max_tiles = tiles[E] + 3;
-    for (const char* kernel : {"default", "mma", "wgmma", "fused", "fused-wgmma-up", "fused-1-stage", "fused-4-stage"}) {  // Hopper ones fall back elsewhere
+    for (const char* kernel : {"default", "mma", "wgmma", "fused", "fused-wgmma-up", "fused-1-stage", "fused-4-stage",
+                               "fused-static", "fused-dynamic"}) {  // Hopper ones fall back elsewhere
     SCOPED_TRACE(kernel);
     const std::string k = kernel;
     detail::gpu::GroupedPath path;
@@ -389,8 +390,14 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     // mma, wgmma: forced; fused-wgmma-up: the wgmma up-projection whatever the heuristic picks;
     // the others under whatever the run was given.
     const char* forced = k == "mma" || k == "wgmma" ? kernel : k == "fused-wgmma-up" ? "wgmma" : nullptr;
-    std::optional<test::ScopedEnv> env;
+    std::optional<test::ScopedEnv> env, sched;
     if (forced) env.emplace("TILEMOE_GROUPED_KERNEL", forced);
+    // fused-static, fused-dynamic: the warp-specialized kernels' tile hand-out either way, both
+    // projections on them
+    if (k == "fused-static" || k == "fused-dynamic") {
+      env.emplace("TILEMOE_GROUPED_KERNEL", "ws");
+      sched.emplace("TILEMOE_WS_SCHED", k == "fused-static" ? "static" : "dynamic");
+    }
     ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);  // NaNs: every output must be written
     ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
     const std::string up_why = detail::gpu::grouped_up(u16(xd), d, u16(wd.w13), n, true, Activation::swiglu, E, offd.data<std::int64_t>(),
@@ -400,6 +407,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
         u16(act), lda, n, u16(wd.w2), d, E, offd.data<std::int64_t>(), tiled.data<std::int32_t>(), max_tiles, A,
         static_cast<std::uint16_t*>(y.raw()), path);
     env.reset();
+    sched.reset();
     if (path.fused && test::is_hopper() && d % 8 == 0 && n % 8 == 0) {
       EXPECT_EQ(up_why, "");
       EXPECT_EQ(down_why, "");
@@ -507,8 +515,12 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
     up(act_ref, {});
     down(act_ref, y_ref, {});
   }
+  // Each pipeline depth with the tiles handed out statically, then dynamically (a device counter
+  // that each launch leaves at zero for the next: up and down run back to back).
+  for (const char* sched : {"static", "dynamic"})
   for (int stages : {0, 1, 2, 3, 4}) {
-    SCOPED_TRACE("stages=" + std::to_string(stages));
+    SCOPED_TRACE(std::string("schedule ") + sched + " stages=" + std::to_string(stages));
+    const test::ScopedEnv sched_env("TILEMOE_WS_SCHED", sched);
     Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
     ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);
     ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);

@@ -4,10 +4,14 @@
 // - 384 threads: warpgroup 0 produces, warpgroups 1 and 2 consume (64 rows x 256 columns each
 //   of a 128 x 256 output tile). setmaxnreg moves registers from the producer (56) to the
 //   consumers (224).
-// - Persistent: one block per SM walks the output tiles t = blockIdx.x, + gridDim.x, ... in the
-//   raster order of raster_tile (grouped_gemm.cuh), so the producer loads the next tile while
-//   the consumers finish the last one. (Claiming tiles from an atomic counter instead was
-//   slower, docs/gpu.md run 19.)
+// - Persistent: one block per SM walks output tiles in the raster order of raster_tile
+//   (grouped_gemm.cuh), so the producer loads the next tile while the consumers finish the last
+//   one. Large layers: statically, t = blockIdx.x, + gridDim.x, ... (claiming tiles from an
+//   atomic counter was slower there, docs/gpu.md run 19). Decode sizes (heuristics.hpp
+//   ws_dynamic_tiles): after its first tile a block's producer claims the next one from a device
+//   counter, a tile ahead, and hands it to the consumers through a two-slot queue in shared
+//   memory; blocks that drew slower tiles take fewer (H200 run 51, Qwen3-30B-A3B T 64
+//   up-projection 0.321 -> 0.248-0.279 ms).
 // - Producer: one thread issues TMA loads of the weight tile (the gated up-projection: 128 gate
 //   rows and the 128 up rows of the same outputs; the down-projection: 256 rows), and of the
 //   activation tile in the down-projection, into 128-byte-swizzled stages that complete on a
@@ -63,7 +67,9 @@ struct WsShape {
   static constexpr int kPanelBytes = 64 * 128;  // a staged output panel: 64 rows x 64 columns, a TMA store's box
   static constexpr int kStageBytes = kTileBytesA + kTileBytesB;  // 48 KiB, a multiple of 1024
   static constexpr int kOutBytes = kBM * kRoundCols * 2;
-  static constexpr int kSmem = 1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8;
+  // + full and empty barriers per stage, the tile queue's two full and two empty barriers and
+  // its two slots (dynamic schedule)
+  static constexpr int kSmem = 1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8 + 4 * 8 + 2 * 8;
 };
 template <bool kUp>
 constexpr bool panels_fill_output() {  // two warpgroups' rows x a round's 64-column panels
@@ -78,7 +84,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages) {
+                      int stages, int* tile_counter) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -89,6 +95,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned char* out_stage = smem + kStages * Shape::kStageBytes;
   std::uint64_t* full = reinterpret_cast<std::uint64_t*>(out_stage + Shape::kOutBytes);
   std::uint64_t* empty = full + kStages;  // barriers 0 .. stages - 1 are used
+  // Dynamic schedule (tile_counter not null): the producer's thread 0 publishes each tile in
+  // slot q of a two-slot queue (q_full[q] completes when it is written, q_empty[q] when the 8
+  // consumer warps have read it).
+  std::uint64_t* q_full = empty + kStages;
+  std::uint64_t* q_empty = q_full + 2;
+  volatile long long* tile_q = reinterpret_cast<volatile long long*>(q_empty + 2);
+  const bool dynamic = tile_counter != nullptr;
   auto stage_a = [&](int s) { return s * Shape::kStageBytes; };  // byte offsets from smem
   auto stage_b = [&](int s) { return s * Shape::kStageBytes + kTileBytesA; };
 
@@ -99,6 +112,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       // arrival per consumer warp frees a stage.
       ptx::mbarrier_init(&full[s], kUp ? 1 + 128 : 1);
       ptx::mbarrier_init(&empty[s], 8);
+    }
+    for (int q = 0; q < 2; ++q) {
+      ptx::mbarrier_init(&q_full[q], 1);
+      ptx::mbarrier_init(&q_empty[q], 8);
     }
     ptx::fence_barrier_init();
   }
@@ -121,7 +138,26 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int lr = tid >> 3, lc = tid & 7;  // rows lr + 16 i, 16-byte chunk lc of each k tile
     int s = 0;
     std::uint32_t phase = 0;  // parity of the current pass over the stages
-    for (std::int64_t t = blockIdx.x; t < total; t += gridDim.x) {
+    int q = 0;
+    std::uint32_t qphase = 0;
+    long long ticket = blockIdx.x;  // every block's first tile is its own; the rest static or claimed
+    for (;;) {
+      long long t = ticket;
+      if (dynamic) {
+        if (tid == 0) {
+          ptx::mbarrier_wait(&q_empty[q], qphase ^ 1);
+          tile_q[q] = ticket;
+          ptx::mbarrier_arrive(&q_full[q]);  // release: the consumers' wait sees the slot
+          // Claim the tile after this one now: the atomic's latency hides behind this tile's loads.
+          if (ticket < total) ticket = gridDim.x + static_cast<long long>(atomicAdd(tile_counter, 1));
+        }
+        ptx::named_barrier_sync(3, 128);  // the producer threads read the slot
+        t = tile_q[q];  // thread 0 rewrites this slot two tiles on, after the next such barrier
+        if (++q == 2) q = 0, qphase ^= 1;
+      } else {
+        ticket += gridDim.x;
+      }
+      if (t >= total) break;
       const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
       const RowTile rt = find_row_tile_warp<kBM>(g, tc.row);
       const int e = rt.expert;
@@ -168,6 +204,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (++s == stages) s = 0, phase ^= 1;
       }
     }
+    if (dynamic && tid == 0) {
+      // Every block claims exactly one tile past the end; the last block to finish claiming
+      // resets the counters for the next launch on the stream.
+      __threadfence();
+      if (atomicAdd(tile_counter + 1, 1) == static_cast<int>(gridDim.x) - 1) {
+        tile_counter[0] = 0;
+        tile_counter[1] = 0;
+      }
+    }
     if constexpr (kUp) ptx::cp_async_wait_group<0>();  // nothing in flight when the block exits
   } else {
     // ---------------- consumers ----------------
@@ -178,7 +223,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     int s = 0, prev = 0;
     std::uint32_t phase = 0;
     float acc[kBN / 2];
-    for (std::int64_t t = blockIdx.x; t < total; t += gridDim.x) {
+    int q = 0;
+    std::uint32_t qphase = 0;
+    for (long long t = blockIdx.x;; t += gridDim.x) {
+      if (dynamic) {
+        ptx::mbarrier_wait(&q_full[q], qphase);
+        t = tile_q[q];
+        arrive(&q_empty[q]);  // after the warp's reads of the slot
+        if (++q == 2) q = 0, qphase ^= 1;
+      }
+      if (t >= total) break;
       const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
       const RowTile rt = find_row_tile_warp<kBM>(g, tc.row);
       if (cw * 64 >= rt.rows) {
@@ -305,7 +359,9 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   stages = std::clamp(stages <= 0 ? ws_stages() : stages, 1, Shape::kStages);
   auto kernel = grouped_ws_kernel<kUp, kAct>;
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
-  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages);
+  int* counter = ws_dynamic_tiles(max_tiles, g.E) ? tile_counters() : nullptr;
+  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages,
+                                                               counter);
   TILEMOE_CHECK_LAUNCH();
 }
 

@@ -176,6 +176,7 @@ if has profile; then
   # The benchmark's first forward (its routing dump) runs the `grouped` algorithm: its router
   # GEMM (T > 512), up- and (K >= 512) down-projection match the regex first: PROFILE_SKIP=3 on
   # large layers (one fewer for each of those that is absent) reaches the fused forward's kernels.
+  # (At T 64-256 the router is the small kernel and the up-projection's wgmma kernel matches: 2.)
   SECTIONS=()
   for sec in ${PROFILE_SECTIONS:-SpeedOfLight MemoryWorkloadAnalysis ComputeWorkloadAnalysis}; do SECTIONS+=(--section "$sec"); done
   ncu "${SECTIONS[@]}" \

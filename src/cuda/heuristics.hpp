@@ -72,6 +72,18 @@ inline bool ws_dynamic_tiles(std::int64_t max_tiles, int E) {
   return max_tiles <= 2 * std::int64_t(E);
 }
 
+// Whether the warp-specialized kernels' producer starts each tile's k loop at a tile-dependent
+// step (tile * 7 mod k steps) and wraps around, instead of at step 0. A hypothesis to measure,
+// off by default: at decode sizes the up-projection streams w13 at 2.5-2.9 TB/s on both an
+// H100 and an H200 (the same L2, different DRAM) where the down-projection reaches 3.8 TB/s on
+// the H200 (runs 49, 53); with d 2048 its weight rows are 4 KB apart, so the ~132 blocks in
+// lockstep read addresses that agree in their low 12 bits, which may crowd a few L2 slices or
+// memory channels. TILEMOE_WS_KSTAGGER=1 turns it on (A/B timing, tests); not yet run on a GPU.
+inline bool ws_stagger_k() {
+  const char* env = std::getenv("TILEMOE_WS_KSTAGGER");
+  return env && std::strcmp(env, "1") == 0;
+}
+
 // The fused path's gated up-projection: on large layers it keeps the wgmma kernel, whose 256
 // threads all gather with cp.async (grouped_wgmma.cu); the warp-specialized kernel's 128
 // gathering producer threads ran behind it there (H100 run 39, up-projection ms, wgmma vs ws:

@@ -381,7 +381,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     auto u16 = [](const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); };
     const std::int64_t max_tiles = tiles[E] + 3;
     for (const char* kernel : {"default", "mma", "wgmma", "fused", "fused-wgmma-up", "fused-1-stage", "fused-4-stage",
-                               "fused-static", "fused-dynamic"}) {  // Hopper ones fall back elsewhere
+                               "fused-static", "fused-dynamic", "fused-kstagger"}) {  // Hopper ones fall back elsewhere
     SCOPED_TRACE(kernel);
     const std::string k = kernel;
     detail::gpu::GroupedPath path;
@@ -390,13 +390,17 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     // mma, wgmma: forced; fused-wgmma-up: the wgmma up-projection whatever the heuristic picks;
     // the others under whatever the run was given.
     const char* forced = k == "mma" || k == "wgmma" ? kernel : k == "fused-wgmma-up" ? "wgmma" : nullptr;
-    std::optional<test::ScopedEnv> env, sched;
+    std::optional<test::ScopedEnv> env, sched, stagger;
     if (forced) env.emplace("TILEMOE_GROUPED_KERNEL", forced);
     // fused-static, fused-dynamic: the warp-specialized kernels' tile hand-out either way, both
     // projections on them
     if (k == "fused-static" || k == "fused-dynamic") {
       env.emplace("TILEMOE_GROUPED_KERNEL", "ws");
       sched.emplace("TILEMOE_WS_SCHED", k == "fused-static" ? "static" : "dynamic");
+    }
+    if (k == "fused-kstagger") {  // both projections warp-specialized, k steps from a tile-dependent start
+      env.emplace("TILEMOE_GROUPED_KERNEL", "ws");
+      stagger.emplace("TILEMOE_WS_KSTAGGER", "1");
     }
     ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);  // NaNs: every output must be written
     ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
@@ -408,6 +412,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
         static_cast<std::uint16_t*>(y.raw()), path);
     env.reset();
     sched.reset();
+    stagger.reset();
     if (path.fused && test::is_hopper() && d % 8 == 0 && n % 8 == 0) {
       EXPECT_EQ(up_why, "");
       EXPECT_EQ(down_why, "");
@@ -517,10 +522,12 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
   }
   // Each pipeline depth with the tiles handed out statically, then dynamically (a device counter
   // that each launch leaves at zero for the next: up and down run back to back).
-  for (const char* sched : {"static", "dynamic"})
+  // "dynamic+kstagger": each tile's k steps from a tile-dependent start (TILEMOE_WS_KSTAGGER).
+  for (const std::string sched : {"static", "dynamic", "dynamic+kstagger"})
   for (int stages : {0, 1, 2, 3, 4}) {
-    SCOPED_TRACE(std::string("schedule ") + sched + " stages=" + std::to_string(stages));
-    const test::ScopedEnv sched_env("TILEMOE_WS_SCHED", sched);
+    SCOPED_TRACE("schedule " + sched + " stages=" + std::to_string(stages));
+    const test::ScopedEnv sched_env("TILEMOE_WS_SCHED", sched == "static" ? "static" : "dynamic");
+    const test::ScopedEnv stagger_env("TILEMOE_WS_KSTAGGER", sched == "dynamic+kstagger" ? "1" : nullptr);
     Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
     ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);
     ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);

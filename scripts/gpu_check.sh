@@ -179,13 +179,42 @@ if has profile; then
   # (At T 64-256 the router is the small kernel and the up-projection's wgmma kernel matches: 2.)
   SECTIONS=()
   for sec in ${PROFILE_SECTIONS:-SpeedOfLight MemoryWorkloadAnalysis ComputeWorkloadAnalysis}; do SECTIONS+=(--section "$sec"); done
-  ncu "${SECTIONS[@]}" \
-    --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sectors_srcunit_tex_op_read.sum.per_second \
-    --kernel-name regex:"ws_kernel|wgmma_kernel|nvjet|xmma|gemm" --launch-skip "${PROFILE_SKIP:-0}" --launch-count "${PROFILE_COUNT:-24}" \
+  # The warps' stall reasons (cycles per issued instruction) come with every profiled kernel;
+  # PROFILE_SOURCE=1 also keeps the report and prints the SASS lines with the most stall samples.
+  REP=(); [ "${PROFILE_SOURCE:-0}" = 1 ] && REP=(--section SourceCounters --import-source no -f -o "$OUT/profile")
+  ncu "${SECTIONS[@]}" "${REP[@]}" \
+    --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sectors_srcunit_tex_op_read.sum.per_second,regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio \
+    --kernel-name regex:"${PROFILE_KERNELS:-ws_kernel|wgmma_kernel|nvjet|xmma|gemm}" --launch-skip "${PROFILE_SKIP:-0}" --launch-count "${PROFILE_COUNT:-24}" \
     $BUILD/bin/bench_moe_variants --configs "${PROFILE_CONFIG:-qwen3-30b-a3b@16384}" --no-sequential --variants fused,dense_cublas \
     --reps 1 --warmup 0 > "$OUT/profile.log" 2>&1
   note "profile rc=$? (${PROFILE_CONFIG:-qwen3-30b-a3b@16384})"
-  grep -E "Context [0-9]+, Stream|SM Frequency|Duration|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|L1/TEX Hit|L2 Hit Rate|hmma_cycles|srcunit_tex_op_read|Memory Throughput|Stall|stalled|Warp Cycles Per Issued|Issue Slots|No Eligible" "$OUT/profile.log" | head -${PROFILE_LINES:-150}
+  if [ -f "$OUT/profile.ncu-rep" ]; then  # with a report, the metrics are read back from it
+    ncu -i "$OUT/profile.ncu-rep" --page details >> "$OUT/profile.log" 2>&1
+    ncu -i "$OUT/profile.ncu-rep" --page source --csv --print-source sass > "$OUT/profile_sass.csv" 2>&1
+  fi
+  grep -E "Context [0-9]+, Stream|SM Frequency|Duration|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|L1/TEX Hit|L2 Hit Rate|hmma_cycles|srcunit_tex_op_read|Memory Throughput|Warp Cycles Per Issued" "$OUT/profile.log" | head -${PROFILE_LINES:-150}
+  # stall reasons above 0.2 cycles per issued instruction, per kernel
+  awk '/Context [0-9]+, Stream/ {print "  " substr($0, 1, 90)} /issue_stalled_.*per_issue_active/ && $NF + 0 >= 0.2 {sub(/smsp__average_warps_issue_stalled_/, "", $1); sub(/_per_issue_active.ratio/, "", $1); printf "      %-22s %s\n", $1, $NF}' "$OUT/profile.log" | head -${PROFILE_LINES:-150}
+  if [ -s "$OUT/profile_sass.csv" ]; then
+    python3 - "$OUT/profile_sass.csv" <<'PY'
+import csv, sys
+rows = list(csv.reader(open(sys.argv[1], errors="replace")))
+head = next((i for i, r in enumerate(rows) if any("Stall Sampling" in c for c in r)), None)
+if head is None:
+    print("  (no stall-sampling column in the source page)"); sys.exit()
+h = rows[head]
+col = next(i for i, c in enumerate(h) if "Stall Sampling (All" in c)
+src = next((i for i, c in enumerate(h) if c.strip().lower() == "source"), 1)
+body = [r for r in rows[head + 1:] if len(r) > col]
+def num(x):
+    try: return float(x.replace(",", ""))
+    except ValueError: return 0.0
+total = sum(num(r[col]) for r in body) or 1.0
+print(f"  top SASS lines by stall samples (of {int(total)}):")
+for r in sorted(body, key=lambda r: -num(r[col]))[:30]:
+    print(f"    {100 * num(r[col]) / total:5.1f}%  {r[src][:110]}")
+PY
+  fi
 fi
 (cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz *.log 2>/dev/null && rm -f cmake.log build.log tests_cpu.log bench_*.log sonic_install.log)
 echo

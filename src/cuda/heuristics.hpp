@@ -26,6 +26,14 @@ struct GroupedTiles {
 // grouped_kernel_override() (below) can force either (tests, A/B timing).
 inline bool prefer_wgmma(bool up, bool gated_fixed, std::int64_t K) { return up ? gated_fixed : K >= 512; }
 
+// Whether the wgmma kernel's fixed gated up-projection loads its weights by TMA (one thread, two
+// boxes per stage) while the threads gather the x rows, instead of every thread copying both with
+// cp.async. TILEMOE_WGMMA_TMA_B=0 turns it off (A/B timing, tests).
+inline bool wgmma_tma_weights() {
+  const char* env = std::getenv("TILEMOE_WGMMA_TMA_B");
+  return !(env && std::strcmp(env, "0") == 0);
+}
+
 // TILEMOE_GROUPED_KERNEL in the environment overrides the kernel choices of this file (tests,
 // A/B timing), read at every launch so that a test can switch it: `mma` keeps the grouped path
 // on mma.sync, `wgmma` takes the sm90 wgmma kernel wherever it applies (the fused path's
@@ -70,18 +78,6 @@ inline bool ws_dynamic_tiles(std::int64_t max_tiles, int E) {
   if (env && std::strcmp(env, "static") == 0) return false;
   if (env && std::strcmp(env, "dynamic") == 0) return true;
   return max_tiles <= 2 * std::int64_t(E);
-}
-
-// Whether the warp-specialized kernels' producer starts each tile's k loop at a tile-dependent
-// step (tile * 7 mod k steps) and wraps around, instead of at step 0. A hypothesis to measure,
-// off by default: at decode sizes the up-projection streams w13 at 2.5-2.9 TB/s on both an
-// H100 and an H200 (the same L2, different DRAM) where the down-projection reaches 3.8 TB/s on
-// the H200 (runs 49, 53); with d 2048 its weight rows are 4 KB apart, so the ~132 blocks in
-// lockstep read addresses that agree in their low 12 bits, which may crowd a few L2 slices or
-// memory channels. TILEMOE_WS_KSTAGGER=1 turns it on (A/B timing, tests); not yet run on a GPU.
-inline bool ws_stagger_k() {
-  const char* env = std::getenv("TILEMOE_WS_KSTAGGER");
-  return env && std::strcmp(env, "1") == 0;
 }
 
 // The fused path's gated up-projection: on large layers it keeps the wgmma kernel, whose 256

@@ -380,27 +380,26 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     Tensor y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
     auto u16 = [](const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); };
     const std::int64_t max_tiles = tiles[E] + 3;
-    for (const char* kernel : {"default", "mma", "wgmma", "fused", "fused-wgmma-up", "fused-1-stage", "fused-4-stage",
-                               "fused-static", "fused-dynamic", "fused-kstagger"}) {  // Hopper ones fall back elsewhere
+    for (const char* kernel : {"default", "mma", "wgmma", "wgmma-cp-async", "fused", "fused-wgmma-up", "fused-1-stage",
+                               "fused-4-stage", "fused-static", "fused-dynamic"}) {  // Hopper ones fall back elsewhere
     SCOPED_TRACE(kernel);
     const std::string k = kernel;
     detail::gpu::GroupedPath path;
     path.fused = k.rfind("fused", 0) == 0;
     path.stages = k == "fused-1-stage" ? 1 : k == "fused-4-stage" ? 4 : 0;
-    // mma, wgmma: forced; fused-wgmma-up: the wgmma up-projection whatever the heuristic picks;
-    // the others under whatever the run was given.
-    const char* forced = k == "mma" || k == "wgmma" ? kernel : k == "fused-wgmma-up" ? "wgmma" : nullptr;
-    std::optional<test::ScopedEnv> env, sched, stagger;
+    // mma, wgmma: forced; wgmma-cp-async: the wgmma kernel with its weights copied by cp.async, not
+    // TMA; fused-wgmma-up: the wgmma up-projection whatever the heuristic picks; the others under
+    // whatever the run was given.
+    const char* forced = k == "mma" || k == "wgmma" ? kernel
+                         : k == "fused-wgmma-up" || k == "wgmma-cp-async" ? "wgmma" : nullptr;
+    std::optional<test::ScopedEnv> env, sched, tma_b;
+    if (k == "wgmma-cp-async") tma_b.emplace("TILEMOE_WGMMA_TMA_B", "0");  // weights by cp.async too
     if (forced) env.emplace("TILEMOE_GROUPED_KERNEL", forced);
     // fused-static, fused-dynamic: the warp-specialized kernels' tile hand-out either way, both
     // projections on them
     if (k == "fused-static" || k == "fused-dynamic") {
       env.emplace("TILEMOE_GROUPED_KERNEL", "ws");
       sched.emplace("TILEMOE_WS_SCHED", k == "fused-static" ? "static" : "dynamic");
-    }
-    if (k == "fused-kstagger") {  // both projections warp-specialized, k steps from a tile-dependent start
-      env.emplace("TILEMOE_GROUPED_KERNEL", "ws");
-      stagger.emplace("TILEMOE_WS_KSTAGGER", "1");
     }
     ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);  // NaNs: every output must be written
     ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
@@ -412,7 +411,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
         static_cast<std::uint16_t*>(y.raw()), path);
     env.reset();
     sched.reset();
-    stagger.reset();
+    tma_b.reset();
     if (path.fused && test::is_hopper() && d % 8 == 0 && n % 8 == 0) {
       EXPECT_EQ(up_why, "");
       EXPECT_EQ(down_why, "");
@@ -522,12 +521,10 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
   }
   // Each pipeline depth with the tiles handed out statically, then dynamically (a device counter
   // that each launch leaves at zero for the next: up and down run back to back).
-  // "dynamic+kstagger": each tile's k steps from a tile-dependent start (TILEMOE_WS_KSTAGGER).
-  for (const std::string sched : {"static", "dynamic", "dynamic+kstagger"})
+  for (const std::string sched : {"static", "dynamic"})
   for (int stages : {0, 1, 2, 3, 4}) {
     SCOPED_TRACE("schedule " + sched + " stages=" + std::to_string(stages));
     const test::ScopedEnv sched_env("TILEMOE_WS_SCHED", sched == "static" ? "static" : "dynamic");
-    const test::ScopedEnv stagger_env("TILEMOE_WS_KSTAGGER", sched == "dynamic+kstagger" ? "1" : nullptr);
     Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
     ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);
     ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);

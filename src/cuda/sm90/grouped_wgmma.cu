@@ -3,9 +3,10 @@
 // epilogue), with wgmma instead of mma.sync.
 // Block: 2 warpgroups (256 threads), tile 128 x 256 x 64; warpgroup g owns rows 64 g .. 64 g + 63
 // and issues wgmma.m64n256k16 from shared-memory descriptors (fp32 accumulators, 128 per
-// thread). Every thread loads with cp.async (a gather has no tensor-map form) into the 128-byte
-// swizzle layout wgmma reads (1024-byte aligned atoms of 8 rows), 4 stages (192 KiB), one block
-// per SM. Per k tile: wait for the stage, fence.proxy.async (cp.async writes -> wgmma reads),
+// thread). Every thread gathers x rows with cp.async (a gather has no tensor-map form) into the
+// 128-byte swizzle layout wgmma reads (1024-byte aligned atoms of 8 rows), 4 stages (192 KiB),
+// one block per SM; the weights come by TMA in the fixed gated up-projection (kTmaB below), by
+// cp.async otherwise. Per k tile: wait for the stage, fence.proxy.async (cp.async writes -> wgmma reads),
 // barrier, prefetch the stage two ahead, 4 wgmma, commit, wait for the previous batch.
 // Assumes K, lda and the expert stride are multiples of 8 elements and the operands 16-byte
 // aligned (the launcher checks; grouped_gemm.cu covers the rest). Other archs trap.
@@ -20,13 +21,14 @@
 #include "../ptx/cp_async.cuh"
 #include "../ptx/pipeline.cuh"
 #include "../ptx/wgmma.cuh"
+#include "../tensor_map.cuh"
 
 namespace tilemoe::detail::gpu {
 namespace {
 
 constexpr int kBM = 128, kBN = 256, kBK = 64, kStages = 4, kThreads = 256;
 constexpr int kStageBytes = (kBM + kBN) * kBK * 2;          // 48 KiB, a multiple of 1024
-constexpr int kSmemBytes = kStages * kStageBytes + 1024;   // + room to align the base to 1024
+constexpr int kSmemBytes = kStages * kStageBytes + 1024 + kStages * 8;  // + alignment room, + barriers (kTmaB)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 constexpr int kAPasses = kBM / 32, kBPasses = kBN / 32;    // 32 rows of 8 chunks per pass
 
@@ -39,13 +41,24 @@ __device__ __forceinline__ std::uint32_t swz(int row, int chunk) {
 // kFixed: a gated up-projection whose activation kAct is fixed at compile time; the run-time
 // switch on g.act (kept for the other cases), unrolled 64 times, made the code large enough for
 // instruction-fetch stalls (ncu, run 10).
+// kTmaB (a fixed gated activation over contiguous weights [E, 2 N, K]): one thread loads each
+// stage's weights by TMA, the 128 gate rows and the 128 up rows of the tile's outputs as two
+// boxes completing on the stage's mbarrier, and the threads gather only the x rows; accumulator
+// columns c < 128 are then gates and c + 128 their ups (without it, gate and up rows alternate
+// in groups of 8). A third of the cp.async copies and most of the loads' address arithmetic go
+// (the stall samples of the all-cp.async kernel sat on that arithmetic, run 55). H200 run 56, up-projection
+// ms, TMA vs cp.async weights (two runs each): sonic-7b 0.604 / 0.604 vs 0.635 / 0.625, Mixtral
+// 3.670 / 3.624 vs 3.788 / 3.796, d 4096 n 1024 7.756 / 7.896 vs 8.153 / 8.181, Qwen3-30B-A3B
+// 1.675 / 1.668 vs 1.709 / 1.608.
 // kStaged (a fixed gated activation whose output rows are 16-byte aligned: N, ldc multiples of 8,
 // C aligned): the epilogue writes each warpgroup's 64 x 128 bf16 outputs into shared memory
 // (16-byte chunks XOR-swizzled by row, conflict-free both ways) and stores them as 16-byte rows,
 // instead of 4-byte stores straight from the accumulators.
-template <bool kUp, bool kFixed, Activation kAct, bool kStaged>
-__global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmArgs g) {
+template <bool kUp, bool kFixed, Activation kAct, bool kStaged, bool kTmaB>
+__global__ void __launch_bounds__(kThreads, 1)
+    grouped_wgmma_kernel(const GemmArgs g, const __grid_constant__ CUtensorMap map_b) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  static_assert(!kTmaB || (kUp && kFixed), "TMA weights: the fixed gated up-projection");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const TileCoord tc = raster_tile(std::int64_t(blockIdx.y) * gridDim.x + blockIdx.x, gridDim.y, gridDim.x,
                                     kRasterRows);
@@ -75,7 +88,7 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
   }
   const __nv_bfloat16* Be = g.B + std::int64_t(e) * g.b_expert_stride;
 #pragma unroll
-  for (int i = 0; i < kBPasses; ++i) {
+  for (int i = 0; i < (kTmaB ? 0 : kBPasses); ++i) {
     const int r = lr + 32 * i;
     std::int64_t col, brow;
     if (gated) {
@@ -94,6 +107,15 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
   auto sA = [&](int s) { return sbase + s * kStageBytes; };
   auto sB = [&](int s) { return sbase + s * kStageBytes + kBM * kBK * 2; };
   const int ktiles = static_cast<int>((g.K + kBK - 1) / kBK);
+  unsigned char* const smem_al = smem_raw + (sbase - static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw)));
+  std::uint64_t* full = reinterpret_cast<std::uint64_t*>(smem_al + kStages * kStageBytes);  // kTmaB: stage s's weights landed
+  if constexpr (kTmaB) {
+    if (tid == 0) {
+      for (int s = 0; s < kStages; ++s) ptx::mbarrier_init(&full[s], 1);
+      ptx::fence_barrier_init();
+    }
+    __syncthreads();
+  }
   auto load_stage = [&](int s, int kt) {
     const std::int64_t k0 = std::int64_t(kt) * kBK + lc * 8;
     const bool kin = k0 < g.K;
@@ -102,10 +124,22 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
 #pragma unroll
     for (int i = 0; i < kAPasses; ++i)
       if ((a_ok >> i) & 1u) ptx::cp_async_cg_16(sA(s) + swz(lr + 32 * i, lc), kin ? a_src[i] + k0 : g.A, kin ? 16 : 0);
+    if constexpr (kTmaB) {
+      // The slot's previous wgmma reads are complete (every warpgroup waited for them before the
+      // block barrier that precedes this call).
+      if (tid == 0) {
+        const int brow = static_cast<int>(std::int64_t(e) * 2 * g.N + j0);
+        ptx::mbarrier_arrive_expect_tx(&full[s], kBN * kBK * 2);
+        unsigned char* dst = smem_al + s * kStageBytes + kBM * kBK * 2;
+        ptx::tma_load_2d(dst, &map_b, kt * kBK, brow, &full[s]);
+        ptx::tma_load_2d(dst + kBN / 2 * kBK * 2, &map_b, kt * kBK, brow + static_cast<int>(g.N), &full[s]);
+      }
+    } else {
 #pragma unroll
-    for (int i = 0; i < kBPasses; ++i) {
-      const bool ok = kin && ((b_ok >> i) & 1u);
-      ptx::cp_async_cg_16(sB(s) + swz(lr + 32 * i, lc), ok ? b_src[i] + k0 : g.B, ok ? 16 : 0);
+      for (int i = 0; i < kBPasses; ++i) {
+        const bool ok = kin && ((b_ok >> i) & 1u);
+        ptx::cp_async_cg_16(sB(s) + swz(lr + 32 * i, lc), ok ? b_src[i] + k0 : g.B, ok ? 16 : 0);
+      }
     }
   };
 
@@ -114,6 +148,9 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
   for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
   // Loads run two stages ahead and one wgmma batch stays in flight: the slot refilled at k tile
   // kt is the one of kt - 2, whose wgmma every warpgroup has waited for before the barrier.
+  // The loads of the tile two ahead are issued before the k tile's wgmma batch: the other order
+  // (the batch queued first, the copies' ~100 instructions per warp behind it) was 7-11% slower
+  // (H200 run 57, up-projection ms: sonic-7b 0.617 -> 0.684, Mixtral 3.71 -> 4.11).
 #pragma unroll
   for (int s = 0; s < kStages - 2; ++s) {
     if (s < ktiles) load_stage(s, s);
@@ -128,10 +165,11 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
     ptx::cp_async_wait_group<kStages - 3>();
     ptx::fence_proxy_async_shared();
     __syncthreads();
+    const int s = kt % kStages;
     const int pf = kt + kStages - 2;
     if (pf < ktiles) load_stage(pf % kStages, pf);
     ptx::cp_async_commit_group();
-    const int s = kt % kStages;
+    if constexpr (kTmaB) ptx::mbarrier_wait(&full[s], (kt / kStages) & 1);
     if (active) {
       ptx::wgmma_fence();
 #pragma unroll
@@ -150,17 +188,19 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
   // Accumulator j of a thread: n8 block j / 4, row 16 * warp + lane / 4 (+ 8 for j % 4 >= 2),
   // columns 2 * (lane % 4) + j % 2 of the block.
   const int t = tid & 127, w = t >> 5, l = t & 31;
+  // The gate and up accumulators of output chunk b (8 columns), row half h, element i.
+  auto gate_at = [&](int b, int h, int i) { return kTmaB ? 4 * b + 2 * h + i : 8 * b + 2 * h + i; };
+  auto up_at = [&](int b, int h, int i) { return kTmaB ? 4 * (b + 16) + 2 * h + i : 8 * b + 4 + 2 * h + i; };
   if constexpr (kStaged) {
     __syncthreads();  // every warpgroup's wgmma has read its last stage: the stages are free
-    unsigned char* stage = smem_raw + (sbase - static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw))) +
-                           wg * 64 * 256;  // 64 rows x 128 bf16 of this warpgroup
+    unsigned char* stage = smem_al + wg * 64 * 256;  // 64 rows x 128 bf16 of this warpgroup
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const int rr = 16 * w + (l >> 2) + 8 * h;
 #pragma unroll
       for (int b = 0; b < kBN / 16; ++b) {
-        const float v0 = activate_gated<kAct>(acc[8 * b + 2 * h], acc[8 * b + 4 + 2 * h]);
-        const float v1 = activate_gated<kAct>(acc[8 * b + 2 * h + 1], acc[8 * b + 4 + 2 * h + 1]);
+        const float v0 = activate_gated<kAct>(acc[gate_at(b, h, 0)], acc[up_at(b, h, 0)]);
+        const float v1 = activate_gated<kAct>(acc[gate_at(b, h, 1)], acc[up_at(b, h, 1)]);
         *reinterpret_cast<__nv_bfloat162*>(stage + rr * 256 + ((b ^ (rr & 7)) << 4) + (l & 3) * 4) =
             __floats2bfloat162_rn(v0, v1);
       }
@@ -187,8 +227,8 @@ __global__ void __launch_bounds__(kThreads, 1) grouped_wgmma_kernel(const GemmAr
 #pragma unroll
       for (int b = 0; b < kBN / 16; ++b) {
         const std::int64_t j = j0 + b * 8 + 2 * (l & 3);
-        const float g0 = acc[8 * b + 2 * h], u0 = acc[8 * b + 4 + 2 * h];
-        const float g1 = acc[8 * b + 2 * h + 1], u1 = acc[8 * b + 4 + 2 * h + 1];
+        const float g0 = acc[gate_at(b, h, 0)], u0 = acc[up_at(b, h, 0)];
+        const float g1 = acc[gate_at(b, h, 1)], u1 = acc[up_at(b, h, 1)];
         if constexpr (kFixed)
           store2(p, j, activate_gated<kAct>(g0, u0), activate_gated<kAct>(g1, u1));
         else
@@ -233,20 +273,25 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
   check_arg(max_tiles <= 65535, "row tiles", max_tiles, "<= 65535 per grouped launch");
   const dim3 grid(static_cast<unsigned>(ntiles), static_cast<unsigned>(max_tiles));
   // Staged 16-byte stores where the output rows allow them (the A/B against direct 4-byte
-  // stores: docs/hopper.md, "Session 4").
+  // stores: docs/hopper.md, "Session 4"); weights by TMA where they are one contiguous [E, 2 N, K]
+  // array (heuristics.hpp wgmma_tma_weights).
   const bool staged = fixed && g.N % 8 == 0 && g.ldc % 8 == 0 && aligned16(g.C);
-  auto gated_kernel = [&](auto stage_tag) {  // the instantiation of g.act, staged or not
-    constexpr bool kS = decltype(stage_tag)::value;
-    return g.act == Activation::swiglu  ? grouped_wgmma_kernel<true, true, Activation::swiglu, kS>
-           : g.act == Activation::geglu ? grouped_wgmma_kernel<true, true, Activation::geglu, kS>
-                                        : grouped_wgmma_kernel<true, true, Activation::clamped_swiglu, kS>;
+  const bool tma_b = staged && wgmma_tma_weights() && g.b_expert_stride == 2 * g.N * g.K &&
+                     g.E * 2 * g.N < (std::int64_t(1) << 31);
+  auto gated_kernel = [&](auto stage_tag, auto tma_tag) {  // the instantiation of g.act
+    constexpr bool kS = decltype(stage_tag)::value, kT = decltype(tma_tag)::value;
+    return g.act == Activation::swiglu  ? grouped_wgmma_kernel<true, true, Activation::swiglu, kS, kT>
+           : g.act == Activation::geglu ? grouped_wgmma_kernel<true, true, Activation::geglu, kS, kT>
+                                        : grouped_wgmma_kernel<true, true, Activation::clamped_swiglu, kS, kT>;
   };
-  auto kernel = !up      ? grouped_wgmma_kernel<false, false, Activation::relu, false>
-                : !fixed ? grouped_wgmma_kernel<true, false, Activation::relu, false>
-                : staged ? gated_kernel(std::true_type{})
-                         : gated_kernel(std::false_type{});
+  auto kernel = !up      ? grouped_wgmma_kernel<false, false, Activation::relu, false, false>
+                : !fixed ? grouped_wgmma_kernel<true, false, Activation::relu, false, false>
+                : tma_b  ? gated_kernel(std::true_type{}, std::true_type{})
+                : staged ? gated_kernel(std::true_type{}, std::false_type{})
+                         : gated_kernel(std::false_type{}, std::false_type{});
+  const CUtensorMap map_b = tma_b ? make_tensor_map_bf16(g.B, g.E * 2 * g.N, g.K, g.K, kBN / 2) : CUtensorMap{};
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  kernel<<<grid, kThreads, kSmemBytes, current_stream()>>>(g);
+  kernel<<<grid, kThreads, kSmemBytes, current_stream()>>>(g, map_b);
   TILEMOE_CHECK_LAUNCH();
   return true;
 }

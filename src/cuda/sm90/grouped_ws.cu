@@ -84,7 +84,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int* tile_counter, bool stagger_k) {
+                      int stages, int* tile_counter) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -171,13 +171,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
       const int j0 = kUp ? tc.col * (kBN / 2) : tc.col * kBN;
-      // stagger_k: the tile's k steps start at a tile-dependent step and wrap around, so that the
-      // blocks streaming at the same time read different 128-byte columns of their weight rows
-      // (the consumers only accumulate, in whatever order the stages come).
-      const int kshift = stagger_k ? static_cast<int>(t * 7 % ktiles) : 0;
       for (int kt = 0; kt < ktiles; ++kt) {
         ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
-        const int k0 = (kt + kshift < ktiles ? kt + kshift : kt + kshift - ktiles) * kBK;
+        const int k0 = kt * kBK;
         if (tid == 0) {
           if constexpr (kUp) {
             ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesB);
@@ -365,7 +361,7 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
   int* counter = ws_dynamic_tiles(max_tiles, g.E) ? tile_counters() : nullptr;
   kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages,
-                                                               counter, ws_stagger_k());
+                                                               counter);
   TILEMOE_CHECK_LAUNCH();
 }
 

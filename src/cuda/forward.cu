@@ -215,8 +215,11 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
       if (!r.empty() && why.empty()) why = std::string(what) + ": " + r;
     };
     const std::int64_t max_tiles = (A + std::int64_t(E) * (tile_m - 1)) / tile_m + 1;
+    GroupedPath gp_up = gp;  // y is not written yet: room for the routed x rows, if staged
+    gp_up.x_stage = static_cast<std::uint16_t*>(P.y);
+    gp_up.x_stage_rows = A_cap;
     note(grouped_up(u16(x), d, u16(w.w13), n, gated, cfg.activation, E, P.m.offsets, P.m.tile_offsets, max_tiles,
-                    P.m.sorted_token, P.act, lda, gp),
+                    P.m.sorted_token, P.act, lda, gp_up),
          "up-projection");
     timer.lap("up_projection");
     note(grouped_down(P.act, lda, n, u16(w.w2), d, E, P.m.offsets, P.m.tile_offsets, max_tiles, A_cap,
@@ -226,8 +229,10 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
     if (S > 0) {
       uniform_offsets(T, S, tile_m, P.s_off, P.s_tiles);
       const std::int64_t s_tiles = S * ((T + tile_m - 1) / tile_m);
+      GroupedPath gp_dense = gp;  // x read in place
+      gp_dense.x_rows = T;
       note(grouped_up(u16(x), d, u16(w.shared_w13), ns, gated, cfg.activation, S, P.s_off, P.s_tiles, s_tiles,
-                      nullptr, P.act_s, lda_s, gp),
+                      nullptr, P.act_s, lda_s, gp_dense),
            "shared up-projection");
       note(grouped_down(P.act_s, lda_s, ns, u16(w.shared_w2), d, S, P.s_off, P.s_tiles, s_tiles, S * T,
                         static_cast<std::uint16_t*>(P.ys), gp),

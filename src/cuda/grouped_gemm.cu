@@ -206,6 +206,25 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
   std::string refusal;
   if (path.fused) {
     refusal = ws_refusal(g, kUp, a_rows);
+    if (refusal.empty() && kUp && !g.gather && g.a_local && path.x_rows > 0) {
+      // A dense pass (shared experts): x rows in place, by TMA.
+      launch_grouped_ws(g, true, max_tiles, path.x_rows, path.stages);
+      return {};
+    }
+    if (refusal.empty() && kUp && g.gather && path.x_stage && up_stages_x(g.K, g.N, max_tiles, g.E)) {
+      // The routed rows copied once in sorted order, then by TMA.
+      auto* stage = reinterpret_cast<__nv_bfloat16*>(path.x_stage);
+      GemmArgs s = g;
+      s.A = stage;
+      s.lda = g.K;
+      s.gather = nullptr;
+      s.a_local = false;
+      if (ws_refusal(s, true, path.x_stage_rows).empty()) {
+        gather_rows(g.A, g.K, g.lda, g.gather, g.offsets + g.E, path.x_stage_rows, stage);
+        launch_grouped_ws(s, true, max_tiles, path.x_stage_rows, path.stages);
+        return {};
+      }
+    }
     if (refusal.empty()) {
       const KernelOverride ov = grouped_kernel_override();
       const bool up_ws = ov == KernelOverride::ws      ? true

@@ -100,9 +100,16 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles);
 // The fused path's warp-specialized persistent sm_90a kernels (sm90/grouped_ws.cu): TMA weights,
 // gathered rows by producer warps, wgmma consumers, staged 16-byte stores. ws_refusal says why
 // they cannot take a projection ("" when they can); launch_grouped_ws requires that they can.
-// a_rows: rows allocated in A (the down-projection reads A by TMA, which needs its extent);
+// a_rows: rows allocated in A where A is read by TMA (the down-projection, and an up-projection
+// without gather: staged rows or a dense pass), which needs its extent;
 // stages: shared-memory pipeline stages, 0 = ws_stages(), 1 = no overlap (load, then compute).
 std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows);
 void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages);
+
+// out [rows, d] = x[index[p]] for p below min(*count, max_rows) (gather_rows.cu): the gathered
+// rows of x copied once, in sorted order, for an up-projection that then reads them by TMA.
+// d and ldx multiples of 8, x and out 16-byte aligned; count is on the device.
+void gather_rows(const __nv_bfloat16* x, std::int64_t d, std::int64_t ldx, const std::int32_t* index,
+                 const std::int64_t* count, std::int64_t max_rows, __nv_bfloat16* out);
 
 }  // namespace tilemoe::detail::gpu

@@ -95,6 +95,19 @@ inline bool fused_up_on_ws(int stages, std::int64_t max_tiles, int E) {
   return stages > 0 || max_tiles <= 2 * std::int64_t(E);
 }
 
+// Whether the fused up-projection copies the routed rows of x once, in sorted order, into room
+// it is given (the down-projection's output y, not yet written; gather_rows.cu) and then loads
+// them by TMA like its weights, instead of gathering them with cp.async inside the kernel. The
+// copy moves 4 d bytes per routed row (read + write) against 4 d n flops of the GEMM, so it
+// pays where n is large. TILEMOE_UP_GATHER=kernel|staged overrides it (tests, A/B timing).
+inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, int E) {
+  (void)d;
+  const char* env = std::getenv("TILEMOE_UP_GATHER");
+  if (env && std::strcmp(env, "kernel") == 0) return false;
+  if (env && std::strcmp(env, "staged") == 0) return true;
+  return max_tiles > 2 * std::int64_t(E) && n >= 1024;
+}
+
 // Tokens up to which bf16 router logits come from one CUDA-core kernel (a block per 8 tokens and
 // 8 experts, fp32 dot products) instead of a weight split and a tensor-core GEMM: at decode sizes
 // the GEMM path is launch-bound (H100 run 21: 62 us for Qwen3-30B-A3B at T 64, most of it

@@ -76,6 +76,14 @@ int grouped_tile_m();
 struct GroupedPath {
   bool fused = false;
   int stages = 0;
+  // Where the fused up-projection may read its x rows by TMA instead of gathering them inside
+  // the kernel. x_rows: the rows of x, which a dense pass (gather null) then reads in place.
+  // x_stage: room for x_stage_rows (>= offsets[E]) rows of d elements, into which the routed
+  // rows are first copied in sorted order where heuristics.hpp's up_stages_x says the copy pays.
+  // 0 / null: the kernel gathers.
+  std::int64_t x_rows = 0;
+  std::uint16_t* x_stage = nullptr;
+  std::int64_t x_stage_rows = 0;
 };
 // act [A, lda_act] bf16 = activation(x[row(p)] . w13[e]^T) for every sorted position p of
 // expert e; row(p) = gather[p], or p - offsets[e] when gather is null (a dense pass).

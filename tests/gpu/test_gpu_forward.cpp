@@ -139,6 +139,16 @@ TEST(GpuForward, FusedBf16ShapeMatrix) {
     }
 }
 
+// The fused up-projection with the routed x rows staged (copied once in sorted order, then read
+// by TMA) wherever the fused kernels run, whatever the heuristic would pick; the shared experts'
+// dense pass reads x in place by TMA either way.
+TEST(GpuForward, FusedStagedRowsShapeMatrix) {
+  TILEMOE_REQUIRE_GPU();
+  const test::ScopedEnv env("TILEMOE_UP_GATHER", "staged");
+  for (int stages : {0, 1})
+    for (const Case& c : shape_matrix()) check_case(c, DType::bf16, Algorithm::fused, 1e-2, stages);
+}
+
 TEST(GpuForward, SequentialBf16ShapeMatrix) {
   TILEMOE_REQUIRE_GPU();
   if (test::sanitizing()) GTEST_SKIP() << "cuBLAS path; the grouped matrix covers our kernels under the sanitizer";

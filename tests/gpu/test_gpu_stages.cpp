@@ -381,19 +381,28 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     auto u16 = [](const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); };
     const std::int64_t max_tiles = tiles[E] + 3;
     for (const char* kernel : {"default", "mma", "wgmma", "wgmma-cp-async", "fused", "fused-wgmma-up", "fused-1-stage",
-                               "fused-4-stage", "fused-static", "fused-dynamic"}) {  // Hopper ones fall back elsewhere
+                               "fused-4-stage", "fused-static", "fused-dynamic", "fused-staged",
+                               "fused-staged-1-stage"}) {  // Hopper ones fall back elsewhere
     SCOPED_TRACE(kernel);
     const std::string k = kernel;
     detail::gpu::GroupedPath path;
     path.fused = k.rfind("fused", 0) == 0;
-    path.stages = k == "fused-1-stage" ? 1 : k == "fused-4-stage" ? 4 : 0;
+    path.stages = k == "fused-1-stage" || k == "fused-staged-1-stage" ? 1 : k == "fused-4-stage" ? 4 : 0;
+    // fused-staged*: the routed x rows copied into y's room first (as the forward does), then the
+    // up-projection reads them by TMA
+    const bool staged = k.rfind("fused-staged", 0) == 0;
+    if (path.fused) {
+      path.x_stage = static_cast<std::uint16_t*>(y.raw());
+      path.x_stage_rows = A;
+    }
     // mma, wgmma: forced; wgmma-cp-async: the wgmma kernel with its weights copied by cp.async, not
     // TMA; fused-wgmma-up: the wgmma up-projection whatever the heuristic picks; the others under
     // whatever the run was given.
     const char* forced = k == "mma" || k == "wgmma" ? kernel
                          : k == "fused-wgmma-up" || k == "wgmma-cp-async" ? "wgmma" : nullptr;
-    std::optional<test::ScopedEnv> env, sched, tma_b;
+    std::optional<test::ScopedEnv> env, sched, tma_b, gather;
     if (k == "wgmma-cp-async") tma_b.emplace("TILEMOE_WGMMA_TMA_B", "0");  // weights by cp.async too
+    gather.emplace("TILEMOE_UP_GATHER", staged ? "staged" : "kernel");
     if (forced) env.emplace("TILEMOE_GROUPED_KERNEL", forced);
     // fused-static, fused-dynamic: the warp-specialized kernels' tile hand-out either way, both
     // projections on them
@@ -412,6 +421,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     env.reset();
     sched.reset();
     tma_b.reset();
+    gather.reset();
     if (path.fused && test::is_hopper() && d % 8 == 0 && n % 8 == 0) {
       EXPECT_EQ(up_why, "");
       EXPECT_EQ(down_why, "");
@@ -483,7 +493,11 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
   const std::int64_t lda = detail::gpu::act_row_stride(n), max_tiles = tiles[E] + 3;
   auto u16 = [](const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); };
   auto m16 = [](Tensor& t) { return static_cast<std::uint16_t*>(t.raw()); };
-  auto up = [&](Tensor& act, detail::gpu::GroupedPath p) {
+  auto up = [&](Tensor& act, detail::gpu::GroupedPath p, Tensor* stage = nullptr) {
+    if (stage) {
+      p.x_stage = static_cast<std::uint16_t*>(stage->raw());
+      p.x_stage_rows = A;
+    }
     return detail::gpu::grouped_up(u16(xd), d, u16(wd.w13), n, true, Activation::swiglu, E, offd.data<std::int64_t>(),
                                    tiled.data<std::int32_t>(), max_tiles, stokd.data<std::int32_t>(), m16(act), lda, p);
   };
@@ -520,15 +534,18 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
     down(act_ref, y_ref, {});
   }
   // Each pipeline depth with the tiles handed out statically, then dynamically (a device counter
-  // that each launch leaves at zero for the next: up and down run back to back).
+  // that each launch leaves at zero for the next: up and down run back to back), the x rows
+  // gathered in the kernel or staged in y's room (the forward's two ways).
+  for (const std::string gather : {"kernel", "staged"})
   for (const std::string sched : {"static", "dynamic"})
   for (int stages : {0, 1, 2, 3, 4}) {
-    SCOPED_TRACE("schedule " + sched + " stages=" + std::to_string(stages));
+    SCOPED_TRACE("x rows " + gather + ", schedule " + sched + " stages=" + std::to_string(stages));
     const test::ScopedEnv sched_env("TILEMOE_WS_SCHED", sched == "static" ? "static" : "dynamic");
+    const test::ScopedEnv gather_env("TILEMOE_UP_GATHER", gather.c_str());
     Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
     ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);
     ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
-    const std::string why_up = up(act, {true, stages});
+    const std::string why_up = up(act, {true, stages}, &y);
     const std::string why_down = down(act, y, {true, stages});  // chained, as in the forward
     if (!test::is_hopper()) continue;
     EXPECT_EQ(why_up, "");

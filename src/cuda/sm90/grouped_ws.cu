@@ -84,7 +84,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int* tile_counter) {
+                      int stages, int* tile_counter, bool a_tma) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -102,15 +102,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   std::uint64_t* q_empty = q_full + 2;
   volatile long long* tile_q = reinterpret_cast<volatile long long*>(q_empty + 2);
   const bool dynamic = tile_counter != nullptr;
+  // The up-projection's producer threads gather the x rows with cp.async, unless its rows are
+  // contiguous (staged by gather_rows, or a dense pass) and come by TMA like the weights.
+  const bool gather = kUp && !a_tma;
   auto stage_a = [&](int s) { return s * Shape::kStageBytes; };  // byte offsets from smem
   auto stage_b = [&](int s) { return s * Shape::kStageBytes + kTileBytesA; };
 
   const int wg = threadIdx.x >> 7, tid = threadIdx.x & 127;
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
-      // Up: the TMA thread's expect_tx arrival + one per producer thread (its copies landed); one
-      // arrival per consumer warp frees a stage.
-      ptx::mbarrier_init(&full[s], kUp ? 1 + 128 : 1);
+      // Gathered up-projection: the TMA thread's expect_tx arrival + one per producer thread (its
+      // copies landed); else the TMA thread's alone. One arrival per consumer warp frees a stage.
+      ptx::mbarrier_init(&full[s], gather ? 1 + 128 : 1);
       ptx::mbarrier_init(&empty[s], 8);
     }
     for (int q = 0; q < 2; ++q) {
@@ -135,6 +138,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (wg == 0) {
     // ---------------- producer ----------------
     ptx::setmaxnreg_dec<56>();
+    // All loads by TMA: one producer warp issues them (lane 0) and the others are done.
+    const int loaders = gather ? 128 : 32;
+    if (tid >= loaders) return;
     const int lr = tid >> 3, lc = tid & 7;  // rows lr + 16 i, 16-byte chunk lc of each k tile
     int s = 0;
     std::uint32_t phase = 0;  // parity of the current pass over the stages
@@ -151,7 +157,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           // Claim the tile after this one now: the atomic's latency hides behind this tile's loads.
           if (ticket < total) ticket = gridDim.x + static_cast<long long>(atomicAdd(tile_counter, 1));
         }
-        ptx::named_barrier_sync(3, 128);  // the producer threads read the slot
+        ptx::named_barrier_sync(3, loaders);  // the producer threads read the slot
         t = tile_q[q];  // thread 0 rewrites this slot two tiles on, after the next such barrier
         if (++q == 2) q = 0, qphase ^= 1;
       } else {
@@ -162,7 +168,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const RowTile rt = find_row_tile_warp<kBM>(g, tc.row);
       const int e = rt.expert;
       std::int32_t arow[8];
-      if constexpr (kUp) {
+      if (gather) {
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
           const int r = lr + 16 * i;
@@ -176,7 +182,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int k0 = kt * kBK;
         if (tid == 0) {
           if constexpr (kUp) {
-            ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesB);
+            ptx::mbarrier_arrive_expect_tx(&full[s], a_tma ? kTileBytesA + kTileBytesB : kTileBytesB);
+            if (a_tma)  // staged rows: sorted position p; a dense pass: x row p - offsets[e]
+              ptx::tma_load_2d(smem + stage_a(s), &map_a, k0,
+                               static_cast<int>(g.a_local ? rt.m0 - g.offsets[e] : rt.m0), &full[s]);
             const int brow = static_cast<int>(e * 2 * g.N) + j0;
             ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow, &full[s]);
             ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &map_b, k0, brow + static_cast<int>(g.N), &full[s]);
@@ -186,7 +195,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, static_cast<int>(e * g.N) + j0, &full[s]);
           }
         }
-        if constexpr (kUp) {
+        if (gather) {
           const std::int64_t kc = std::int64_t(k0) + lc * 8;
           const bool kin = kc < g.K;
           // Rows past the tile's count are not loaded (their outputs are never stored); the k
@@ -213,7 +222,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         tile_counter[1] = 0;
       }
     }
-    if constexpr (kUp) ptx::cp_async_wait_group<0>();  // nothing in flight when the block exits
+    if (gather) ptx::cp_async_wait_group<0>();  // nothing in flight when the block exits
   } else {
     // ---------------- consumers ----------------
     ptx::setmaxnreg_inc<224>();
@@ -250,7 +259,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
       for (int kt = 0; kt < ktiles; ++kt) {
         ptx::mbarrier_wait(&full[s], phase);
-        if constexpr (kUp) ptx::fence_proxy_async_shared();  // the producers' cp.async writes
+        if (gather) ptx::fence_proxy_async_shared();  // the producers' cp.async writes
         ptx::wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
@@ -347,8 +356,9 @@ template <bool kUp, Activation kAct>
 void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
   using Shape = WsShape<kUp>;
   const std::int64_t rows_b = kUp ? 2 * g.N : g.N;
+  const bool a_tma = !kUp || !g.gather;  // rows of A contiguous: a TMA box per k tile
   const CUtensorMap map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, kUp ? kBN / 2 : kBN);
-  const CUtensorMap map_a = kUp ? map_b : make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM);
+  const CUtensorMap map_a = a_tma ? make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM) : map_b;
   // The output's TMA stores take whole 64-row blocks of a tile, all below offsets[E]. Its extent:
   // the down-projection's y has a_rows rows; for the up-projection's act, max_tiles * kBM bounds
   // offsets[E] (no store reaches past the real rows either way).
@@ -361,7 +371,7 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
   int* counter = ws_dynamic_tiles(max_tiles, g.E) ? tile_counters() : nullptr;
   kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages,
-                                                               counter);
+                                                               counter, a_tma);
   TILEMOE_CHECK_LAUNCH();
 }
 

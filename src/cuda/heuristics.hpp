@@ -97,15 +97,22 @@ inline bool fused_up_on_ws(int stages, std::int64_t max_tiles, int E) {
 
 // Whether the fused up-projection copies the routed rows of x once, in sorted order, into room
 // it is given (the down-projection's output y, not yet written; gather_rows.cu) and then loads
-// them by TMA like its weights, instead of gathering them with cp.async inside the kernel. The
-// copy moves 4 d bytes per routed row (read + write) against 4 d n flops of the GEMM, so it
-// pays where n is large. TILEMOE_UP_GATHER=kernel|staged overrides it (tests, A/B timing).
+// them by TMA like its weights, on the warp-specialized kernel, instead of gathering them with
+// cp.async inside a kernel. The copy moves 4 d bytes per routed row (read + write) against the
+// GEMM's 4 d n flops, so it pays where n is large; at decode sizes (about one row tile per
+// expert or less) the copy is a few MB and the kernel streams weights sooner without the
+// gather. Measured on an H200 (run 62, docs/hopper.md; up-projection stage ms, in-kernel gather
+// vs staged, the copy included): staged wins on OLMoE T 16384 (n 1024, d 2048: 2.125 vs 1.936),
+// gpt-oss-120b (n 2880: 2.642 vs 2.568), Mixtral (n 14336: 3.741 vs 3.323), Qwen3-30B-A3B T 256
+// (0.260 vs 0.222) and OLMoE T 64 (0.174 vs 0.155); loses on sonic-7b (n 256: 0.608 vs 0.814),
+// Qwen3 T 16384 (n 768: 1.521 vs 1.601), d 4096 with n 512 (4.105 vs 4.572) and n 1024 (8.096
+// vs 8.334): the rule below is drawn from those seven layers.
+// TILEMOE_UP_GATHER=kernel|staged overrides it (tests, A/B timing).
 inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, int E) {
-  (void)d;
   const char* env = std::getenv("TILEMOE_UP_GATHER");
   if (env && std::strcmp(env, "kernel") == 0) return false;
   if (env && std::strcmp(env, "staged") == 0) return true;
-  return max_tiles > 2 * std::int64_t(E) && n >= 1024;
+  return max_tiles <= 2 * std::int64_t(E) || (n >= 1024 && d <= 2 * n);
 }
 
 // Tokens up to which bf16 router logits come from one CUDA-core kernel (a block per 8 tokens and

@@ -169,6 +169,34 @@ if has ab; then
   done
   rm -f "$OUT/ab.log"
 fi
+if has clocks; then
+  # SM clock and power while the fused layer, then cuBLAS's dense pair, run back to back
+  # (CLOCK_CONFIG, 200 reps each): nvidia-smi samples every 20 ms, those above 300 W (under load)
+  # summarized. Whether a kernel is held back by the power limit shows as a lower clock.
+  B=$BUILD/bin/bench_moe_variants
+  for v in fused dense_cublas; do
+    nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 20 > "$OUT/clocks_$v.csv" &
+    smi=$!
+    $B --configs "${CLOCK_CONFIG:-mixtral-8x7b@4096}" --no-sequential --variants $v --reps 200 > "$OUT/clocks_$v.log" 2>&1
+    kill $smi; wait $smi 2>/dev/null
+    note "clocks $v ${CLOCK_CONFIG:-mixtral-8x7b@4096}: $(python3 - "$OUT/clocks_$v.csv" <<'PY'
+import sys, statistics
+rows = []
+for line in open(sys.argv[1]):
+    try:
+        c, p = (float(x) for x in line.split(","))
+        rows.append((c, p))
+    except ValueError:
+        pass
+busy = [r for r in rows if r[1] > 300]
+if not busy:
+    print("no sample above 300 W"); sys.exit()
+print(f"{len(busy)} busy samples: SM clock median {statistics.median(r[0] for r in busy):.0f} MHz "
+      f"(min {min(r[0] for r in busy):.0f}), power median {statistics.median(r[1] for r in busy):.0f} W")
+PY
+) $(grep -E "T=.* $v " "$OUT/clocks_$v.log" | head -1 | sed 's/  */ /g')"
+  done
+fi
 if has profile; then
   # Nsight Compute on the fused layer's expert GEMMs and cuBLAS's dense GEMMs of the same FLOPs
   # (bench_moe_variants, one timed run each): speed of light, memory workload, SM clock; whether

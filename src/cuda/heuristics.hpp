@@ -53,6 +53,13 @@ inline KernelOverride grouped_kernel_override() {
 // about the same time from L2. Row-tile-major order instead streamed all of an expert's weight
 // columns once per row tile (Mixtral's up-projection: ~70 GB of weight reads at T 24576).
 constexpr int kRasterRows = 16;
+// The warp-specialized kernels' raster group: kRasterRows, or TILEMOE_RASTER_ROWS (1..1024) from
+// the environment (A/B timing).
+inline int ws_raster_rows() {
+  const char* env = std::getenv("TILEMOE_RASTER_ROWS");
+  const int v = env ? std::atoi(env) : 0;
+  return v >= 1 && v <= 1024 ? v : kRasterRows;
+}
 
 // Pipeline stages of the fused kernels (sm90/grouped_ws.cu): as many as shared memory holds
 // next to the staged output (48 KiB each, 4). The down-projection had 3 while it staged all 256

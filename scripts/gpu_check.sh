@@ -33,7 +33,7 @@ fi
 T=$BUILD/tests/tilemoe_tests_gpu
 if has tests; then
   start=$SECONDS
-  $T --gtest_brief=1 > "$OUT/tests_gpu.log" 2>&1
+  timeout ${TEST_TIMEOUT:-300} $T --gtest_brief=1 > "$OUT/tests_gpu.log" 2>&1
   rc=$?
   note "tests_gpu rc=$rc ($((SECONDS - start)) s): $(grep -E '^\[  (PASSED|FAILED)' "$OUT/tests_gpu.log" | tr '\n' ' ')"
   grep -E "Failure|FAILED|error|Expected|Which is|seed=|actual" "$OUT/tests_gpu.log" | head -60

@@ -72,16 +72,6 @@ inline int ws_stages() {
   return v >= 1 && v <= 4 ? v : 4;
 }
 
-// Whether the warp-specialized kernels run as clusters of two CTAs that load a shared weight
-// tile once for both (TMA multicast, half each) where their two output tiles have the same
-// expert and columns, with the static tile schedule (the dynamic one stays single).
-// TILEMOE_WS_PAIR=0|1 overrides it (tests, A/B timing).
-inline bool ws_pair_ctas() {
-  const char* env = std::getenv("TILEMOE_WS_PAIR");
-  if (env && std::strcmp(env, "0") == 0) return false;
-  return true;
-}
-
 // How the warp-specialized kernels hand out their output tiles: statically (block b takes tiles
 // b, b + grid, ...) or dynamically (after its first tile, a block's producer claims the next from
 // a device counter, one tile ahead, and passes it to the consumers through a two-slot queue in

@@ -382,7 +382,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     const std::int64_t max_tiles = tiles[E] + 3;
     for (const char* kernel : {"default", "mma", "wgmma", "wgmma-cp-async", "fused", "fused-wgmma-up", "fused-1-stage",
                                "fused-4-stage", "fused-static", "fused-dynamic", "fused-staged",
-                               "fused-staged-1-stage", "fused-single", "fused-staged-single"}) {  // Hopper ones fall back elsewhere
+                               "fused-staged-1-stage"}) {  // Hopper ones fall back elsewhere
     SCOPED_TRACE(kernel);
     const std::string k = kernel;
     detail::gpu::GroupedPath path;
@@ -400,9 +400,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     // whatever the run was given.
     const char* forced = k == "mma" || k == "wgmma" ? kernel
                          : k == "fused-wgmma-up" || k == "wgmma-cp-async" ? "wgmma" : nullptr;
-    std::optional<test::ScopedEnv> env, sched, tma_b, gather, pair;
-    // *-single: the warp-specialized kernels without 2-CTA clusters (each CTA loads its weights)
-    pair.emplace("TILEMOE_WS_PAIR", k.size() > 7 && k.compare(k.size() - 7, 7, "-single") == 0 ? "0" : "1");
+    std::optional<test::ScopedEnv> env, sched, tma_b, gather;
     if (k == "wgmma-cp-async") tma_b.emplace("TILEMOE_WGMMA_TMA_B", "0");  // weights by cp.async too
     gather.emplace("TILEMOE_UP_GATHER", staged ? "staged" : "kernel");
     if (forced) env.emplace("TILEMOE_GROUPED_KERNEL", forced);
@@ -424,7 +422,6 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     sched.reset();
     tma_b.reset();
     gather.reset();
-    pair.reset();
     if (path.fused && test::is_hopper() && d % 8 == 0 && n % 8 == 0) {
       EXPECT_EQ(up_why, "");
       EXPECT_EQ(down_why, "");
@@ -539,13 +536,11 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
   // Each pipeline depth with the tiles handed out statically, then dynamically (a device counter
   // that each launch leaves at zero for the next: up and down run back to back), the x rows
   // gathered in the kernel or staged in y's room (the forward's two ways).
-  // Static: with and without 2-CTA clusters sharing weight tiles.
   for (const std::string gather : {"kernel", "staged"})
-  for (const std::string sched : {"static", "static-single", "dynamic"})
+  for (const std::string sched : {"static", "dynamic"})
   for (int stages : {0, 1, 2, 3, 4}) {
     SCOPED_TRACE("x rows " + gather + ", schedule " + sched + " stages=" + std::to_string(stages));
-    const test::ScopedEnv sched_env("TILEMOE_WS_SCHED", sched == "dynamic" ? "dynamic" : "static");
-    const test::ScopedEnv pair_env("TILEMOE_WS_PAIR", sched == "static-single" ? "0" : "1");
+    const test::ScopedEnv sched_env("TILEMOE_WS_SCHED", sched == "static" ? "static" : "dynamic");
     const test::ScopedEnv gather_env("TILEMOE_UP_GATHER", gather.c_str());
     Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
     ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);

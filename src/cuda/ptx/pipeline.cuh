@@ -36,35 +36,6 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const void* tensor_map, i
   cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, dst, tensor_map, coords, bar);
 }
 
-// The same box into shared memory at dst in every CTA of the cluster named by cta_mask (bit r:
-// rank r), each completing on its own barrier at bar's offset (2-CTA clusters sharing a weight
-// tile). Every destination CTA must have freed dst and armed its barrier for the bytes.
-__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const void* tensor_map, int inner, int outer,
-                                                      std::uint64_t* bar, std::uint16_t cta_mask) {
-  const std::int32_t coords[2] = {inner, outer};
-  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, dst, tensor_map, coords, bar,
-                                  cta_mask);
-}
-
-// Thread block clusters: this CTA's rank, the shared::cluster address of p's counterpart in CTA
-// `rank` (mapa; a 32-bit address keeps a register), an arrival on a barrier there, and the
-// cluster-wide barrier (every thread of every CTA arrives; wait returns once all have).
-__device__ __forceinline__ std::uint32_t cluster_rank() { return cuda::ptx::get_sreg_cluster_ctarank(); }
-__device__ __forceinline__ std::uint32_t map_shared_rank(const void* p, std::uint32_t rank) {
-  const std::uint32_t local = static_cast<std::uint32_t>(__cvta_generic_to_shared(p));
-  std::uint32_t remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(rank));
-  return remote;
-}
-__device__ __forceinline__ void mbarrier_arrive_remote(std::uint32_t cluster_addr) {
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_addr) : "memory");
-}
-__device__ __forceinline__ void cluster_arrive() { cuda::ptx::barrier_cluster_arrive(); }
-__device__ __forceinline__ void cluster_sync() {
-  cuda::ptx::barrier_cluster_arrive();
-  cuda::ptx::barrier_cluster_wait();
-}
-
 // TMA store: the box at (inner, outer) of a 2-D tensor map from shared memory at src (laid out
 // as the map's swizzle says); elements outside the tensor are not written. Asynchronous: it joins
 // the thread's current bulk group (bulk_commit_group), and src may be rewritten once

@@ -84,7 +84,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int* tile_counter, bool a_tma, bool pair) {
+                      int stages, int* tile_counter, bool a_tma) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -114,8 +114,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // Gathered up-projection: the TMA thread's expect_tx arrival + one per producer thread (its
       // copies landed); else the TMA thread's alone. One arrival per consumer warp frees a stage.
       ptx::mbarrier_init(&full[s], gather ? 1 + 128 : 1);
-      // In a pair, the 8 consumer warps of both CTAs: either may write into this stage of both.
-      ptx::mbarrier_init(&empty[s], pair ? 16 : 8);
+      ptx::mbarrier_init(&empty[s], 8);
     }
     for (int q = 0; q < 2; ++q) {
       ptx::mbarrier_init(&q_full[q], 1);
@@ -123,25 +122,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     ptx::fence_barrier_init();
   }
-  // A pair's barriers are initialized before either CTA touches the other's.
-  if (pair) ptx::cluster_sync();
-  else __syncthreads();
+  __syncthreads();
 
   // One arrival per consumer warp, once all its lanes got there (__syncwarp orders their wgmma
   // reads before lane 0's release). Per thread measured the same (H100, session 4).
   auto arrive = [&](std::uint64_t* bar) {
     __syncwarp();
     if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bar);
-  };
-  // A stage is freed on this CTA's barrier and, in a pair, on the other CTA's too (its producer
-  // may multicast into this CTA's stage next).
-  auto release = [&](int st) {
-    __syncwarp();
-    if ((threadIdx.x & 31) == 0) {
-      ptx::mbarrier_arrive(&empty[st]);
-      // (the other CTA's address made here, not kept: the consumers have no register to spare)
-      if (pair) ptx::mbarrier_arrive_remote(ptx::map_shared_rank(&empty[st], ptx::cluster_rank() ^ 1));
-    }
   };
 
   const int nrow = g.tile_offsets[g.E];
@@ -153,10 +140,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     ptx::setmaxnreg_dec<56>();
     // All loads by TMA: one producer warp issues them (lane 0) and the others are done.
     const int loaders = gather ? 128 : 32;
-    if (tid >= loaders) {
-      if (pair) ptx::cluster_arrive();  // the exit barrier below, arrived at now
-      return;
-    }
+    if (tid >= loaders) return;
     const int lr = tid >> 3, lc = tid & 7;  // rows lr + 16 i, 16-byte chunk lc of each k tile
     int s = 0;
     std::uint32_t phase = 0;  // parity of the current pass over the stages
@@ -179,28 +163,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       } else {
         ticket += gridDim.x;
       }
-      // A pair walks tiles t and t ^ 1 together (the grid is even) until both are past the end.
-      if ((pair ? t & ~1LL : t) >= total) break;
-      if (t >= total) {
-        // The other CTA's last tile has no partner here: its stage barriers stay in step.
-        for (int kt = 0; kt < ktiles; ++kt) {
-          ptx::mbarrier_wait(&empty[s], phase ^ 1);
-          if (tid == 0) ptx::mbarrier_arrive(&full[s]);
-          if (gather) ptx::mbarrier_arrive(&full[s]);
-          if (++s == stages) s = 0, phase ^= 1;
-        }
-        continue;
-      }
+      if (t >= total) break;
       const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
       const RowTile rt = find_row_tile_warp<kBM>(g, tc.row);
       const int e = rt.expert;
-      // Both tiles of a pair in the same weight columns of the same expert: each CTA loads half
-      // of the weight tile into both (TMA multicast), so the pair reads it from L2 once.
-      bool share = false;
-      if (pair && (t ^ 1) < total) {
-        const TileCoord pc = raster_tile(t ^ 1, nrow, ncol, group_rows);
-        share = pc.col == tc.col && find_row_tile_warp<kBM>(g, pc.row).expert == e;
-      }
       std::int32_t arow[8];
       if (gather) {
 #pragma unroll
@@ -215,22 +181,18 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
         const int k0 = kt * kBK;
         if (tid == 0) {
-          ptx::mbarrier_arrive_expect_tx(&full[s], a_tma ? kTileBytesA + kTileBytesB : kTileBytesB);
-          // A: staged rows or act at sorted position p; a dense pass: x row p - offsets[e].
-          if (a_tma)
-            ptx::tma_load_2d(smem + stage_a(s), &map_a, k0,
-                             static_cast<int>(kUp && g.a_local ? rt.m0 - g.offsets[e] : rt.m0), &full[s]);
-          // B, two boxes of 128 rows: the up-projection's gate rows and the up rows of the same
-          // outputs, the down-projection's 256 rows in two halves.
-          const int brow0 = kUp ? static_cast<int>(e * 2 * g.N) + j0 : static_cast<int>(e * g.N) + j0;
-          const int brow1 = kUp ? brow0 + static_cast<int>(g.N) : brow0 + kBN / 2;
-          if (share) {
-            const std::uint32_t rank = ptx::cluster_rank();
-            ptx::tma_load_2d_multicast(smem + stage_b(s) + rank * (kTileBytesB / 2), &map_b, k0,
-                                       rank == 0 ? brow0 : brow1, &full[s], 0x3);
+          if constexpr (kUp) {
+            ptx::mbarrier_arrive_expect_tx(&full[s], a_tma ? kTileBytesA + kTileBytesB : kTileBytesB);
+            if (a_tma)  // staged rows: sorted position p; a dense pass: x row p - offsets[e]
+              ptx::tma_load_2d(smem + stage_a(s), &map_a, k0,
+                               static_cast<int>(g.a_local ? rt.m0 - g.offsets[e] : rt.m0), &full[s]);
+            const int brow = static_cast<int>(e * 2 * g.N) + j0;
+            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow, &full[s]);
+            ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &map_b, k0, brow + static_cast<int>(g.N), &full[s]);
           } else {
-            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow0, &full[s]);
-            ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &map_b, k0, brow1, &full[s]);
+            ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesB);
+            ptx::tma_load_2d(smem + stage_a(s), &map_a, k0, static_cast<int>(rt.m0), &full[s]);
+            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, static_cast<int>(e * g.N) + j0, &full[s]);
           }
         }
         if (gather) {
@@ -261,7 +223,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
     if (gather) ptx::cp_async_wait_group<0>();  // nothing in flight when the block exits
-    if (pair) ptx::cluster_sync();  // no arrival reaches the other CTA after it exits
   } else {
     // ---------------- consumers ----------------
     ptx::setmaxnreg_inc<224>();
@@ -280,15 +241,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         arrive(&q_empty[q]);  // after the warp's reads of the slot
         if (++q == 2) q = 0, qphase ^= 1;
       }
-      if ((pair ? t & ~1LL : t) >= total) break;
-      if (t >= total) {  // the other CTA's last tile (producer, above)
-        for (int kt = 0; kt < ktiles; ++kt) {
-          ptx::mbarrier_wait(&full[s], phase);
-          release(s);
-          if (++s == stages) s = 0, phase ^= 1;
-        }
-        continue;
-      }
+      if (t >= total) break;
       const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
       const RowTile rt = find_row_tile_warp<kBM>(g, tc.row);
       if (cw * 64 >= rt.rows) {
@@ -297,7 +250,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // tensor-core work of a few-row tile halves.
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&full[s], phase);
-          release(s);
+          arrive(&empty[s]);
           if (++s == stages) s = 0, phase ^= 1;
         }
         continue;
@@ -317,16 +270,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::wgmma_commit_group();
         if (stages > 1) {  // one batch stays in flight; the stage before it is free
           ptx::wgmma_wait_group<1>();
-          if (kt > 0) release(prev);
+          if (kt > 0) arrive(&empty[prev]);
         } else {           // one stage: load, then compute, then load again
           ptx::wgmma_wait_group<0>();
-          release(s);
+          arrive(&empty[s]);
         }
         prev = s;
         if (++s == stages) s = 0, phase ^= 1;
       }
       ptx::wgmma_wait_group<0>();
-      if (stages > 1) release(prev);
+      if (stages > 1) arrive(&empty[prev]);
 
       // Epilogue. Accumulator 4 b + 2 h + i of a thread: row 16 w + l / 4 + 8 h, column
       // 8 b + 2 (l % 4) + i; in the up-projection column c < 128 is a gate, c + 128 its up.
@@ -389,7 +342,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
     if (tid == 0) ptx::bulk_wait_group_all();  // the block's last stores are done before it exits
-    if (pair) ptx::cluster_sync();  // no arrival reaches the other CTA after it exits
   }
 #else
   if (threadIdx.x == 0 && blockIdx.x == 0)
@@ -405,7 +357,7 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   using Shape = WsShape<kUp>;
   const std::int64_t rows_b = kUp ? 2 * g.N : g.N;
   const bool a_tma = !kUp || !g.gather;  // rows of A contiguous: a TMA box per k tile
-  const CUtensorMap map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, kBN / 2);  // boxes of 128 rows
+  const CUtensorMap map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, kUp ? kBN / 2 : kBN);
   const CUtensorMap map_a = a_tma ? make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM) : map_b;
   // The output's TMA stores take whole 64-row blocks of a tile, all below offsets[E]. Its extent:
   // the down-projection's y has a_rows rows; for the up-projection's act, max_tiles * kBM bounds
@@ -413,39 +365,13 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   const CUtensorMap map_c = make_tensor_map_bf16(g.C, kUp ? max_tiles * kBM : a_rows, g.N, g.ldc, 64);
   const int ncol = static_cast<int>((g.N + Shape::kOutCols - 1) / Shape::kOutCols);
   const std::int64_t tiles = max_tiles * ncol;
-  int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
+  const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
   stages = std::clamp(stages <= 0 ? ws_stages() : stages, 1, Shape::kStages);
   auto kernel = grouped_ws_kernel<kUp, kAct>;
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
   int* counter = ws_dynamic_tiles(max_tiles, g.E) ? tile_counters() : nullptr;
-  const int raster = ws_raster_rows();
-  if (counter == nullptr && tiles >= 2 && ws_pair_ctas()) {
-    // Clusters of two CTAs on neighbouring SMs, as many as fit at once (fewer than half the SMs
-    // where the GPCs' SM counts are odd), each pair walking tiles t, t ^ 1.
-    cudaLaunchAttribute attr{};
-    attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = 2;
-    attr.val.clusterDim.y = 1;
-    attr.val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg{};
-    cfg.blockDim = dim3(kThreads);
-    cfg.dynamicSmemBytes = Shape::kSmem;
-    cfg.stream = current_stream();
-    cfg.attrs = &attr;
-    cfg.numAttrs = 1;
-    static int clusters = 0;  // per instantiation: same shared memory and block for every launch
-    if (clusters == 0) {
-      cfg.gridDim = dim3(2 * (device_props().sm_count / 2));
-      TILEMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
-      clusters = std::max(clusters, 1);
-    }
-    cfg.gridDim = dim3(static_cast<unsigned>(2 * std::min<std::int64_t>(clusters, (tiles + 1) / 2)));
-    TILEMOE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, map_b, map_a, map_c, g, ncol, raster, stages, counter, a_tma,
-                                          true));
-    return;
-  }
-  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, raster, stages, counter,
-                                                               a_tma, false);
+  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, ws_raster_rows(), stages,
+                                                               counter, a_tma);
   TILEMOE_CHECK_LAUNCH();
 }
 

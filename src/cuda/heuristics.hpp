@@ -108,7 +108,7 @@ inline bool fused_up_on_ws(int stages, std::int64_t max_tiles, int E) {
 // cp.async inside a kernel. The copy moves 4 d bytes per routed row (read + write) against the
 // GEMM's 4 d n flops, so it pays where n is large; at decode sizes (about one row tile per
 // expert or less) the copy is a few MB and the kernel streams weights sooner without the
-// gather. Measured on an H200 (run 62, docs/hopper.md; up-projection stage ms, in-kernel gather
+// gather. Measured on an H200 (run 61, docs/hopper.md; up-projection stage ms, in-kernel gather
 // vs staged, the copy included): staged wins on OLMoE T 16384 (n 1024, d 2048: 2.125 vs 1.936),
 // gpt-oss-120b (n 2880: 2.642 vs 2.568), Mixtral (n 14336: 3.741 vs 3.323), Qwen3-30B-A3B T 256
 // (0.260 vs 0.222) and OLMoE T 64 (0.174 vs 0.155); loses on sonic-7b (n 256: 0.608 vs 0.814),

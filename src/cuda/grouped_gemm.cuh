@@ -80,6 +80,45 @@ __device__ __forceinline__ TileCoord raster_tile(std::int64_t t, int nrow, int n
   return {first + rem % rows_here, rem / rows_here};
 }
 
+// Output tile t -> (row tile, column tile) and its RowTile, rasterized within each expert: an
+// expert's tiles are t in [tile_offsets[e] ncol, tile_offsets[e + 1] ncol), walked in groups of
+// group_rows of its row tiles (down a group's rows, then its next column). Unlike raster_tile's
+// groups of fixed rows, which straddle experts (an expert of 8-9 row tiles sat in two groups of 16
+// and its weights were read from DRAM once per group), a group never spans two experts. By a
+// whole warp (all 32 lanes converged), one ballot as in find_row_tile_warp; t below
+// tile_offsets[E] * ncol.
+template <int kBM>
+__device__ __forceinline__ RowTile expert_raster_tile(const GemmArgs& g, std::int64_t t, int ncol, int group_rows,
+                                                      TileCoord& tc) {
+  const int lane = threadIdx.x & 31;
+  int e = 0;
+#pragma unroll 4
+  for (int i0 = 1; i0 < g.E; i0 += 32) {
+    const int i = i0 + lane;
+    e += __popc(__ballot_sync(0xffffffffu, i < g.E && std::int64_t(g.tile_offsets[i]) * ncol <= t));
+  }
+  const int first_tile = g.tile_offsets[e];
+  const int rows_e = g.tile_offsets[e + 1] - first_tile;
+  const std::int64_t local = t - std::int64_t(first_tile) * ncol;
+  const std::int64_t per_group = std::int64_t(group_rows) * ncol;
+  const int grp = static_cast<int>(local / per_group);
+  const int first = grp * group_rows;
+  const int rows_here = min(group_rows, rows_e - first);
+  const int rem = static_cast<int>(local - grp * per_group);
+  tc = {first_tile + first + rem % rows_here, rem / rows_here};
+  const std::int64_t m0 = g.offsets[e] + std::int64_t(tc.row - first_tile) * kBM;
+  return {e, m0, static_cast<int>(min(std::int64_t(kBM), g.offsets[e + 1] - m0))};
+}
+
+// Either raster (the sm90 kernels; expert = expert_raster_tile): tile t of nrow x ncol.
+template <int kBM>
+__device__ __forceinline__ RowTile tile_at(const GemmArgs& g, std::int64_t t, int nrow, int ncol, int group_rows,
+                                           bool expert, TileCoord& tc) {
+  if (expert) return expert_raster_tile<kBM>(g, t, ncol, group_rows, tc);
+  tc = raster_tile(t, nrow, ncol, group_rows);
+  return find_row_tile_warp<kBM>(g, tc.row);
+}
+
 // Stores two adjacent outputs (p, j) and (p, j + 1) of C as bf16: one 4-byte store where the pair
 // is aligned and inside N, element by element at the right edge.
 __device__ __forceinline__ void store_pair(const GemmArgs& g, std::int64_t p, std::int64_t j, float v0,

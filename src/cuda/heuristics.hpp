@@ -53,6 +53,14 @@ inline KernelOverride grouped_kernel_override() {
 // about the same time from L2. Row-tile-major order instead streamed all of an expert's weight
 // columns once per row tile (Mixtral's up-projection: ~70 GB of weight reads at T 24576).
 constexpr int kRasterRows = 16;
+// Whether the sm90 kernels raster their tiles within each expert (grouped_gemm.cuh
+// expert_raster_tile) rather than in groups of fixed rows across experts. TILEMOE_RASTER=fixed
+// keeps the fixed groups (A/B timing, tests).
+inline bool expert_raster() {
+  const char* env = std::getenv("TILEMOE_RASTER");
+  return !(env && std::strcmp(env, "fixed") == 0);
+}
+
 // The warp-specialized kernels' raster group: kRasterRows, or TILEMOE_RASTER_ROWS (1..1024) from
 // the environment (A/B timing).
 inline int ws_raster_rows() {

@@ -382,7 +382,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     const std::int64_t max_tiles = tiles[E] + 3;
     for (const char* kernel : {"default", "mma", "wgmma", "wgmma-cp-async", "fused", "fused-wgmma-up", "fused-1-stage",
                                "fused-4-stage", "fused-static", "fused-dynamic", "fused-staged",
-                               "fused-staged-1-stage"}) {  // Hopper ones fall back elsewhere
+                               "fused-staged-1-stage", "wgmma-fixed-raster", "fused-fixed-raster"}) {  // Hopper ones fall back elsewhere
     SCOPED_TRACE(kernel);
     const std::string k = kernel;
     detail::gpu::GroupedPath path;
@@ -399,8 +399,12 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     // TMA; fused-wgmma-up: the wgmma up-projection whatever the heuristic picks; the others under
     // whatever the run was given.
     const char* forced = k == "mma" || k == "wgmma" ? kernel
-                         : k == "fused-wgmma-up" || k == "wgmma-cp-async" ? "wgmma" : nullptr;
-    std::optional<test::ScopedEnv> env, sched, tma_b, gather;
+                         : k == "fused-wgmma-up" || k == "wgmma-cp-async" || k == "wgmma-fixed-raster" ? "wgmma"
+                                                                                                     : nullptr;
+    std::optional<test::ScopedEnv> env, sched, tma_b, gather, raster;
+    // *-fixed-raster: the sm90 kernels' tiles in groups of fixed rows across experts (the default
+    // rasters within each expert)
+    if (k.find("fixed-raster") != std::string::npos) raster.emplace("TILEMOE_RASTER", "fixed");
     if (k == "wgmma-cp-async") tma_b.emplace("TILEMOE_WGMMA_TMA_B", "0");  // weights by cp.async too
     gather.emplace("TILEMOE_UP_GATHER", staged ? "staged" : "kernel");
     if (forced) env.emplace("TILEMOE_GROUPED_KERNEL", forced);
@@ -422,6 +426,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     sched.reset();
     tma_b.reset();
     gather.reset();
+    raster.reset();
     if (path.fused && test::is_hopper() && d % 8 == 0 && n % 8 == 0) {
       EXPECT_EQ(up_why, "");
       EXPECT_EQ(down_why, "");
@@ -552,6 +557,23 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
     EXPECT_EQ(why_down, "");
     compare(act, act_ref, n, lda, "up-projection");
     compare(y, y_ref, d, d, "down-projection");
+  }
+  // The tiles in groups of fixed rows across experts (TILEMOE_RASTER=fixed; the default rasters
+  // within each expert), both kernels of the up-projection.
+  for (const char* up_kernel : {"ws", "wgmma"}) {
+    SCOPED_TRACE(std::string("fixed raster, up-projection on ") + up_kernel);
+    const test::ScopedEnv raster_env("TILEMOE_RASTER", "fixed");
+    const test::ScopedEnv kernel_env("TILEMOE_GROUPED_KERNEL", up_kernel);
+    const test::ScopedEnv gather_env("TILEMOE_UP_GATHER", "kernel");
+    Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
+    ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);
+    ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
+    up(act, {true, 0});
+    down(act, y, {true, 0});
+    if (test::is_hopper()) {
+      compare(act, act_ref, n, lda, "up-projection");
+      compare(y, y_ref, d, d, "down-projection");
+    }
   }
   // The same with the metadata built on the device, as the forward does.
   {

@@ -56,15 +56,19 @@ __device__ __forceinline__ std::uint32_t swz(int row, int chunk) {
 // instead of 4-byte stores straight from the accumulators.
 template <bool kUp, bool kFixed, Activation kAct, bool kStaged, bool kTmaB>
 __global__ void __launch_bounds__(kThreads, 1)
-    grouped_wgmma_kernel(const GemmArgs g, const __grid_constant__ CUtensorMap map_b) {
+    grouped_wgmma_kernel(const GemmArgs g, const __grid_constant__ CUtensorMap map_b, bool expert_raster) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(!kTmaB || (kUp && kFixed), "TMA weights: the fixed gated up-projection");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
-  const TileCoord tc = raster_tile(std::int64_t(blockIdx.y) * gridDim.x + blockIdx.x, gridDim.y, gridDim.x,
-                                    kRasterRows);
-  const int tile = tc.row;
-  if (tile >= g.tile_offsets[g.E]) return;
-  const RowTile rt = find_row_tile_warp<kBM>(g, tile);
+  const std::int64_t lin = std::int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
+  TileCoord tc;
+  if (expert_raster) {
+    if (lin >= std::int64_t(g.tile_offsets[g.E]) * gridDim.x) return;
+  } else {
+    tc = raster_tile(lin, gridDim.y, gridDim.x, kRasterRows);
+    if (tc.row >= g.tile_offsets[g.E]) return;
+  }
+  const RowTile rt = tile_at<kBM>(g, lin, gridDim.y, gridDim.x, kRasterRows, expert_raster, tc);
   const int e = rt.expert, rows = rt.rows;
   const std::int64_t m0 = rt.m0;
   const int tid = threadIdx.x;
@@ -291,7 +295,7 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
                          : gated_kernel(std::false_type{}, std::false_type{});
   const CUtensorMap map_b = tma_b ? make_tensor_map_bf16(g.B, g.E * 2 * g.N, g.K, g.K, kBN / 2) : CUtensorMap{};
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  kernel<<<grid, kThreads, kSmemBytes, current_stream()>>>(g, map_b);
+  kernel<<<grid, kThreads, kSmemBytes, current_stream()>>>(g, map_b, expert_raster());
   TILEMOE_CHECK_LAUNCH();
   return true;
 }

@@ -84,7 +84,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int* tile_counter, bool a_tma) {
+                      int stages, int* tile_counter, bool a_tma, bool expert_raster) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -164,8 +164,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         ticket += gridDim.x;
       }
       if (t >= total) break;
-      const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
-      const RowTile rt = find_row_tile_warp<kBM>(g, tc.row);
+      TileCoord tc;
+      const RowTile rt = tile_at<kBM>(g, t, nrow, ncol, group_rows, expert_raster, tc);
       const int e = rt.expert;
       std::int32_t arow[8];
       if (gather) {
@@ -242,8 +242,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (++q == 2) q = 0, qphase ^= 1;
       }
       if (t >= total) break;
-      const TileCoord tc = raster_tile(t, nrow, ncol, group_rows);
-      const RowTile rt = find_row_tile_warp<kBM>(g, tc.row);
+      TileCoord tc;
+      const RowTile rt = tile_at<kBM>(g, t, nrow, ncol, group_rows, expert_raster, tc);
       if (cw * 64 >= rt.rows) {
         // All 64 of this warpgroup's rows are past the tile's count (an expert's last tile; most
         // tiles at decode sizes): no wgmma and no epilogue, only the stage hand-back, so the
@@ -371,7 +371,7 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
   int* counter = ws_dynamic_tiles(max_tiles, g.E) ? tile_counters() : nullptr;
   kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, ws_raster_rows(), stages,
-                                                               counter, a_tma);
+                                                               counter, a_tma, expert_raster());
   TILEMOE_CHECK_LAUNCH();
 }
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, compute-sanitizer, benchmark, example.
-# Usage: scripts/gpu_check.sh [build] [tests] [sanitize] [bench] [example] [ab] [profile]
-#        (default: all but ab and profile)
+# Usage: scripts/gpu_check.sh [build] [tests] [sanitize] [bench] [example] [ab] [clocks] [profile]
+#        (default: all but ab, clocks and profile)
 # Logs go to $OUT (or ./gpu_out); a short summary table is printed last.
 # bench: BENCH_SETS="cfg[@T],cfg[@T]...@T ..." (one benchmark run per set; default BENCH_CONFIGS
 # at BENCH_TOKENS), BENCH_ARGS (more flags), BENCH_PEERS="torch scattermoe sonicmoe" (those whose
 # code travelled: scripts/peers.sh), PEER_TIMEOUT (seconds per peer script, default 400).
+# tests: the GPU tests stopped after TEST_TIMEOUT seconds (default 300).
 # tests, sanitize: also rerun the fast-path tests under each setting of TEST_ENVS ("A=1 B=2;C=3");
 # SANITIZE_TOOLS="" skips the full sanitizer runs (the TEST_ENVS ones still run).
 # ab: the fused layer's stage medians under each setting of AB_ENVS ("base" = none) on AB_CONFIGS,

@@ -37,6 +37,11 @@ void time_stages(const MoeConfig& c, const MoeWeights& w, const Tensor& x, int r
   const float* bias = c.router_bias ? w.router_bias.data<float>() : nullptr;
   const std::int64_t max_tiles = (A + std::int64_t(E) * (tile - 1)) / tile + 1;
   auto u16 = [](const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); };
+  // The fused up-projection as the forward runs it: y's buffer, not written yet, is the room for
+  // the routed x rows where it stages them (heuristics.hpp up_stages_x).
+  g::GroupedPath fused_up_path{true, 0};
+  fused_up_path.x_stage = static_cast<std::uint16_t*>(y.raw());
+  fused_up_path.x_stage_rows = A;
   struct Stage { const char* name; std::function<void()> fn; double flops; };
   const double up_flops = 2.0 * A * d * (is_gated(c.activation) ? 2 * n : n), down_flops = 2.0 * A * d * n;
   std::vector<Stage> stages{
@@ -45,7 +50,7 @@ void time_stages(const MoeConfig& c, const MoeWeights& w, const Tensor& x, int r
       {"metadata", [&] { g::build_metadata(ids.data<std::int32_t>(), nullptr, K, A, E, tile, m, scratch.raw(), sb); }, 0},
       {"grouped_up", [&] { g::grouped_up(u16(x), d, u16(w.w13), n, is_gated(c.activation), c.activation, E, m.offsets, m.tile_offsets, max_tiles, m.sorted_token, static_cast<std::uint16_t*>(act.raw()), lda); }, up_flops},
       {"grouped_down", [&] { g::grouped_down(u16(act), lda, n, u16(w.w2), d, E, m.offsets, m.tile_offsets, max_tiles, A, static_cast<std::uint16_t*>(y.raw())); }, down_flops},
-      {"fused_up", [&] { g::grouped_up(u16(x), d, u16(w.w13), n, is_gated(c.activation), c.activation, E, m.offsets, m.tile_offsets, max_tiles, m.sorted_token, static_cast<std::uint16_t*>(act.raw()), lda, {true, 0}); }, up_flops},
+      {"fused_up", [&] { g::grouped_up(u16(x), d, u16(w.w13), n, is_gated(c.activation), c.activation, E, m.offsets, m.tile_offsets, max_tiles, m.sorted_token, static_cast<std::uint16_t*>(act.raw()), lda, fused_up_path); }, up_flops},
       {"fused_down", [&] { g::grouped_down(u16(act), lda, n, u16(w.w2), d, E, m.offsets, m.tile_offsets, max_tiles, A, static_cast<std::uint16_t*>(y.raw()), {true, 0}); }, down_flops},
       {"combine", [&] { g::combine(y.raw(), true, nullptr, 0, wts.data<float>(), m.slot, nullptr, K, T, d, out.raw(), true); }, 0},
   };

@@ -15,9 +15,12 @@
 // - Producer: one thread issues TMA loads of the weight tile (the gated up-projection: 128 gate
 //   rows and the 128 up rows of the same outputs; the down-projection: 256 rows), and of the
 //   activation tile in the down-projection, into 128-byte-swizzled stages that complete on a
-//   "full" mbarrier with their byte count. In the up-projection the 128 producer threads gather
-//   the routed x rows with cp.async (Hopper's TMA has no gather), so the gathered copy of x
-//   never exists in global memory. Each thread ends its copies of a stage with
+//   "full" mbarrier with their byte count. An up-projection over contiguous rows (a_tma: rows
+//   staged in sorted order by gather_rows.cu where heuristics.hpp up_stages_x says so, or a dense
+//   pass over x) takes its x rows by TMA too, from one producer warp; the other three exit.
+//   Otherwise the 128 producer threads gather the routed x rows with cp.async (Hopper's TMA has
+//   no gather), so the gathered copy of x never exists in global memory. Each thread ends its
+//   copies of a stage with
 //   cp.async.mbarrier.arrive.noinc: the hardware arrives on the stage's "full" barrier once they
 //   have landed, and the thread goes on to the next stage without waiting (the barrier counts
 //   1 + 128 arrivals). The consumers, after their wait, fence the copies for the async proxy

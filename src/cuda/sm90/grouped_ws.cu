@@ -4,9 +4,9 @@
 // - 384 threads: warpgroup 0 produces, warpgroups 1 and 2 consume (64 rows x 256 columns each
 //   of a 128 x 256 output tile). setmaxnreg moves registers from the producer (56) to the
 //   consumers (224).
-// - Persistent: one block per SM walks output tiles in the raster order of raster_tile
-//   (grouped_gemm.cuh), so the producer loads the next tile while the consumers finish the last
-//   one. Large layers: statically, t = blockIdx.x, + gridDim.x, ... (claiming tiles from an
+// - Persistent: one block per SM walks output tiles in the raster order of expert_raster_tile
+//   (grouped_gemm.cuh; raster_tile's with TILEMOE_RASTER=fixed), so the producer loads the next
+//   tile while the consumers finish the last one. Large layers: statically, t = blockIdx.x, + gridDim.x, ... (claiming tiles from an
 //   atomic counter was slower there, docs/gpu.md run 19). Decode sizes (heuristics.hpp
 //   ws_dynamic_tiles): after its first tile a block's producer claims the next one from a device
 //   counter, a tile ahead, and hands it to the consumers through a two-slot queue in shared

@@ -7,11 +7,11 @@
 // - Persistent: one block per SM walks output tiles in the raster order of expert_raster_tile
 //   (grouped_gemm.cuh; raster_tile's with TILEMOE_RASTER=fixed), so the producer loads the next
 //   tile while the consumers finish the last one. Large layers: statically, t = blockIdx.x,
-//   + gridDim.x, ... (claiming tiles from an atomic counter was slower there, docs/gpu.md run 19). Decode sizes (heuristics.hpp
-//   ws_dynamic_tiles): after its first tile a block's producer claims the next one from a device
-//   counter, a tile ahead, and hands it to the consumers through a two-slot queue in shared
-//   memory; blocks that drew slower tiles take fewer (H200 run 51, Qwen3-30B-A3B T 64
-//   up-projection 0.321 -> 0.248-0.279 ms).
+//   + gridDim.x, ... (claiming tiles from an atomic counter was slower there, docs/gpu.md
+//   run 19). Decode sizes (heuristics.hpp ws_dynamic_tiles): after its first tile a block's
+//   producer claims the next one from a device counter, a tile ahead, and hands it to the
+//   consumers through a two-slot queue in shared memory; blocks that drew slower tiles take
+//   fewer (H200 run 51, Qwen3-30B-A3B T 64 up-projection 0.321 -> 0.248-0.279 ms).
 // - Producer: one thread issues TMA loads of the weight tile (the gated up-projection: 128 gate
 //   rows and the 128 up rows of the same outputs; the down-projection: 256 rows), and of the
 //   activation tile in the down-projection, into 128-byte-swizzled stages that complete on a

@@ -382,7 +382,8 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     const std::int64_t max_tiles = tiles[E] + 3;
     for (const char* kernel : {"default", "mma", "wgmma", "wgmma-cp-async", "fused", "fused-wgmma-up", "fused-1-stage",
                                "fused-4-stage", "fused-static", "fused-dynamic", "fused-staged",
-                               "fused-staged-1-stage", "wgmma-fixed-raster", "fused-fixed-raster"}) {  // Hopper ones fall back elsewhere
+                               "fused-staged-1-stage", "wgmma-fixed-raster",
+                               "fused-fixed-raster"}) {  // Hopper ones fall back elsewhere
     SCOPED_TRACE(kernel);
     const std::string k = kernel;
     detail::gpu::GroupedPath path;

@@ -52,15 +52,21 @@ __device__ __forceinline__ RowTile find_row_tile(const GemmArgs& g, int tile) {
 // T 16384 up-projection 1.784 -> 1.672 ms, down 0.718 -> 0.687; sonic-7b down 0.323 -> 0.314).
 // The portable mma.sync kernel (grouped_gemm.cu) still takes the binary search above: not
 // measured with this one yet.
-template <int kBM>
-__device__ __forceinline__ RowTile find_row_tile_warp(const GemmArgs& g, int tile) {
+// The last expert e with tile_offsets[e] * scale <= t, by that ballot (scale 1: row tile t;
+// scale ncol: output tile t of expert-major order).
+__device__ __forceinline__ int expert_of_tile_warp(const GemmArgs& g, std::int64_t t, int scale) {
   const int lane = threadIdx.x & 31;
   int e = 0;
 #pragma unroll 4
   for (int i0 = 1; i0 < g.E; i0 += 32) {
     const int i = i0 + lane;
-    e += __popc(__ballot_sync(0xffffffffu, i < g.E && g.tile_offsets[i] <= tile));
+    e += __popc(__ballot_sync(0xffffffffu, i < g.E && std::int64_t(g.tile_offsets[i]) * scale <= t));
   }
+  return e;
+}
+template <int kBM>
+__device__ __forceinline__ RowTile find_row_tile_warp(const GemmArgs& g, int tile) {
+  const int e = expert_of_tile_warp(g, tile, 1);
   const std::int64_t m0 = g.offsets[e] + std::int64_t(tile - g.tile_offsets[e]) * kBM;
   return {e, m0, static_cast<int>(min(std::int64_t(kBM), g.offsets[e + 1] - m0))};
 }
@@ -90,13 +96,7 @@ __device__ __forceinline__ TileCoord raster_tile(std::int64_t t, int nrow, int n
 template <int kBM>
 __device__ __forceinline__ RowTile expert_raster_tile(const GemmArgs& g, std::int64_t t, int ncol, int group_rows,
                                                       TileCoord& tc) {
-  const int lane = threadIdx.x & 31;
-  int e = 0;
-#pragma unroll 4
-  for (int i0 = 1; i0 < g.E; i0 += 32) {
-    const int i = i0 + lane;
-    e += __popc(__ballot_sync(0xffffffffu, i < g.E && std::int64_t(g.tile_offsets[i]) * ncol <= t));
-  }
+  const int e = expert_of_tile_warp(g, t, ncol);
   const int first_tile = g.tile_offsets[e];
   const int rows_e = g.tile_offsets[e + 1] - first_tile;
   const std::int64_t local = t - std::int64_t(first_tile) * ncol;

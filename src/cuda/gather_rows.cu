@@ -22,17 +22,9 @@ __global__ void gather_rows_kernel(const uint4* __restrict__ x, std::int64_t chu
   for (std::int64_t p = std::int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); p < rows; p += warps) {
     const uint4* src = x + std::int64_t(index[p]) * ldx_chunks;
     uint4* dst = out + p * chunks;
-    // Four loads in flight per lane before their stores (one at a time left the warps waiting
-    // on each load: 2.8 TB/s, Nsight Compute, H200 run 62).
-    for (std::int64_t c0 = lane; c0 < chunks; c0 += 4 * 32) {
-      uint4 v[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        if (c0 + 32 * i < chunks) v[i] = __ldg(src + c0 + 32 * i);
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        if (c0 + 32 * i < chunks) dst[c0 + 32 * i] = v[i];
-    }
+    // (Four loads in flight per lane measured the same: 32.1 vs 32.8 us on Mixtral's 8192 rows,
+    // H200 runs 62 and 68.)
+    for (std::int64_t c = lane; c < chunks; c += 32) dst[c] = src[c];
   }
 }
 

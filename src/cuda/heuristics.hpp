@@ -10,6 +10,19 @@
 
 namespace tilemoe::detail::gpu {
 
+// The A/B switches below read the environment at every launch, so that a test can flip them:
+// env_is(name, value) when name is set to exactly value; env_int(name, lo, hi) its integer value
+// in [lo, hi], else 0.
+inline bool env_is(const char* name, const char* value) {
+  const char* env = std::getenv(name);
+  return env && std::strcmp(env, value) == 0;
+}
+inline int env_int(const char* name, int lo, int hi) {
+  const char* env = std::getenv(name);
+  const int v = env ? std::atoi(env) : 0;
+  return v >= lo && v <= hi ? v : 0;
+}
+
 struct GroupedTiles {
   static constexpr int kM = 128, kN = 128, kK = 64, kStages = 3, kThreads = 256, kMinBlocks = 2;
   static constexpr int smem_bytes() { return kStages * (kM + kN) * kK * 2; }
@@ -29,10 +42,7 @@ inline bool prefer_wgmma(bool up, bool gated_fixed, std::int64_t K) { return up 
 // Whether the wgmma kernel's fixed gated up-projection loads its weights by TMA (one thread, two
 // boxes per stage) while the threads gather the x rows, instead of every thread copying both with
 // cp.async. TILEMOE_WGMMA_TMA_B=0 turns it off (A/B timing, tests).
-inline bool wgmma_tma_weights() {
-  const char* env = std::getenv("TILEMOE_WGMMA_TMA_B");
-  return !(env && std::strcmp(env, "0") == 0);
-}
+inline bool wgmma_tma_weights() { return !env_is("TILEMOE_WGMMA_TMA_B", "0"); }
 
 // TILEMOE_GROUPED_KERNEL in the environment overrides the kernel choices of this file (tests,
 // A/B timing), read at every launch so that a test can switch it: `mma` keeps the grouped path
@@ -40,11 +50,9 @@ inline bool wgmma_tma_weights() {
 // up-projection included), `ws` puts the fused path's up-projection on the warp-specialized kernel.
 enum class KernelOverride { none, mma, wgmma, ws };
 inline KernelOverride grouped_kernel_override() {
-  const char* env = std::getenv("TILEMOE_GROUPED_KERNEL");
-  if (!env) return KernelOverride::none;
-  if (std::strcmp(env, "mma") == 0) return KernelOverride::mma;
-  if (std::strcmp(env, "wgmma") == 0) return KernelOverride::wgmma;
-  if (std::strcmp(env, "ws") == 0) return KernelOverride::ws;
+  if (env_is("TILEMOE_GROUPED_KERNEL", "mma")) return KernelOverride::mma;
+  if (env_is("TILEMOE_GROUPED_KERNEL", "wgmma")) return KernelOverride::wgmma;
+  if (env_is("TILEMOE_GROUPED_KERNEL", "ws")) return KernelOverride::ws;
   return KernelOverride::none;
 }
 
@@ -56,18 +64,8 @@ constexpr int kRasterRows = 16;
 // Whether the sm90 kernels raster their tiles within each expert (grouped_gemm.cuh
 // expert_raster_tile) rather than in groups of fixed rows across experts. TILEMOE_RASTER=fixed
 // keeps the fixed groups (A/B timing, tests).
-inline bool expert_raster() {
-  const char* env = std::getenv("TILEMOE_RASTER");
-  return !(env && std::strcmp(env, "fixed") == 0);
-}
-
-// The warp-specialized kernels' raster group: kRasterRows, or TILEMOE_RASTER_ROWS (1..1024) from
-// the environment (A/B timing).
-inline int ws_raster_rows() {
-  const char* env = std::getenv("TILEMOE_RASTER_ROWS");
-  const int v = env ? std::atoi(env) : 0;
-  return v >= 1 && v <= 1024 ? v : kRasterRows;
-}
+// (Groups of 8 and 32 row tiles measured no different from 16: H200 run 63.)
+inline bool expert_raster() { return !env_is("TILEMOE_RASTER", "fixed"); }
 
 // Pipeline stages of the fused kernels (sm90/grouped_ws.cu): as many as shared memory holds
 // next to the staged output (48 KiB each, 4). The down-projection had 3 while it staged all 256
@@ -75,9 +73,8 @@ inline int ws_raster_rows() {
 // left the larger layers within 2% (H100, session 4, docs/hopper.md).
 // TILEMOE_WS_STAGES (1..4) in the environment overrides it (A/B timing of the pipeline depth).
 inline int ws_stages() {
-  const char* env = std::getenv("TILEMOE_WS_STAGES");
-  const int v = env ? std::atoi(env) : 0;
-  return v >= 1 && v <= 4 ? v : 4;
+  const int v = env_int("TILEMOE_WS_STAGES", 1, 4);
+  return v ? v : 4;
 }
 
 // How the warp-specialized kernels hand out their output tiles: statically (block b takes tiles
@@ -89,9 +86,8 @@ inline int ws_stages() {
 // On large layers a claim per tile was slower (docs/gpu.md run 19). TILEMOE_WS_SCHED=static|dynamic
 // overrides it (tests, A/B timing).
 inline bool ws_dynamic_tiles(std::int64_t max_tiles, int E) {
-  const char* env = std::getenv("TILEMOE_WS_SCHED");
-  if (env && std::strcmp(env, "static") == 0) return false;
-  if (env && std::strcmp(env, "dynamic") == 0) return true;
+  if (env_is("TILEMOE_WS_SCHED", "static")) return false;
+  if (env_is("TILEMOE_WS_SCHED", "dynamic")) return true;
   return max_tiles <= 2 * std::int64_t(E);
 }
 
@@ -124,9 +120,8 @@ inline bool fused_up_on_ws(int stages, std::int64_t max_tiles, int E) {
 // vs 8.334): the rule below is drawn from those seven layers.
 // TILEMOE_UP_GATHER=kernel|staged overrides it (tests, A/B timing).
 inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, int E) {
-  const char* env = std::getenv("TILEMOE_UP_GATHER");
-  if (env && std::strcmp(env, "kernel") == 0) return false;
-  if (env && std::strcmp(env, "staged") == 0) return true;
+  if (env_is("TILEMOE_UP_GATHER", "kernel")) return false;
+  if (env_is("TILEMOE_UP_GATHER", "staged")) return true;
   return max_tiles <= 2 * std::int64_t(E) || (n >= 1024 && d <= 2 * n);
 }
 

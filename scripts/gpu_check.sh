@@ -102,6 +102,12 @@ if has bench; then
           > "$OUT/sonic_install.log" 2>&1 &&
         PEERS+=(--sonicmoe benchmarks/peers/sonicmoe_pipeline.py) &&
         export PYTHONPATH=/tmp/sonic_site:/tmp/sonic_site/nvidia_cutlass_dsl/python_packages${PYTHONPATH:+:$PYTHONPATH}
+    # SonicMoE's GEMMs (QuACK) autotune on first use, compiling every candidate configuration
+    # (most of a call's minutes on gpt-oss-120b and Mixtral): on all 16 cores, into QuACK's
+    # object cache, which comes back as $OUT/quack_cache.tar.xz and, kept in .sonic/, is
+    # unpacked again by the next call (run 70: 374 s for those two layers without it).
+    export QUACK_COMPILE_WORKERS=${QUACK_COMPILE_WORKERS:-16} QUACK_CACHE_DIR=/tmp/qc
+    mkdir -p /tmp/qc && [ -f .sonic/quack_cache.tar.xz ] && tar -xJf .sonic/quack_cache.tar.xz -C /tmp
     fi
     # BENCH_SETS="configs@tokens ...": one benchmark run per set (configs x tokens within a set),
     # each peer script stopped after PEER_TIMEOUT seconds; the JSON of all sets merged.
@@ -133,6 +139,7 @@ if merged:
     json.dump(merged, open(f"{out}/bench.json", "w"), indent=1)
 PY
     rm -f "$OUT"/bench_[0-9]*.json
+    [ -d /tmp/qc ] && (cd /tmp && tar cJf "$OUT/quack_cache.tar.xz" qc)
   fi
 fi
 if has example; then

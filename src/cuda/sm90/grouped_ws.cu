@@ -12,6 +12,9 @@
 //   producer claims the next one from a device counter, a tile ahead, and hands it to the
 //   consumers through a two-slot queue in shared memory; blocks that drew slower tiles take
 //   fewer (H200 run 51, Qwen3-30B-A3B T 64 up-projection 0.321 -> 0.248-0.279 ms).
+//   Either way the producer's first warp looks each tile up (expert, first row, rows: device
+//   memory reads) and hands it to the consumers through that queue, a tile ahead, so that they
+//   start a tile without waiting for those reads.
 // - Producer: one thread issues TMA loads of the weight tile (the gated up-projection: 128 gate
 //   rows and the 128 up rows of the same outputs; the down-projection: 256 rows), and of the
 //   activation tile in the down-projection, into 128-byte-swizzled stages that complete on a
@@ -71,8 +74,8 @@ struct WsShape {
   static constexpr int kStageBytes = kTileBytesA + kTileBytesB;  // 48 KiB, a multiple of 1024
   static constexpr int kOutBytes = kBM * kRoundCols * 2;
   // + full and empty barriers per stage, the tile queue's two full and two empty barriers and
-  // its two slots (dynamic schedule)
-  static constexpr int kSmem = 1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8 + 4 * 8 + 2 * 8;
+  // its two slots
+  static constexpr int kSmem = 1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8 + 4 * 8 + 2 * 32 + 8;
 };
 template <bool kUp>
 constexpr bool panels_fill_output() {  // two warpgroups' rows x a round's 64-column panels
@@ -83,11 +86,19 @@ static_assert(panels_fill_output<true>() && panels_fill_output<false>(), "the st
 static_assert(WsShape<true>::kSmem <= 232448 && WsShape<false>::kSmem <= 232448, "over the sm_90 shared memory");
 
 
+// A tile as the producer hands it to the consumers: its index in the launch's order (>= the
+// tile count: none left), first sorted row, rows, expert and column tile.
+struct TileSlot {
+  long long t;
+  long long m0;
+  int rows, expert, col;
+};
+
 template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int* tile_counter, bool a_tma, bool expert_raster) {
+                      int stages, int* tile_counter, bool a_tma, bool expert_raster, bool ab_consumer_lookup, int skew) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -98,13 +109,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   unsigned char* out_stage = smem + kStages * Shape::kStageBytes;
   std::uint64_t* full = reinterpret_cast<std::uint64_t*>(out_stage + Shape::kOutBytes);
   std::uint64_t* empty = full + kStages;  // barriers 0 .. stages - 1 are used
-  // Dynamic schedule (tile_counter not null): the producer's thread 0 publishes each tile in
-  // slot q of a two-slot queue (q_full[q] completes when it is written, q_empty[q] when the 8
-  // consumer warps have read it).
+  // The producer's first warp finds each tile's expert, rows and column once and its thread 0
+  // publishes them in slot q of a two-slot queue (q_full[q] completes when it is written,
+  // q_empty[q] when the 8 consumer warps have read it), so the consumers start a tile without
+  // its lookups' memory latency. Dynamic schedule: tile_counter not null.
   std::uint64_t* q_full = empty + kStages;
   std::uint64_t* q_empty = q_full + 2;
-  volatile long long* tile_q = reinterpret_cast<volatile long long*>(q_empty + 2);
+  volatile TileSlot* tile_q = reinterpret_cast<volatile TileSlot*>(q_empty + 2);
+  std::uint64_t* skew_bar = q_empty + 2 + 2 * sizeof(TileSlot) / 8;  // (A/B) the second consumer's start
   const bool dynamic = tile_counter != nullptr;
+  auto write_slot = [](volatile TileSlot& q, const TileSlot& v) {
+    q.t = v.t;
+    q.m0 = v.m0;
+    q.rows = v.rows;
+    q.expert = v.expert;
+    q.col = v.col;
+  };
+  auto read_slot = [](const volatile TileSlot& q) { return TileSlot{q.t, q.m0, q.rows, q.expert, q.col}; };
   // The up-projection's producer threads gather the x rows with cp.async, unless its rows are
   // contiguous (staged by gather_rows, or a dense pass) and come by TMA like the weights.
   const bool gather = kUp && !a_tma;
@@ -123,6 +144,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       ptx::mbarrier_init(&q_full[q], 1);
       ptx::mbarrier_init(&q_empty[q], 8);
     }
+    ptx::mbarrier_init(skew_bar, 4);
     ptx::fence_barrier_init();
   }
   __syncthreads();
@@ -151,24 +173,29 @@ __global__ void __launch_bounds__(kThreads, 1)
     std::uint32_t qphase = 0;
     long long ticket = blockIdx.x;  // every block's first tile is its own; the rest static or claimed
     for (;;) {
-      long long t = ticket;
-      if (dynamic) {
+      if (tid < 32) {
+        const long long t = __shfl_sync(0xffffffffu, ticket, 0);  // thread 0's
+        TileSlot info{t, 0, 0, 0, 0};
+        if (t < total) {
+          TileCoord tc;
+          const RowTile rt = tile_at<kBM>(g, t, nrow, ncol, group_rows, expert_raster, tc);
+          info = {t, rt.m0, rt.rows, rt.expert, tc.col};
+        }
         if (tid == 0) {
           ptx::mbarrier_wait(&q_empty[q], qphase ^ 1);
-          tile_q[q] = ticket;
+          write_slot(tile_q[q], info);
           ptx::mbarrier_arrive(&q_full[q]);  // release: the consumers' wait sees the slot
-          // Claim the tile after this one now: the atomic's latency hides behind this tile's loads.
-          if (ticket < total) ticket = gridDim.x + static_cast<long long>(atomicAdd(tile_counter, 1));
+          // Dynamic: claim the tile after this one now; the atomic's latency hides behind this
+          // tile's loads.
+          if (!dynamic) ticket += gridDim.x;
+          else if (ticket < total) ticket = gridDim.x + static_cast<long long>(atomicAdd(tile_counter, 1));
         }
-        ptx::named_barrier_sync(3, loaders);  // the producer threads read the slot
-        t = tile_q[q];  // thread 0 rewrites this slot two tiles on, after the next such barrier
-        if (++q == 2) q = 0, qphase ^= 1;
-      } else {
-        ticket += gridDim.x;
       }
-      if (t >= total) break;
-      TileCoord tc;
-      const RowTile rt = tile_at<kBM>(g, t, nrow, ncol, group_rows, expert_raster, tc);
+      ptx::named_barrier_sync(3, loaders);  // the producer threads read the slot
+      const TileSlot cur = read_slot(tile_q[q]);  // rewritten two tiles on, after the next such barrier
+      if (++q == 2) q = 0, qphase ^= 1;
+      if (cur.t >= total) break;
+      const RowTile rt{cur.expert, cur.m0, cur.rows};
       const int e = rt.expert;
       std::int32_t arow[8];
       if (gather) {
@@ -179,7 +206,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           arow[i] = r >= rt.rows ? -1 : g.gather ? g.gather[p] : static_cast<std::int32_t>(p - g.offsets[e]);
         }
       }
-      const int j0 = kUp ? tc.col * (kBN / 2) : tc.col * kBN;
+      const int j0 = kUp ? cur.col * (kBN / 2) : cur.col * kBN;
       for (int kt = 0; kt < ktiles; ++kt) {
         ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
         const int k0 = kt * kBK;
@@ -237,16 +264,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     float acc[kBN / 2];
     int q = 0;
     std::uint32_t qphase = 0;
-    for (long long t = blockIdx.x;; t += gridDim.x) {
-      if (dynamic) {
-        ptx::mbarrier_wait(&q_full[q], qphase);
-        t = tile_q[q];
-        arrive(&q_empty[q]);  // after the warp's reads of the slot
-        if (++q == 2) q = 0, qphase ^= 1;
-      }
-      if (t >= total) break;
-      TileCoord tc;
-      const RowTile rt = tile_at<kBM>(g, t, nrow, ncol, group_rows, expert_raster, tc);
+    bool first = true;
+    for (;;) {
+      ptx::mbarrier_wait(&q_full[q], qphase);
+      const TileSlot cur = read_slot(tile_q[q]);
+      arrive(&q_empty[q]);  // after the warp's reads of the slot
+      if (++q == 2) q = 0, qphase ^= 1;
+      if (cur.t >= total) break;
+      TileCoord tc0{0, cur.col};
+      const RowTile rt = ab_consumer_lookup ? tile_at<kBM>(g, cur.t, nrow, ncol, group_rows, expert_raster, tc0)
+                                            : RowTile{cur.expert, cur.m0, cur.rows};
+      if (skew > 0 && first && cw == 1) ptx::mbarrier_wait(skew_bar, 0);
       if (cw * 64 >= rt.rows) {
         // All 64 of this warpgroup's rows are past the tile's count (an expert's last tile; most
         // tiles at decode sizes): no wgmma and no epilogue, only the stage hand-back, so the
@@ -256,6 +284,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           arrive(&empty[s]);
           if (++s == stages) s = 0, phase ^= 1;
         }
+        first = false;
         continue;
       }
 #pragma unroll
@@ -280,7 +309,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         prev = s;
         if (++s == stages) s = 0, phase ^= 1;
+        if (skew > 0 && first && cw == 0 && kt == min(skew, ktiles) - 1) arrive(skew_bar);
       }
+      first = false;
       ptx::wgmma_wait_group<0>();
       if (stages > 1) arrive(&empty[prev]);
 
@@ -311,7 +342,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                 __floats2bfloat162_rn(v0, v1);
           }
         }
-        const int j0 = tc.col * Shape::kOutCols + round * Shape::kRoundCols;
+        const int j0 = tc0.col * Shape::kOutCols + round * Shape::kRoundCols;
         if (whole) {
           // One thread hands the panels to TMA stores, and the warpgroup goes on (to the next
           // round, or its next tile) while they drain; columns past N are clipped.
@@ -374,7 +405,8 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
   int* counter = ws_dynamic_tiles(max_tiles, g.E) ? tile_counters() : nullptr;
   kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages,
-                                                               counter, a_tma, expert_raster());
+                                                               counter, a_tma, expert_raster(), env_is("TILEMOE_WS_LOOKUP", "consumer"),
+                                                               env_int("TILEMOE_WS_SKEW", 1, 8));
   TILEMOE_CHECK_LAUNCH();
 }
 

@@ -75,7 +75,7 @@ struct WsShape {
   static constexpr int kOutBytes = kBM * kRoundCols * 2;
   // + full and empty barriers per stage, the tile queue's two full and two empty barriers and
   // its two slots
-  static constexpr int kSmem = 1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8 + 4 * 8 + 2 * 32 + 8;
+  static constexpr int kSmem = 1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8 + 4 * 8 + 2 * 32;
 };
 template <bool kUp>
 constexpr bool panels_fill_output() {  // two warpgroups' rows x a round's 64-column panels
@@ -98,7 +98,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int* tile_counter, bool a_tma, bool expert_raster, bool ab_consumer_lookup, int skew) {
+                      int stages, int* tile_counter, bool a_tma, bool expert_raster, bool ab_consumer_lookup) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -116,7 +116,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   std::uint64_t* q_full = empty + kStages;
   std::uint64_t* q_empty = q_full + 2;
   volatile TileSlot* tile_q = reinterpret_cast<volatile TileSlot*>(q_empty + 2);
-  std::uint64_t* skew_bar = q_empty + 2 + 2 * sizeof(TileSlot) / 8;  // (A/B) the second consumer's start
   const bool dynamic = tile_counter != nullptr;
   auto write_slot = [](volatile TileSlot& q, const TileSlot& v) {
     q.t = v.t;
@@ -144,7 +143,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       ptx::mbarrier_init(&q_full[q], 1);
       ptx::mbarrier_init(&q_empty[q], 8);
     }
-    ptx::mbarrier_init(skew_bar, 4);
     ptx::fence_barrier_init();
   }
   __syncthreads();
@@ -173,26 +171,30 @@ __global__ void __launch_bounds__(kThreads, 1)
     std::uint32_t qphase = 0;
     long long ticket = blockIdx.x;  // every block's first tile is its own; the rest static or claimed
     for (;;) {
-      if (tid < 32) {
-        const long long t = __shfl_sync(0xffffffffu, ticket, 0);  // thread 0's
-        TileSlot info{t, 0, 0, 0, 0};
-        if (t < total) {
-          TileCoord tc;
-          const RowTile rt = tile_at<kBM>(g, t, nrow, ncol, group_rows, expert_raster, tc);
-          info = {t, rt.m0, rt.rows, rt.expert, tc.col};
-        }
-        if (tid == 0) {
-          ptx::mbarrier_wait(&q_empty[q], qphase ^ 1);
-          write_slot(tile_q[q], info);
-          ptx::mbarrier_arrive(&q_full[q]);  // release: the consumers' wait sees the slot
-          // Dynamic: claim the tile after this one now; the atomic's latency hides behind this
-          // tile's loads.
-          if (!dynamic) ticket += gridDim.x;
-          else if (ticket < total) ticket = gridDim.x + static_cast<long long>(atomicAdd(tile_counter, 1));
-        }
+      // The tile: static, every thread's ticket; dynamic, thread 0's, looked up by warp 0 and
+      // read back from the slot by the other producer warps. Static, each producer warp looks
+      // it up itself (no barrier between them).
+      const long long t = dynamic ? __shfl_sync(0xffffffffu, ticket, 0) : ticket;
+      TileSlot cur{t, 0, 0, 0, 0};
+      if ((!dynamic || tid < 32) && t < total) {
+        TileCoord tc;
+        const RowTile rt = tile_at<kBM>(g, t, nrow, ncol, group_rows, expert_raster, tc);
+        cur = {t, rt.m0, rt.rows, rt.expert, tc.col};
       }
-      ptx::named_barrier_sync(3, loaders);  // the producer threads read the slot
-      const TileSlot cur = read_slot(tile_q[q]);  // rewritten two tiles on, after the next such barrier
+      if (tid == 0) {
+        ptx::mbarrier_wait(&q_empty[q], qphase ^ 1);
+        write_slot(tile_q[q], cur);
+        ptx::mbarrier_arrive(&q_full[q]);  // release: the consumers' wait sees the slot
+        // Dynamic: claim the tile after this one now; the atomic's latency hides behind this
+        // tile's loads.
+        if (dynamic && ticket < total) ticket = gridDim.x + static_cast<long long>(atomicAdd(tile_counter, 1));
+      }
+      if (!dynamic) {
+        ticket += gridDim.x;
+      } else {
+        ptx::named_barrier_sync(3, loaders);  // the other producer threads read the slot
+        cur = read_slot(tile_q[q]);  // thread 0 rewrites it two tiles on, after the next such barrier
+      }
       if (++q == 2) q = 0, qphase ^= 1;
       if (cur.t >= total) break;
       const RowTile rt{cur.expert, cur.m0, cur.rows};
@@ -264,7 +266,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     float acc[kBN / 2];
     int q = 0;
     std::uint32_t qphase = 0;
-    bool first = true;
     for (;;) {
       ptx::mbarrier_wait(&q_full[q], qphase);
       const TileSlot cur = read_slot(tile_q[q]);
@@ -274,7 +275,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       TileCoord tc0{0, cur.col};
       const RowTile rt = ab_consumer_lookup ? tile_at<kBM>(g, cur.t, nrow, ncol, group_rows, expert_raster, tc0)
                                             : RowTile{cur.expert, cur.m0, cur.rows};
-      if (skew > 0 && first && cw == 1) ptx::mbarrier_wait(skew_bar, 0);
       if (cw * 64 >= rt.rows) {
         // All 64 of this warpgroup's rows are past the tile's count (an expert's last tile; most
         // tiles at decode sizes): no wgmma and no epilogue, only the stage hand-back, so the
@@ -284,7 +284,6 @@ __global__ void __launch_bounds__(kThreads, 1)
           arrive(&empty[s]);
           if (++s == stages) s = 0, phase ^= 1;
         }
-        first = false;
         continue;
       }
 #pragma unroll
@@ -309,9 +308,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
         prev = s;
         if (++s == stages) s = 0, phase ^= 1;
-        if (skew > 0 && first && cw == 0 && kt == min(skew, ktiles) - 1) arrive(skew_bar);
       }
-      first = false;
       ptx::wgmma_wait_group<0>();
       if (stages > 1) arrive(&empty[prev]);
 
@@ -405,8 +402,7 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
   int* counter = ws_dynamic_tiles(max_tiles, g.E) ? tile_counters() : nullptr;
   kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages,
-                                                               counter, a_tma, expert_raster(), env_is("TILEMOE_WS_LOOKUP", "consumer"),
-                                                               env_int("TILEMOE_WS_SKEW", 1, 8));
+                                                               counter, a_tma, expert_raster(), env_is("TILEMOE_WS_LOOKUP", "consumer"));
   TILEMOE_CHECK_LAUNCH();
 }
 

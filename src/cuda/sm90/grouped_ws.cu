@@ -12,9 +12,12 @@
 //   producer claims the next one from a device counter, a tile ahead, and hands it to the
 //   consumers through a two-slot queue in shared memory; blocks that drew slower tiles take
 //   fewer (H200 run 51, Qwen3-30B-A3B T 64 up-projection 0.321 -> 0.248-0.279 ms).
-//   Either way the producer's first warp looks each tile up (expert, first row, rows: device
-//   memory reads) and hands it to the consumers through that queue, a tile ahead, so that they
-//   start a tile without waiting for those reads.
+//   Either way the producer looks each tile up (expert, first row, rows: device-memory reads)
+//   and hands it to the consumers through that queue, ahead of its loads, so that they start a
+//   tile without waiting for those reads: down-projection 0.307 -> 0.278 ms on sonic-7b, 1.98 ->
+//   1.78 on d 4096 / n 512, 0.680 -> 0.654 on Qwen3-30B-A3B, 0.818 -> 0.790 on OLMoE (the K loop
+//   is short there, so the lookup was a large part of a tile); up-projections within their spread
+//   (H200 run 72, two A/B rounds each, docs/hopper.md).
 // - Producer: one thread issues TMA loads of the weight tile (the gated up-projection: 128 gate
 //   rows and the 128 up rows of the same outputs; the down-projection: 256 rows), and of the
 //   activation tile in the down-projection, into 128-byte-swizzled stages that complete on a
@@ -98,7 +101,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int* tile_counter, bool a_tma, bool expert_raster, bool ab_consumer_lookup) {
+                      int stages, int* tile_counter, bool a_tma, bool expert_raster) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -272,9 +275,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       arrive(&q_empty[q]);  // after the warp's reads of the slot
       if (++q == 2) q = 0, qphase ^= 1;
       if (cur.t >= total) break;
-      TileCoord tc0{0, cur.col};
-      const RowTile rt = ab_consumer_lookup ? tile_at<kBM>(g, cur.t, nrow, ncol, group_rows, expert_raster, tc0)
-                                            : RowTile{cur.expert, cur.m0, cur.rows};
+      const RowTile rt{cur.expert, cur.m0, cur.rows};
       if (cw * 64 >= rt.rows) {
         // All 64 of this warpgroup's rows are past the tile's count (an expert's last tile; most
         // tiles at decode sizes): no wgmma and no epilogue, only the stage hand-back, so the
@@ -339,7 +340,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                 __floats2bfloat162_rn(v0, v1);
           }
         }
-        const int j0 = tc0.col * Shape::kOutCols + round * Shape::kRoundCols;
+        const int j0 = cur.col * Shape::kOutCols + round * Shape::kRoundCols;
         if (whole) {
           // One thread hands the panels to TMA stores, and the warpgroup goes on (to the next
           // round, or its next tile) while they drain; columns past N are clipped.
@@ -402,7 +403,7 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
   int* counter = ws_dynamic_tiles(max_tiles, g.E) ? tile_counters() : nullptr;
   kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages,
-                                                               counter, a_tma, expert_raster(), env_is("TILEMOE_WS_LOOKUP", "consumer"));
+                                                               counter, a_tma, expert_raster());
   TILEMOE_CHECK_LAUNCH();
 }
 

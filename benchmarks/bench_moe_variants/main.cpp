@@ -123,6 +123,7 @@ struct Result {
   double mem_ms = 0;  // the memory roofline of this layer, ms (0: not computed)
   double extra_bytes = -1;  // device memory beyond inputs, weights and output (-1: not measured)
   double gemm_ms = 0;       // the expert GEMM kernels' stage medians summed (fused variants; 0: not timed)
+  std::vector<std::pair<std::string, double>> stages;  // stage medians, ms, in order (fused variants)
 };
 
 void write_file(const std::string& path, const void* data, std::size_t bytes) {
@@ -398,12 +399,14 @@ int main(int argc, char** argv) {
           }
           std::printf("  %s: %s\n   ", name, ft.path.c_str());
           double gemm = 0;
+          std::vector<std::pair<std::string, double>> medians;
           for (const StageTime& st : ft.stages) {
             auto& v = st_ms[st.name];
             std::sort(v.begin(), v.end());
             const double med = v[v.size() / 2];
             if (st.name == "up_projection" || st.name == "down_projection" || st.name == "shared_experts") gemm += med;
             std::printf(" %s %.3f", st.name.c_str(), med);
+            medians.emplace_back(st.name, med);
           }
           std::printf(" ms (medians)\n    expert GEMM kernels %.3f ms", gemm);
           const double act_y = 2.0 * static_cast<double>(T) * c.top_k * static_cast<double>(n + d);
@@ -413,6 +416,7 @@ int main(int argc, char** argv) {
             if (r.config == c.name && r.tokens == T && r.variant == name) {
               r.extra_bytes = double(ft.workspace_bytes);
               r.gemm_ms = gemm;
+              r.stages = medians;
             }
         }
         if (want("dense_cublas")) add("dense_cublas", dense_ms(c, T, timer, a));
@@ -530,7 +534,14 @@ int main(int argc, char** argv) {
         f << "  {\"config\": \"" << r.config << "\", \"tokens\": " << r.tokens << ", \"variant\": \"" << r.variant
           << "\", \"ms\": " << r.ms << ", \"tflops\": " << r.tflops << ", \"mem_roofline_ms\": " << r.mem_ms
           << (r.extra_bytes >= 0 ? ", \"extra_bytes\": " + std::to_string(static_cast<long long>(r.extra_bytes)) : "")
-          << (r.gemm_ms > 0 ? ", \"gemm_ms\": " + std::to_string(r.gemm_ms) : "") << "}"
+          << (r.gemm_ms > 0 ? ", \"gemm_ms\": " + std::to_string(r.gemm_ms) : "");
+        if (!r.stages.empty()) {
+          f << ", \"stages\": {";
+          for (std::size_t j = 0; j < r.stages.size(); ++j)
+            f << (j ? ", " : "") << "\"" << r.stages[j].first << "\": " << r.stages[j].second;
+          f << "}";
+        }
+        f << "}"
           << (i + 1 < results.size() ? "," : "")
           << "\n";
       }

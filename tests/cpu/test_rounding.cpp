@@ -406,6 +406,33 @@ TEST(RoundingForward, MatchesReferenceWithFewerAndMoreThanKExperts) {
   }
 }
 
+// Every expert below one tile and the rule `down`: rounding drops every assignment, so each
+// token gets no routed expert and the output is the shared experts' (tiny-deepseek) or zero.
+TEST(RoundingForward, EveryAssignmentDropped) {
+  for (const char* name : {"tiny", "tiny-deepseek"}) {
+    const MoeConfig& c = preset(name);
+    const std::int64_t T = 4;  // T * K assignments, fewer than the tile for every expert
+    const auto w = random_weights(c, DType::f32, 21);
+    const auto x = random_tokens(T, c.d_model, DType::f32, 22);
+    for (auto alg : {Algorithm::sequential, Algorithm::grouped}) {
+      SCOPED_TRACE(testing::Message() << name << " " << to_string(alg));
+      ForwardOptions fo;
+      fo.algorithm = alg;
+      fo.rounding = opts(RoundingRule::down, 16, 5);
+      ForwardTrace tr;
+      const auto out = moe_forward(c, w, x, fo, &tr);
+      ASSERT_TRUE(tr.rounding.has_value());
+      EXPECT_EQ(tr.routing.num_assignments(), 0);
+      for (auto cnt : tr.counts) EXPECT_EQ(cnt, 0);
+      const auto ref = reference_forward(c, w, x, tr.routing);
+      EXPECT_LT(relative_error(out.to_floats(), ref), 1e-5);
+      double norm = 0;
+      for (double v : ref) norm += v * v;
+      EXPECT_EQ(norm > 0, c.num_shared > 0);  // the shared experts' output, or zero
+    }
+  }
+}
+
 TEST(RoundingForward, OutputDeviation) {
   const MoeConfig& c = preset("tiny");
   const auto w = random_weights(c, DType::f32, 3);

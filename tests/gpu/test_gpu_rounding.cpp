@@ -121,6 +121,32 @@ TEST(GpuRounding, ForwardWithRoundingMatchesReference) {
     }
 }
 
+// Rounding that drops every assignment (rule down, every expert below one tile): the expert
+// kernels get no row tile at all, and each token's output is its shared experts' or zero.
+TEST(GpuRounding, ForwardWhereRoundingDropsEveryAssignment) {
+  TILEMOE_REQUIRE_GPU();
+  for (const char* name : {"small", "tiny-deepseek"})
+    for (Algorithm alg : {Algorithm::grouped, Algorithm::fused, Algorithm::sequential}) {
+      const MoeConfig& c = preset(name);
+      const std::uint64_t seed = test::fresh_seed();
+      SCOPED_TRACE(std::string(name) + " " + to_string(alg) + " seed=" + std::to_string(seed));
+      const std::int64_t T = 8;  // T * K assignments: fewer than the tile for every expert
+      const MoeWeights wh = random_weights(c, DType::bf16, seed);
+      const Tensor xh = random_tokens(T, c.d_model, DType::bf16, seed + 1);
+      ForwardOptions opt;
+      opt.algorithm = alg;
+      opt.rounding = RoundingOptions{};
+      opt.rounding->tile = 64;
+      opt.rounding->rule = RoundingRule::down;
+      ForwardTrace tr;
+      const Tensor out = moe_forward(c, wh.to(Device::cuda), xh.to(Device::cuda), opt, &tr);
+      ASSERT_TRUE(tr.rounding.has_value());
+      EXPECT_EQ(tr.routing.num_assignments(), 0);
+      for (auto n : tr.counts) EXPECT_EQ(n, 0);
+      EXPECT_LT(test::forward_error(c, wh, xh, out, tr.routing), 1e-2);  // 0 when c has no shared experts
+    }
+}
+
 TEST(GpuRounding, GraphCaptureWithRounding) {
   TILEMOE_REQUIRE_GPU();
   const MoeConfig& c = preset("small");

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, compute-sanitizer, benchmark, example.
-# Usage: scripts/gpu_check.sh [build] [tests] [sanitize] [bench] [example] [ab] [clocks] [profile]
-#        (default: all but ab, clocks and profile)
+# Usage: scripts/gpu_check.sh [build] [tests] [sanitize] [bench] [example] [ab] [clocks] [kernels] [profile]
+#        (default: all but ab, clocks, kernels and profile)
 # Logs go to $OUT (or ./gpu_out); a short summary table is printed last.
 # bench: BENCH_SETS="cfg[@T],cfg[@T]...@T ..." (one benchmark run per set; default BENCH_CONFIGS
 # at BENCH_TOKENS), BENCH_ARGS (more flags), BENCH_PEERS="torch scattermoe sonicmoe" (those whose
@@ -204,6 +204,37 @@ print(f"{len(busy)} busy samples: SM clock median {statistics.median(r[0] for r 
 PY
 ) $(grep -E "T=.* $v " "$OUT/clocks_$v.log" | head -1 | sed 's/  */ /g')"
   done
+fi
+if has kernels; then
+  # Every kernel of a few forwards under Nsight Compute, its duration alone (gpu__time_duration,
+  # each kernel serialized: no launch gaps, no overlap): where a stage's time goes, kernel by
+  # kernel. KERNELS_CONFIG, KERNELS_VARIANTS (the benchmark's; default fused and fused+rounding,
+  # one timed forward each plus one for the stage times).
+  ncu --metrics gpu__time_duration.sum --csv \
+    $BUILD/bin/bench_moe_variants --configs "${KERNELS_CONFIG:-sonic-7b:E256:K4@24576}" --no-sequential \
+    --variants "${KERNELS_VARIANTS:-fused,fused+rounding}" --reps 1 --warmup 0 > "$OUT/kernels.csv" 2> "$OUT/kernels.log"
+  note "kernels rc=$? (${KERNELS_CONFIG:-sonic-7b:E256:K4@24576}, ${KERNELS_VARIANTS:-fused,fused+rounding})"
+  python3 - "$OUT/kernels.csv" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1], errors="replace")) if len(r) > 14]
+head = next((i for i, r in enumerate(rows) if "Kernel Name" in r), None)
+if head is None:
+    print("  (no kernel rows)"); sys.exit()
+h = rows[head]
+name, unit, value = h.index("Kernel Name"), h.index("Metric Unit"), h.index("Metric Value")
+scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6}
+per = collections.OrderedDict()
+for r in rows[head + 1:]:
+    try:
+        us = float(r[value].replace(",", "")) * scale.get(r[unit], float("nan"))
+    except ValueError:
+        continue
+    k = r[name].split("(")[0][:70]
+    per.setdefault(k, []).append(us)
+print(f"  {'kernel':70s} {'count':>5s} {'total us':>10s} {'mean us':>9s}")
+for k, v in sorted(per.items(), key=lambda kv: -sum(kv[1]))[:40]:
+    print(f"  {k:70s} {len(v):5d} {sum(v):10.1f} {sum(v) / len(v):9.1f}")
+PY
 fi
 if has profile; then
   # Nsight Compute on the fused layer's expert GEMMs and cuBLAS's dense GEMMs of the same FLOPs

@@ -23,7 +23,9 @@
 // Our variants are the whole layer (router included), as is the PyTorch pipeline.
 // Prints ms, TFLOP/s, share of the upper bound and speedup over sequential; writes JSON.
 #include <algorithm>
+#include <charconv>
 #include <chrono>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -79,6 +81,18 @@ void usage() {
       "                           dense_cublas)");
 }
 
+// A flag's integer value within [lo, hi], else an InvalidArgument naming the flag and the value.
+long long int_arg(const std::string& flag, const std::string& text, long long lo, long long hi) {
+  long long v = 0;
+  const char* end = text.data() + text.size();
+  const auto [p, ec] = std::from_chars(text.data(), end, v);
+  if (ec != std::errc() || p != end || v < lo || v > hi)
+    throw InvalidArgument(flag + " = '" + text + "': expected an integer in [" + std::to_string(lo) + ", " +
+                          std::to_string(hi) + "]");
+  return v;
+}
+constexpr long long kMaxTokens = 1ll << 24;
+
 Args parse(int argc, char** argv) {
   Args a;
   for (int i = 1; i < argc; ++i) {
@@ -90,16 +104,16 @@ Args parse(int argc, char** argv) {
     if (k == "--configs") a.configs = split(val());
     else if (k == "--tokens") {
       a.tokens.clear();
-      for (auto& t : split(val())) a.tokens.push_back(std::stoll(t));
-    } else if (k == "--reps") a.reps = std::stoi(val());
-    else if (k == "--warmup") a.warmup = std::stoi(val());
+      for (auto& t : split(val())) a.tokens.push_back(int_arg("--tokens", t, 1, kMaxTokens));
+    } else if (k == "--reps") a.reps = static_cast<int>(int_arg("--reps", val(), 1, 100000));
+    else if (k == "--warmup") a.warmup = static_cast<int>(int_arg("--warmup", val(), 0, 100000));
     else if (k == "--json") a.json = val();
     else if (k == "--dump") a.dump = val();
     else if (k == "--torch") a.torch_script = val();
     else if (k == "--scattermoe") a.scattermoe_script = val();
     else if (k == "--sonicmoe") a.sonicmoe_script = val();
     else if (k == "--python") a.python = val();
-    else if (k == "--seed") a.seed = std::stoull(val());
+    else if (k == "--seed") a.seed = static_cast<std::uint64_t>(int_arg("--seed", val(), 0, LLONG_MAX));
     else if (k == "--no-sequential") a.sequential = false;
     else if (k == "--stages") a.stages = true;
     else if (k == "--variants") a.variants = split(val());
@@ -111,6 +125,9 @@ Args parse(int argc, char** argv) {
   for (const std::string& v : a.variants)
     if (std::find(std::begin(known), std::end(known), v) == std::end(known))
       throw InvalidArgument("--variants: '" + v + "' is not one of ours (see --help)");
+  for (const std::string& entry : a.configs)  // "spec@T": T checked here, before any GPU work
+    if (const std::size_t at = entry.find('@'); at != std::string::npos)
+      (void)int_arg("--configs " + entry + ": tokens", entry.substr(at + 1), 1, kMaxTokens);
   return a;
 }
 
@@ -317,12 +334,7 @@ int main(int argc, char** argv) {
       const std::size_t at = entry.find('@');
       const std::string name = entry.substr(0, at);
       std::vector<std::int64_t> tokens = a.tokens;
-      if (at != std::string::npos) {
-        const std::string t = entry.substr(at + 1);
-        if (t.empty() || t.find_first_not_of("0123456789") != std::string::npos || t.size() > 9)
-          throw InvalidArgument("config '" + entry + "': expected <config>@<tokens>, tokens a positive integer");
-        tokens = {std::stoll(t)};
-      }
+      if (at != std::string::npos) tokens = {int_arg("--configs " + entry + ": tokens", entry.substr(at + 1), 1, kMaxTokens)};
       configs[name] = preset_variant(name);  // "sonic-7b:E256:K4", "sonic-7b:d4096:n512"
       runs.push_back({name, tokens});
     }

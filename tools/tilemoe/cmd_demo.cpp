@@ -49,7 +49,9 @@ int cmd_demo(int argc, char** argv) {
     throw InvalidArgument("--device = cuda: no CUDA GPU is available here (use --device cpu)");
   const bool gpu = s.device == Device::cuda;
   s.cfg = preset_variant(args.get("config").empty() ? (gpu ? "sonic-7b" : "demo") : args.get("config"));
-  s.tokens = args.get_int("tokens") > 0 ? args.get_int("tokens") : (gpu ? 24576 : 4096);
+  const long long tokens = args.get_int("tokens");
+  check_arg(tokens >= 0 && tokens <= (1ll << 24), "--tokens", tokens, "0 (the device's default) or 1 <= tokens <= 16777216");
+  s.tokens = tokens > 0 ? tokens : (gpu ? 24576 : 4096);
   s.dtype = parse_dtype(args.get("dtype"));
   s.repeats = static_cast<int>(args.get_int("repeats"));
   check_arg(s.repeats >= 1 && s.repeats <= 1000, "--repeats", s.repeats, "1 <= repeats <= 1000");

@@ -2,6 +2,7 @@
 // the float64 reference on a sample of tokens. Each program picks one expert algorithm.
 #pragma once
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -33,13 +34,25 @@ inline Problem parse(int argc, char** argv, const char* prog) {
       std::exit(0);
     }
     if (i + 1 >= argc) throw tilemoe::InvalidArgument(k + ": expected a value");
-    const long long v = std::stoll(argv[++i]);
-    if (k == "--experts") p.experts = static_cast<int>(v);
-    else if (k == "--tokens") p.tokens = v;
-    else if (k == "--d") p.d = v;
-    else if (k == "--n") p.n = v;
-    else if (k == "--topk") p.topk = static_cast<int>(v);
-    else if (k == "--reps") p.reps = static_cast<int>(v);
+    const std::string text = argv[++i];
+    // The value, an integer in [lo, hi]; the layer's own limits (E, K, d, n) are the library's
+    // to check (MoeConfig::validate).
+    auto value = [&](long long lo, long long hi) {
+      long long v = 0;
+      const char* end = text.data() + text.size();
+      const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+      if (ec != std::errc() || ptr != end || v < lo || v > hi)
+        throw tilemoe::InvalidArgument(k + " = '" + text + "': expected an integer in [" + std::to_string(lo) + ", " +
+                                       std::to_string(hi) + "]");
+      return v;
+    };
+    constexpr long long kBig = 1ll << 24;
+    if (k == "--experts") p.experts = static_cast<int>(value(1, 4096));
+    else if (k == "--tokens") p.tokens = value(1, kBig);
+    else if (k == "--d") p.d = value(1, kBig);
+    else if (k == "--n") p.n = value(1, kBig);
+    else if (k == "--topk") p.topk = static_cast<int>(value(1, 4096));
+    else if (k == "--reps") p.reps = static_cast<int>(value(1, 100000));
     else throw tilemoe::InvalidArgument("argument '" + k + "': unknown (see --help)");
   }
   return p;
@@ -51,17 +64,17 @@ inline int run(int argc, char** argv, const char* prog, tilemoe::Algorithm algor
   using namespace tilemoe;
   try {
     const Problem p = parse(argc, argv, prog);
-    if (!cuda_available()) {
-      std::printf("%s: no CUDA GPU (or a build without the CUDA backend): this step runs on the GPU\n", prog);
-      return 2;
-    }
     MoeConfig c;
     c.name = "cli";
     c.d_model = p.d;
     c.d_expert = p.n;
     c.num_experts = p.experts;
     c.top_k = p.topk;
-    c.validate();
+    c.validate();  // bad input is named with or without a GPU
+    if (!cuda_available()) {
+      std::printf("%s: no CUDA GPU (or a build without the CUDA backend): this step runs on the GPU\n", prog);
+      return 2;
+    }
     std::printf("%s: T %lld, d %lld, n %lld, E %d, K %d, bf16, %s experts\n", prog, (long long)p.tokens,
                 (long long)p.d, (long long)p.n, p.experts, p.topk, to_string(algorithm));
     const MoeWeights wh = random_weights(c, DType::bf16, 1);

@@ -88,7 +88,6 @@ constexpr bool panels_fill_output() {  // two warpgroups' rows x a round's 64-co
 static_assert(panels_fill_output<true>() && panels_fill_output<false>(), "the staged output is whole panels");
 static_assert(WsShape<true>::kSmem <= 232448 && WsShape<false>::kSmem <= 232448, "over the sm_90 shared memory");
 
-
 // A tile as the producer hands it to the consumers: its index in the launch's order (>= the
 // tile count: none left), first sorted row, rows, expert and column tile.
 struct TileSlot {

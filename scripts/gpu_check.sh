@@ -4,8 +4,9 @@
 #        (default: all but ab, clocks, kernels and profile)
 # Logs go to $OUT (or ./gpu_out); a short summary table is printed last.
 # bench: BENCH_SETS="cfg[@T],cfg[@T]...@T ..." (one benchmark run per set; default BENCH_CONFIGS
-# at BENCH_TOKENS), BENCH_ARGS (more flags), BENCH_PEERS="torch scattermoe sonicmoe" (those whose
-# code travelled: scripts/peers.sh), PEER_TIMEOUT (seconds per peer script, default 400).
+# at BENCH_TOKENS; the words issue, decode and rounding name the usual sets), BENCH_ARGS (more
+# flags), BENCH_PEERS="torch scattermoe sonicmoe" (those whose code travelled: scripts/peers.sh),
+# PEER_TIMEOUT (seconds per peer script, default 400).
 # tests: the GPU tests stopped after TEST_TIMEOUT seconds (default 300).
 # tests, sanitize: also rerun the fast-path tests under each setting of TEST_ENVS ("A=1 B=2;C=3");
 # SANITIZE_TOOLS="" skips the full sanitizer runs (the TEST_ENVS ones still run).
@@ -112,6 +113,11 @@ if has bench; then
     # BENCH_SETS="configs@tokens ...": one benchmark run per set (configs x tokens within a set),
     # each peer script stopped after PEER_TIMEOUT seconds; the JSON of all sets merged.
     SETS=${BENCH_SETS:-"${BENCH_CONFIGS:-sonic-7b,qwen3-30b-a3b,olmoe-1b-7b,mixtral-8x7b,deepseek-v3}@${BENCH_TOKENS:-24576}"}
+    # Named sets: issue (issue 6's seven layers at their token counts), decode (T 64 and 256),
+    # rounding (K/E = 1/64).
+    SETS=${SETS//issue/sonic-7b@24576,sonic-7b:d4096:n512@32768,sonic-7b:d4096:n1024@32768,qwen3-30b-a3b@16384,olmoe-1b-7b@16384,gpt-oss-120b@8192,mixtral-8x7b@4096@24576}
+    SETS=${SETS//decode/qwen3-30b-a3b,olmoe-1b-7b,deepseek-v3@64,256}
+    SETS=${SETS//rounding/sonic-7b:E256:K4,sonic-7b:E512:K8@4096,24576}
     i=0
     for set in $SETS; do
       i=$((i + 1))

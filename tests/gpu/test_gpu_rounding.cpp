@@ -99,52 +99,48 @@ TEST(GpuRounding, MatchesCpuRoundRouting) {
       }
 }
 
-TEST(GpuRounding, ForwardWithRoundingMatchesReference) {
-  TILEMOE_REQUIRE_GPU();
+// The forward with rounding (tile 64, `rule`) of T tokens on presets small and tiny-deepseek, each
+// algorithm, against the float64 reference on the rounded routing; check(trace, T) adds the
+// case's own expectations.
+template <class Check>
+void rounded_forwards(std::int64_t T, RoundingRule rule, Check check) {
   for (const char* name : {"small", "tiny-deepseek"})
     for (Algorithm alg : {Algorithm::grouped, Algorithm::fused, Algorithm::sequential}) {
       const MoeConfig& c = preset(name);
       const std::uint64_t seed = test::fresh_seed();
       SCOPED_TRACE(std::string(name) + " " + to_string(alg) + " seed=" + std::to_string(seed));
-      const MoeWeights wh = random_weights(c, DType::bf16, seed);
-      const Tensor xh = random_tokens(900, c.d_model, DType::bf16, seed + 1);
-      ForwardOptions opt;
-      opt.algorithm = alg;
-      opt.rounding = RoundingOptions{};
-      opt.rounding->tile = 64;
-      ForwardTrace tr;
-      const Tensor out = moe_forward(c, wh.to(Device::cuda), xh.to(Device::cuda), opt, &tr);
-      ASSERT_TRUE(tr.rounding.has_value());
-      for (auto n : tr.counts) EXPECT_TRUE(n % 64 == 0 || n == 900) << n;
-      EXPECT_EQ(tr.rounding->assignments_after, tr.routing.num_assignments());
-      EXPECT_LT(test::forward_error(c, wh, xh, out, tr.routing), 1e-2);
-    }
-}
-
-// Rounding that drops every assignment (rule down, every expert below one tile): the expert
-// kernels get no row tile at all, and each token's output is its shared experts' or zero.
-TEST(GpuRounding, ForwardWhereRoundingDropsEveryAssignment) {
-  TILEMOE_REQUIRE_GPU();
-  for (const char* name : {"small", "tiny-deepseek"})
-    for (Algorithm alg : {Algorithm::grouped, Algorithm::fused, Algorithm::sequential}) {
-      const MoeConfig& c = preset(name);
-      const std::uint64_t seed = test::fresh_seed();
-      SCOPED_TRACE(std::string(name) + " " + to_string(alg) + " seed=" + std::to_string(seed));
-      const std::int64_t T = 8;  // T * K assignments: fewer than the tile for every expert
       const MoeWeights wh = random_weights(c, DType::bf16, seed);
       const Tensor xh = random_tokens(T, c.d_model, DType::bf16, seed + 1);
       ForwardOptions opt;
       opt.algorithm = alg;
       opt.rounding = RoundingOptions{};
       opt.rounding->tile = 64;
-      opt.rounding->rule = RoundingRule::down;
+      opt.rounding->rule = rule;
       ForwardTrace tr;
       const Tensor out = moe_forward(c, wh.to(Device::cuda), xh.to(Device::cuda), opt, &tr);
       ASSERT_TRUE(tr.rounding.has_value());
-      EXPECT_EQ(tr.routing.num_assignments(), 0);
-      for (auto n : tr.counts) EXPECT_EQ(n, 0);
-      EXPECT_LT(test::forward_error(c, wh, xh, out, tr.routing), 1e-2);  // 0 when c has no shared experts
+      check(tr, T);
+      EXPECT_LT(test::forward_error(c, wh, xh, out, tr.routing), 1e-2);  // 0 vs 0 without shared experts
     }
+}
+
+TEST(GpuRounding, ForwardWithRoundingMatchesReference) {
+  TILEMOE_REQUIRE_GPU();
+  rounded_forwards(900, RoundingRule::nearest, [](const ForwardTrace& tr, std::int64_t T) {
+    for (auto n : tr.counts) EXPECT_TRUE(n % 64 == 0 || n == T) << n;
+    EXPECT_EQ(tr.rounding->assignments_after, tr.routing.num_assignments());
+  });
+}
+
+// Rounding that drops every assignment (rule down, every expert below one tile: T K = 32 of
+// small's and tiny-deepseek's assignments cannot fill a tile of 64): the expert kernels get no
+// row tile at all, and each token's output is its shared experts' or zero.
+TEST(GpuRounding, ForwardWhereRoundingDropsEveryAssignment) {
+  TILEMOE_REQUIRE_GPU();
+  rounded_forwards(8, RoundingRule::down, [](const ForwardTrace& tr, std::int64_t) {
+    EXPECT_EQ(tr.routing.num_assignments(), 0);
+    for (auto n : tr.counts) EXPECT_EQ(n, 0);
+  });
 }
 
 TEST(GpuRounding, GraphCaptureWithRounding) {

@@ -23,7 +23,6 @@
 // Our variants are the whole layer (router included), as is the PyTorch pipeline.
 // Prints ms, TFLOP/s, share of the upper bound and speedup over sequential; writes JSON.
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <climits>
 #include <cmath>
@@ -60,6 +59,9 @@ struct Args {
   bool sequential = true;
   bool stages = false;
   std::vector<std::string> variants;  // empty: all of ours
+  // What to run, from configs and tokens: an entry "spec@T" at token count T only (the issue's
+  // layers each have their own T), a plain entry at every --tokens count.
+  std::vector<std::pair<std::string, std::vector<std::int64_t>>> runs;
 };
 
 std::vector<std::string> split(const std::string& s) {
@@ -81,16 +83,6 @@ void usage() {
       "                           dense_cublas)");
 }
 
-// A flag's integer value within [lo, hi], else an InvalidArgument naming the flag and the value.
-long long int_arg(const std::string& flag, const std::string& text, long long lo, long long hi) {
-  long long v = 0;
-  const char* end = text.data() + text.size();
-  const auto [p, ec] = std::from_chars(text.data(), end, v);
-  if (ec != std::errc() || p != end || v < lo || v > hi)
-    throw InvalidArgument(flag + " = '" + text + "': expected an integer in [" + std::to_string(lo) + ", " +
-                          std::to_string(hi) + "]");
-  return v;
-}
 constexpr long long kMaxTokens = 1ll << 24;
 
 Args parse(int argc, char** argv) {
@@ -104,16 +96,16 @@ Args parse(int argc, char** argv) {
     if (k == "--configs") a.configs = split(val());
     else if (k == "--tokens") {
       a.tokens.clear();
-      for (auto& t : split(val())) a.tokens.push_back(int_arg("--tokens", t, 1, kMaxTokens));
-    } else if (k == "--reps") a.reps = static_cast<int>(int_arg("--reps", val(), 1, 100000));
-    else if (k == "--warmup") a.warmup = static_cast<int>(int_arg("--warmup", val(), 0, 100000));
+      for (auto& t : split(val())) a.tokens.push_back(parse_int("--tokens", t, 1, kMaxTokens));
+    } else if (k == "--reps") a.reps = static_cast<int>(parse_int("--reps", val(), 1, 100000));
+    else if (k == "--warmup") a.warmup = static_cast<int>(parse_int("--warmup", val(), 0, 100000));
     else if (k == "--json") a.json = val();
     else if (k == "--dump") a.dump = val();
     else if (k == "--torch") a.torch_script = val();
     else if (k == "--scattermoe") a.scattermoe_script = val();
     else if (k == "--sonicmoe") a.sonicmoe_script = val();
     else if (k == "--python") a.python = val();
-    else if (k == "--seed") a.seed = static_cast<std::uint64_t>(int_arg("--seed", val(), 0, LLONG_MAX));
+    else if (k == "--seed") a.seed = static_cast<std::uint64_t>(parse_int("--seed", val(), 0, LLONG_MAX));
     else if (k == "--no-sequential") a.sequential = false;
     else if (k == "--stages") a.stages = true;
     else if (k == "--variants") a.variants = split(val());
@@ -125,9 +117,12 @@ Args parse(int argc, char** argv) {
   for (const std::string& v : a.variants)
     if (std::find(std::begin(known), std::end(known), v) == std::end(known))
       throw InvalidArgument("--variants: '" + v + "' is not one of ours (see --help)");
-  for (const std::string& entry : a.configs)  // "spec@T": T checked here, before any GPU work
-    if (const std::size_t at = entry.find('@'); at != std::string::npos)
-      (void)int_arg("--configs " + entry + ": tokens", entry.substr(at + 1), 1, kMaxTokens);
+  for (const std::string& entry : a.configs) {  // checked here, before any GPU work
+    const std::size_t at = entry.find('@');
+    std::vector<std::int64_t> tokens = a.tokens;
+    if (at != std::string::npos) tokens = {parse_int("--configs " + entry + ": tokens", entry.substr(at + 1), 1, kMaxTokens)};
+    a.runs.push_back({entry.substr(0, at), tokens});
+  }
   return a;
 }
 
@@ -327,18 +322,8 @@ int main(int argc, char** argv) {
     std::vector<Result> results;
     std::vector<std::string> dumped;
     std::map<std::string, MoeConfig> configs;
-    // An entry "spec@T" runs at token count T only (the layers each have their own T);
-    // a plain entry at every --tokens count.
-    std::vector<std::pair<std::string, std::vector<std::int64_t>>> runs;
-    for (const std::string& entry : a.configs) {
-      const std::size_t at = entry.find('@');
-      const std::string name = entry.substr(0, at);
-      std::vector<std::int64_t> tokens = a.tokens;
-      if (at != std::string::npos) tokens = {int_arg("--configs " + entry + ": tokens", entry.substr(at + 1), 1, kMaxTokens)};
-      configs[name] = preset_variant(name);  // "sonic-7b:E256:K4", "sonic-7b:d4096:n512"
-      runs.push_back({name, tokens});
-    }
-    for (const auto& [name, tokens] : runs) {
+    for (const auto& run : a.runs) configs[run.first] = preset_variant(run.first);  // "sonic-7b:E256:K4"
+    for (const auto& [name, tokens] : a.runs) {
       const MoeConfig& c = configs.at(name);
       for (std::int64_t T : tokens) {
         const double flops = c.flops_per_token() * static_cast<double>(T);

@@ -2,7 +2,6 @@
 // the float64 reference on a sample of tokens. Each program picks one expert algorithm.
 #pragma once
 #include <algorithm>
-#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -35,17 +34,8 @@ inline Problem parse(int argc, char** argv, const char* prog) {
     }
     if (i + 1 >= argc) throw tilemoe::InvalidArgument(k + ": expected a value");
     const std::string text = argv[++i];
-    // The value, an integer in [lo, hi]; the layer's own limits (E, K, d, n) are the library's
-    // to check (MoeConfig::validate).
-    auto value = [&](long long lo, long long hi) {
-      long long v = 0;
-      const char* end = text.data() + text.size();
-      const auto [ptr, ec] = std::from_chars(text.data(), end, v);
-      if (ec != std::errc() || ptr != end || v < lo || v > hi)
-        throw tilemoe::InvalidArgument(k + " = '" + text + "': expected an integer in [" + std::to_string(lo) + ", " +
-                                       std::to_string(hi) + "]");
-      return v;
-    };
+    // The layer's own limits (E, K, d, n) are the library's to check (MoeConfig::validate).
+    auto value = [&](long long lo, long long hi) { return tilemoe::parse_int(k, text, lo, hi); };
     constexpr long long kBig = 1ll << 24;
     if (k == "--experts") p.experts = static_cast<int>(value(1, 4096));
     else if (k == "--tokens") p.tokens = value(1, kBig);

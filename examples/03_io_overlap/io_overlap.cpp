@@ -38,12 +38,10 @@ Args parse(int argc, char** argv) {
     if (i + 1 >= argc) throw InvalidArgument(k + ": expected a value");
     const std::string v = argv[++i];
     if (k == "--config") a.config = v;
-    else if (k == "--tokens") a.tokens = std::stoll(v);
-    else if (k == "--reps") a.reps = std::stoi(v);
+    else if (k == "--tokens") a.tokens = parse_int(k, v, 1, 1ll << 24);
+    else if (k == "--reps") a.reps = static_cast<int>(parse_int(k, v, 1, 100000));
     else throw InvalidArgument("argument '" + k + "': unknown (see --help)");
   }
-  if (a.tokens <= 0) throw InvalidArgument("--tokens = " + std::to_string(a.tokens) + ": expected > 0");
-  if (a.reps <= 0) throw InvalidArgument("--reps = " + std::to_string(a.reps) + ": expected > 0");
   return a;
 }
 

@@ -1,9 +1,11 @@
 // Errors: one typed exception, thrown by every check in the library. Its message names the
 // argument, the value it had and what is allowed. The library never exits; tools catch.
 #pragma once
+#include <charconv>
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace tilemoe {
 
@@ -38,6 +40,18 @@ std::string concat(const Parts&... parts) {
 template <class Value>
 void check_arg(bool ok, const char* name, const Value& value, const std::string& allowed) {
   if (!ok) throw InvalidArgument(detail::concat(name, " = ", value, ": expected ", allowed));
+}
+
+// An integer value given as text (a command-line flag's): parse_int("--tokens", "12x", 1, 100)
+// throws InvalidArgument("--tokens = '12x': expected an integer in [1, 100]"), as does a value
+// outside [lo, hi].
+inline long long parse_int(std::string_view name, std::string_view text, long long lo, long long hi) {
+  long long v = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+  if (ec != std::errc() || ptr != end || v < lo || v > hi)
+    throw InvalidArgument(detail::concat(name, " = '", text, "': expected an integer in [", lo, ", ", hi, "]"));
+  return v;
 }
 
 }  // namespace tilemoe

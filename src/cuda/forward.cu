@@ -179,7 +179,8 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   const int parts = router_logits(x.raw(), bf, w.router.data<float>(), T, d, E, P.logits, P.rscratch);
   const float* bias = cfg.router_bias && w.router_bias.numel() > 0 ? w.router_bias.data<float>() : nullptr;
   timer.lap("router_logits");
-  router_topk(rc, P.logits, bias, T, P.ids, P.wts, parts);
+  // With rounding, the top-k pass also writes the probabilities the rounding ranks tokens by.
+  router_topk(rc, P.logits, bias, T, P.ids, P.wts, parts, opt.rounding ? P.probs : nullptr);
   timer.lap("router_topk");
 
   // Token rounding, on the device: the rounded routing keeps the capacity A_cap, unused slots
@@ -189,8 +190,6 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   const std::int64_t* token_offsets = nullptr;
   const std::int32_t* token_of = nullptr;
   if (opt.rounding) {
-    router_probs(rc, P.logits, T, P.probs, parts);
-    timer.lap("rounding_probs");
     build_metadata(P.ids, nullptr, K, A, E, tile_m, P.m, P.meta_scratch, P.meta_bytes);
     timer.lap("rounding_metadata");
     round_routing(*opt.rounding, T, K, E, P.ids, P.wts, P.probs, P.m, P.r_expert, P.r_weight, P.r_tok, P.r_off,

@@ -167,10 +167,16 @@ __device__ void block_select(std::int64_t n, unsigned R, bool cached, KeyOf key_
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
     __syncthreads();
+    // Lanes whose keys fall in the same bin add once, together: the first pass's bins are the
+    // keys' top bytes (a float's sign and exponent), which most keys share, and one shared-memory
+    // atomic per key on a handful of addresses serialized the pass.
     for (std::int64_t i = threadIdx.x; i < n; i += blockDim.x) {
       bool ok;
       const unsigned u = key(i, ok);
-      if (ok && (u & mask) == prefix) atomicAdd(&hist[(u >> shift) & 255u], 1);
+      const bool hit = ok && (u & mask) == prefix;
+      const unsigned bin = hit ? (u >> shift) & 255u : 256u;
+      const unsigned peers = __match_any_sync(__activemask(), bin);
+      if (hit && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
     }
     __syncthreads();
     if (threadIdx.x == 0) {

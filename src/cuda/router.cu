@@ -168,8 +168,11 @@ __host__ __device__ inline std::size_t topk_smem_per_warp(int E, int G) {
   return (std::size_t(2) * E + G) * sizeof(float) + ((std::size_t(E) + G + 15) / 16) * 16;
 }
 
+// probs (optional, [T, E]): each token's probabilities as probs_kernel writes them, bit for bit
+// (the same operations in the same order), so token rounding needs no second pass over the logits.
 __global__ void topk_kernel(TopkParams p, const float* __restrict__ logits, int parts, const float* __restrict__ bias,
-                            std::int64_t T, std::int32_t* __restrict__ ids, float* __restrict__ weights) {
+                            std::int64_t T, std::int32_t* __restrict__ ids, float* __restrict__ weights,
+                            float* __restrict__ probs) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int nwarps = blockDim.x >> 5;
@@ -196,6 +199,7 @@ __global__ void topk_kernel(TopkParams p, const float* __restrict__ logits, int 
         const float sc = 1.0f / (1.0f + exp_cr(-s[e]));
         s[e] = sc;
         c[e] = sc + (bias ? bias[e] : 0.0f);
+        if (probs) probs[t * E + e] = sc;
       }
       __syncwarp();
       const int gsz = E / G;
@@ -232,10 +236,12 @@ __global__ void topk_kernel(TopkParams p, const float* __restrict__ logits, int 
       for (int e = lane; e < E; e += 32) m = fmaxf(m, s[e]);
       m = warp_max(m);
       float sum = 0.0f;
-      if (p.kind != RouterKind::topk_softmax) {
+      if (p.kind != RouterKind::topk_softmax || probs) {
         for (int e = lane; e < E; e += 32) c[e] = exp_cr(s[e] - m);
         __syncwarp();
         sum = sequential_sum(c, E);
+        if (probs)
+          for (int e = lane; e < E; e += 32) probs[t * E + e] = c[e] / sum;
       }
       for (int k = 0; k < K; ++k) {
         const int e = warp_argmax(s, E, [&](int i) { return taken[i] == 0; });
@@ -344,7 +350,7 @@ int router_logits(const void* x, bool x_bf16, const float* w, std::int64_t T, st
 }
 
 void router_topk(const RouterConfig& rc, const float* logits, const float* bias, std::int64_t T,
-                 std::int32_t* ids, float* weights, int parts) {
+                 std::int32_t* ids, float* weights, int parts, float* probs) {
   check_arg(rc.top_k <= 32, "top_k", rc.top_k, "<= 32 on the GPU router");
   if (T == 0) return;
   TopkParams p{rc.kind, rc.num_experts, rc.top_k, rc.kind == RouterKind::sigmoid_group_topk ? rc.n_groups : 1,
@@ -357,7 +363,8 @@ void router_topk(const RouterConfig& rc, const float* logits, const float* bias,
   if (smem > 48 * 1024)
     TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(topk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(smem)));
-  topk_kernel<<<grid_for(T, warps), warps * 32, smem, current_stream()>>>(p, logits, parts, bias, T, ids, weights);
+  topk_kernel<<<grid_for(T, warps), warps * 32, smem, current_stream()>>>(p, logits, parts, bias, T, ids, weights,
+                                                                          probs);
   TILEMOE_CHECK_LAUNCH();
 }
 

@@ -26,8 +26,9 @@ int router_logits(const void* x, bool x_bf16, const float* w, std::int64_t T, st
                   void* scratch);
 // The fused scores + top-k + weights of every RouterKind, the CPU's tie rule (lower index wins):
 // ids [T, K] int32 and weights [T, K] fp32 from logits [T, parts * E]; bias [E] may be null.
+// probs, where given: [T, E], what router_probs writes, bit for bit, in the same pass.
 void router_topk(const RouterConfig& rc, const float* logits, const float* bias, std::int64_t T,
-                 std::int32_t* ids, float* weights, int parts = 1);
+                 std::int32_t* ids, float* weights, int parts = 1, float* probs = nullptr);
 // probs [T, E]: softmax of each row, or the sigmoid for sigmoid_group_topk (as
 // router_probabilities() on the CPU).
 void router_probs(const RouterConfig& rc, const float* logits, std::int64_t T, float* probs, int parts = 1);

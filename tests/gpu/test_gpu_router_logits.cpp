@@ -131,6 +131,12 @@ TEST(GpuRouter, TopkAndProbsReadPartialLogits) {
     const auto a = host<float>(w_p), b = host<float>(w_s), pa = host<float>(pr_p), pb = host<float>(pr_s);
     EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
     EXPECT_EQ(0, std::memcmp(pa.data(), pb.data(), pa.size() * sizeof(float)));
+    // The top-k pass writing the probabilities too (the forward with rounding): the same bits.
+    Tensor pr_t = Tensor::empty({T * E}, DType::f32, Device::cuda);
+    g::router_topk(rc, lp.data<float>(), bias, T, ids_s.data<std::int32_t>(), w_s.data<float>(), parts, pr_t.data<float>());
+    const auto pt = host<float>(pr_t);
+    EXPECT_EQ(0, std::memcmp(pt.data(), pa.data(), pa.size() * sizeof(float)));
+    EXPECT_EQ(host<std::int32_t>(ids_s), host<std::int32_t>(ids_p));
   }
 }
 #endif

@@ -109,6 +109,22 @@ void check_router(const RouterConfig& rc, std::int64_t T, bool ties, bool with_b
     std::printf("router: largest relative weight difference so far %.3g\n", worst);
   }
   if (rc.kind != RouterKind::sigmoid_group_topk) EXPECT_EQ(near_ties, 0) << "the softmax routers select on the logits themselves";
+
+  // The same pass asked for the probabilities too (token rounding's input): the same choices and
+  // weights, and router_probs's probabilities bit for bit.
+  Tensor ids2 = Tensor::empty({T * K}, DType::i32, Device::cuda);
+  Tensor wts2 = Tensor::empty({T * K}, DType::f32, Device::cuda);
+  Tensor pr = Tensor::empty({T * E}, DType::f32, Device::cuda);
+  Tensor pr_ref = Tensor::empty({T * E}, DType::f32, Device::cuda);
+  detail::gpu::router_topk(rc, ld.data<float>(), with_bias ? bd.data<float>() : nullptr, T,
+                           ids2.data<std::int32_t>(), wts2.data<float>(), 1, pr.data<float>());
+  detail::gpu::router_probs(rc, ld.data<float>(), T, pr_ref.data<float>());
+  EXPECT_EQ(host<std::int32_t>(ids2), gi);
+  EXPECT_EQ(host<float>(wts2), gw);
+  const auto gp = host<float>(pr), rp = host<float>(pr_ref);
+  std::int64_t differ = 0;
+  for (std::size_t i = 0; i < gp.size(); ++i) differ += gp[i] == rp[i] ? 0 : 1;
+  EXPECT_EQ(differ, 0) << "probabilities from the top-k pass differ from router_probs's";
 }
 
 }  // namespace

@@ -212,35 +212,50 @@ PY
   done
 fi
 if has kernels; then
-  # Every kernel of a few forwards under Nsight Compute, its duration alone (gpu__time_duration,
-  # each kernel serialized: no launch gaps, no overlap): where a stage's time goes, kernel by
-  # kernel. KERNELS_CONFIG, KERNELS_VARIANTS (the benchmark's; default fused and fused+rounding,
-  # one timed forward each plus one for the stage times).
-  ncu --metrics gpu__time_duration.sum --csv \
-    $BUILD/bin/bench_moe_variants --configs "${KERNELS_CONFIG:-sonic-7b:E256:K4@24576}" --no-sequential \
-    --variants "${KERNELS_VARIANTS:-fused,fused+rounding}" --reps 1 --warmup 0 > "$OUT/kernels.csv" 2> "$OUT/kernels.log"
-  note "kernels rc=$? (${KERNELS_CONFIG:-sonic-7b:E256:K4@24576}, ${KERNELS_VARIANTS:-fused,fused+rounding})"
-  python3 - "$OUT/kernels.csv" <<'PY'
+  # Every kernel of a few forwards under Nsight Compute (each kernel serialized: no launch gaps,
+  # no overlap; clocks at the profiler's base): its duration, DRAM bytes read and DRAM throughput
+  # (% of peak): where a stage's time goes, kernel by kernel, and whether it streams memory at
+  # the card's rate. KERNELS_CONFIG (comma list of the benchmark's config@T), KERNELS_VARIANTS
+  # (default fused and fused+rounding; one timed forward each plus one for the stage times).
+  # One table per entry of KERNELS_CONFIG (space-separated); the CSVs go to $OUT/kernels.tar.gz.
+  KDIR=$(mktemp -d)
+  # An entry "config@T/variants" names its own variants.
+  for entry in ${KERNELS_CONFIG:-sonic-7b:E256:K4@24576}; do
+  kc=${entry%%/*}; kv=${KERNELS_VARIANTS:-fused,fused+rounding}; [[ $entry == */* ]] && kv=${entry#*/}
+  ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed --csv \
+    $BUILD/bin/bench_moe_variants --configs "$kc" --no-sequential \
+    --variants "$kv" --reps 1 --warmup 0 > "$KDIR/$kc.csv" 2>> "$OUT/kernels.log"
+  note "kernels rc=$? ($kc, $kv)"
+  python3 - "$KDIR/$kc.csv" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1], errors="replace")) if len(r) > 14]
 head = next((i for i, r in enumerate(rows) if "Kernel Name" in r), None)
 if head is None:
     print("  (no kernel rows)"); sys.exit()
 h = rows[head]
-name, unit, value = h.index("Kernel Name"), h.index("Metric Unit"), h.index("Metric Value")
-scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6}
-per = collections.OrderedDict()
+ident, name = h.index("ID"), h.index("Kernel Name")
+metric, unit, value = h.index("Metric Name"), h.index("Metric Unit"), h.index("Metric Value")
+scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6,
+         "byte": 1e-6, "Kbyte": 1e-3, "Mbyte": 1.0, "Gbyte": 1e3, "%": 1.0}
+launch = collections.OrderedDict()  # launch id -> (kernel, {metric: value})
 for r in rows[head + 1:]:
     try:
-        us = float(r[value].replace(",", "")) * scale.get(r[unit], float("nan"))
+        v = float(r[value].replace(",", "")) * scale.get(r[unit], float("nan"))
     except ValueError:
         continue
-    k = r[name].split("(")[0][:70]
-    per.setdefault(k, []).append(us)
-print(f"  {'kernel':70s} {'count':>5s} {'total us':>10s} {'mean us':>9s}")
-for k, v in sorted(per.items(), key=lambda kv: -sum(kv[1]))[:40]:
-    print(f"  {k:70s} {len(v):5d} {sum(v):10.1f} {sum(v) / len(v):9.1f}")
+    launch.setdefault(r[ident], (r[name].split("(")[0][:64], {}))[1][r[metric].split(".")[0]] = v
+per = collections.OrderedDict()
+for k, m in launch.values():
+    per.setdefault(k, []).append(m)
+print(f"  {'kernel':64s} {'count':>5s} {'total us':>9s} {'mean us':>8s} {'DRAM MB':>8s} {'DRAM %':>6s}")
+for k, ms in sorted(per.items(), key=lambda kv: -sum(m.get("gpu__time_duration", 0) for m in kv[1]))[:40]:
+    us = [m.get("gpu__time_duration", 0) for m in ms]
+    mb = sum(m.get("dram__bytes_read", 0) for m in ms) / len(ms)
+    pct = sum(m.get("dram__throughput", 0) * u for m, u in zip(ms, us)) / max(sum(us), 1e-9)
+    print(f"  {k:64s} {len(ms):5d} {sum(us):9.1f} {sum(us) / len(us):8.1f} {mb:8.1f} {pct:6.1f}")
 PY
+  done
+  tar -czf "$OUT/kernels.tar.gz" -C "$KDIR" .
 fi
 if has profile; then
   # Nsight Compute on the fused layer's expert GEMMs and cuBLAS's dense GEMMs of the same FLOPs

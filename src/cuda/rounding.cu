@@ -126,9 +126,10 @@ std::size_t select_cache_bytes(std::int64_t n) {
 // ok) gives item i's key and whether it takes part; take(i, key) is called once for each chosen
 // item. An MSB radix select (4 passes of 8 bits, over keys cached in shared memory when
 // `cached`) finds the R-th key; one ordered pass then takes every item below it and the first
-// ties by index (a block scan over kSelItems consecutive items per thread).
+// ties by index (a block scan over kSelItems consecutive items per thread). With `cached`, a
+// caller may mark excluded items itself first (`marked`: it zeroed the bits and set some).
 template <class KeyOf, class Take>
-__device__ void block_select(std::int64_t n, unsigned R, bool cached, KeyOf key_of, Take take) {
+__device__ void block_select(std::int64_t n, unsigned R, bool cached, bool marked, KeyOf key_of, Take take) {
   using Scan = cub::BlockScan<int, kSelThreads>;
   __shared__ typename Scan::TempStorage scan;
   __shared__ int hist[256];
@@ -142,8 +143,10 @@ __device__ void block_select(std::int64_t n, unsigned R, bool cached, KeyOf key_
     return cache[i];
   };
   if (cached) {
-    for (std::int64_t w = threadIdx.x; w < (n + 31) / 32; w += blockDim.x) excluded[w] = 0;
-    __syncthreads();
+    if (!marked) {
+      for (std::int64_t w = threadIdx.x; w < (n + 31) / 32; w += blockDim.x) excluded[w] = 0;
+      __syncthreads();
+    }
     // Four items per thread in flight: the keys come from scattered global loads.
     for (std::int64_t b = 0; b < n; b += 4 * blockDim.x) {
       unsigned u[4];
@@ -238,7 +241,7 @@ __global__ void __launch_bounds__(kSelThreads) drop_kernel(const std::int32_t* _
   if (D <= 0) return;
   const std::int64_t last = offsets[e + 1] - 1;
   block_select(
-      counts[e], static_cast<unsigned>(D), cached,
+      counts[e], static_cast<unsigned>(D), cached, false,
       [&](std::int64_t i, bool& ok) {
         ok = true;
         return __float_as_uint(probs[std::int64_t(sorted_token[last - i]) * E + e]);
@@ -247,10 +250,14 @@ __global__ void __launch_bounds__(kSelThreads) drop_kernel(const std::int32_t* _
 }
 
 // One block per expert e that gains R = target - count tokens: the R best (prob descending,
-// token ascending) tokens that did not choose e.
+// token ascending) tokens that did not choose e. With the keys cached, the tokens that chose e
+// (its sorted segment, ~T K / E of them) are marked excluded up front; otherwise every token's K
+// ids are read in each pass.
 __global__ void __launch_bounds__(kSelThreads) add_kernel(const std::int32_t* __restrict__ counts,
                                                           const std::int32_t* __restrict__ target,
                                                           const std::int32_t* __restrict__ ids,
+                                                          const std::int64_t* __restrict__ offsets,
+                                                          const std::int32_t* __restrict__ sorted_token,
                                                           const float* __restrict__ probs, std::int64_t T, int K, int E,
                                                           bool cached, unsigned long long* __restrict__ added,
                                                           int* __restrict__ n_added,
@@ -258,12 +265,24 @@ __global__ void __launch_bounds__(kSelThreads) add_kernel(const std::int32_t* __
   const int e = blockIdx.x;
   const int R = target[e] - counts[e];
   if (R <= 0) return;
+  if (cached) {
+    extern __shared__ unsigned cache[];
+    unsigned* excluded = cache + T;
+    for (std::int64_t w = threadIdx.x; w < (T + 31) / 32; w += blockDim.x) excluded[w] = 0;
+    __syncthreads();
+    for (std::int64_t i = offsets[e] + threadIdx.x; i < offsets[e + 1]; i += blockDim.x) {
+      const std::int32_t t = sorted_token[i];
+      atomicOr(&excluded[t >> 5], 1u << (t & 31));
+    }
+    __syncthreads();
+  }
   block_select(
-      T, static_cast<unsigned>(R), cached,
+      T, static_cast<unsigned>(R), cached, cached,
       [&](std::int64_t t, bool& ok) {
         ok = true;
-        for (int k = 0; k < K; ++k)
-          if (ids[t * K + k] == e) ok = false;
+        if (!cached)
+          for (int k = 0; k < K; ++k)
+            if (ids[t * K + k] == e) ok = false;
         return ~__float_as_uint(probs[t * E + e]);
       },
       [&](std::int64_t t, unsigned u) {
@@ -427,7 +446,8 @@ void round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, con
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.n_added, 0, sizeof(int), st));
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.added_per_token, 0, sizeof(std::int32_t) * T, st));
   if (n_cap > 0) {
-    add_kernel<<<E, kSelThreads, cache, st>>>(topk.counts, target, ids, probs, T, K, E, cache > 0, s.added,
+    add_kernel<<<E, kSelThreads, cache, st>>>(topk.counts, target, ids, topk.offsets, topk.sorted_token, probs, T, K,
+                                              E, cache > 0, s.added,
                                               s.n_added, s.added_per_token);
     TILEMOE_CHECK_LAUNCH();
     TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(s.cub, s.cub_bytes, s.added, s.added_out, static_cast<int>(n_cap),

@@ -235,8 +235,8 @@ if head is None:
 h = rows[head]
 ident, name = h.index("ID"), h.index("Kernel Name")
 metric, unit, value = h.index("Metric Name"), h.index("Metric Unit"), h.index("Metric Value")
-scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6,
-         "byte": 1e-6, "Kbyte": 1e-3, "Mbyte": 1.0, "Gbyte": 1e3, "%": 1.0}
+scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3, "second": 1e6, "ns": 1e-3, "us": 1.0, "ms": 1e3, "s": 1e6,
+         "byte": 1e-6, "Kbyte": 1e-3, "Mbyte": 1.0, "Gbyte": 1e3, "KB": 1e-3, "MB": 1.0, "GB": 1e3, "%": 1.0}
 launch = collections.OrderedDict()  # launch id -> (kernel, {metric: value})
 for r in rows[head + 1:]:
     try:
@@ -273,7 +273,7 @@ if has profile; then
   ncu "${SECTIONS[@]}" "${REP[@]}" \
     --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sectors_srcunit_tex_op_read.sum.per_second,regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio \
     --kernel-name regex:"${PROFILE_KERNELS:-ws_kernel|wgmma_kernel|nvjet|xmma|gemm}" --launch-skip "${PROFILE_SKIP:-0}" --launch-count "${PROFILE_COUNT:-24}" \
-    $BUILD/bin/bench_moe_variants --configs "${PROFILE_CONFIG:-qwen3-30b-a3b@16384}" --no-sequential --variants fused,dense_cublas \
+    $BUILD/bin/bench_moe_variants --configs "${PROFILE_CONFIG:-qwen3-30b-a3b@16384}" --no-sequential --variants "${PROFILE_VARIANTS:-fused,dense_cublas}" \
     --reps 1 --warmup 0 > "$OUT/profile.log" 2>&1
   note "profile rc=$? (${PROFILE_CONFIG:-qwen3-30b-a3b@16384})"
   if [ -f "$OUT/profile.ncu-rep" ]; then  # with a report, the metrics are read back from it

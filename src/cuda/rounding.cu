@@ -3,9 +3,11 @@
 // a host-known capacity, unused slots carry expert id E).
 //   1. targets: one block; per-expert floor/ceil to tile multiples by the rule (the stochastic
 //      draw is the same splitmix64 counter hash; balanced sorts experts by remainder in-block).
-//   2. drops: a block per expert that loses assignments; an MSB radix select of its worst
-//      (prob ascending, later tokens first among equal probs) over its sorted segment.
-//   3. adds: a block per expert that gains tokens; the same select of the best (prob
+//   2. drops: a block per expert that loses assignments; a selection of its worst (prob
+//      ascending, later tokens first among equal probs) over its sorted segment (block_best:
+//      a block radix sort, of a sample and then of the candidates it leaves where the items are
+//      more than one sort holds; an MSB radix select where those would not fit).
+//   3. adds: a block per expert that gains tokens; the same selection of the best (prob
 //      descending, token ascending) among the tokens that did not choose it.
 //   4. the new routing, token by token: kept assignments in top-k order, then the added ones by
 //      (prob descending, expert ascending) with weight = prob.
@@ -114,58 +116,71 @@ __global__ void __launch_bounds__(kThreads) targets_kernel(const std::int32_t* _
 }
 
 constexpr int kSelThreads = 512, kSelItems = 8;  // the ordered pass takes 4096 items per step
+constexpr int kSortCap = kSelThreads * kSelItems;   // items one block sorts at once
 
-// Shared memory that caches a block's ranking keys (and which items are excluded) so that the
-// radix passes read them from global memory once: used up to kSelCacheItems items.
-constexpr std::int64_t kSelCacheItems = 40960;
-std::size_t select_cache_bytes(std::int64_t n) {
-  return n <= kSelCacheItems ? static_cast<std::size_t>(n) * 4 + static_cast<std::size_t>((n + 31) / 32) * 4 : 0;
+// Dynamic shared memory of the selections: up to kSelCacheItems items, the block's ranking keys
+// and a bit per item that takes no part ("excluded"), so that the passes over the items read
+// global memory once; then room for kSortCap candidates (block_best).
+constexpr std::int64_t kSelCacheItems = 32768;
+__host__ __device__ inline std::size_t select_cache_words(std::int64_t n) {
+  const std::size_t w = n <= kSelCacheItems ? static_cast<std::size_t>(n + (n + 31) / 32) : 0;
+  return (w + 1) / 2 * 2;  // the candidates after it are 8-byte aligned
+}
+std::size_t select_smem_bytes(std::int64_t n) { return select_cache_words(n) * 4 + std::size_t(kSortCap) * 8; }
+
+// Fills the key cache: every item's key and its excluded bit. With `marked` the caller has zeroed
+// the bits and set some already.
+template <class KeyOf>
+__device__ void cache_keys(std::int64_t n, bool marked, KeyOf key_of) {
+  extern __shared__ __align__(16) unsigned cache[];  // [n] keys, then [ceil(n / 32)] bits: excluded
+  unsigned* excluded = cache + n;
+  if (!marked) {
+    for (std::int64_t w = threadIdx.x; w < (n + 31) / 32; w += blockDim.x) excluded[w] = 0;
+    __syncthreads();
+  }
+  // Four items per thread in flight: the keys come from scattered global loads.
+  for (std::int64_t b = 0; b < n; b += 4 * blockDim.x) {
+    unsigned u[4];
+    bool ok[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const std::int64_t i = b + q * blockDim.x + threadIdx.x;
+      ok[q] = true;
+      if (i < n) u[q] = key_of(i, ok[q]);
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const std::int64_t i = b + q * blockDim.x + threadIdx.x;
+      if (i >= n) continue;
+      cache[i] = u[q];
+      if (!ok[q]) atomicOr(&excluded[i >> 5], 1u << (i & 31));
+    }
+  }
+  __syncthreads();
+}
+
+// Item i's key from the cache (filled by cache_keys) or from key_of.
+template <class KeyOf>
+__device__ __forceinline__ unsigned item_key(std::int64_t n, bool cached, KeyOf& key_of, std::int64_t i, bool& ok) {
+  extern __shared__ __align__(16) unsigned cache[];
+  if (!cached) return key_of(i, ok);
+  ok = !((cache[n + (i >> 5)] >> (i & 31)) & 1u);
+  return cache[i];
 }
 
 // The R best of n items in one block: smallest key first, equal keys in index order. key_of(i,
 // ok) gives item i's key and whether it takes part; take(i, key) is called once for each chosen
-// item. An MSB radix select (4 passes of 8 bits, over keys cached in shared memory when
-// `cached`) finds the R-th key; one ordered pass then takes every item below it and the first
-// ties by index (a block scan over kSelItems consecutive items per thread). With `cached`, a
-// caller may mark excluded items itself first (`marked`: it zeroed the bits and set some).
+// item. With `cached`, cache_keys has run. An MSB radix select (4 passes of 8 bits) finds the
+// R-th key; one ordered pass then takes every item below it and the first ties by index (a block
+// scan over kSelItems consecutive items per thread). block_best's fallback.
 template <class KeyOf, class Take>
-__device__ void block_select(std::int64_t n, unsigned R, bool cached, bool marked, KeyOf key_of, Take take) {
+__device__ void block_select(std::int64_t n, unsigned R, bool cached, KeyOf key_of, Take take) {
   using Scan = cub::BlockScan<int, kSelThreads>;
   __shared__ typename Scan::TempStorage scan;
   __shared__ int hist[256];
   __shared__ unsigned prefix_s, need_s;
   __shared__ int running;
-  extern __shared__ unsigned cache[];  // [n] keys, then [ceil(n / 32)] bits: excluded
-  unsigned* excluded = cache + n;
-  auto key = [&](std::int64_t i, bool& ok) {
-    if (!cached) return key_of(i, ok);
-    ok = !((excluded[i >> 5] >> (i & 31)) & 1u);
-    return cache[i];
-  };
-  if (cached) {
-    if (!marked) {
-      for (std::int64_t w = threadIdx.x; w < (n + 31) / 32; w += blockDim.x) excluded[w] = 0;
-      __syncthreads();
-    }
-    // Four items per thread in flight: the keys come from scattered global loads.
-    for (std::int64_t b = 0; b < n; b += 4 * blockDim.x) {
-      unsigned u[4];
-      bool ok[4];
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const std::int64_t i = b + q * blockDim.x + threadIdx.x;
-        ok[q] = true;
-        if (i < n) u[q] = key_of(i, ok[q]);
-      }
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const std::int64_t i = b + q * blockDim.x + threadIdx.x;
-        if (i >= n) continue;
-        cache[i] = u[q];
-        if (!ok[q]) atomicOr(&excluded[i >> 5], 1u << (i & 31));
-      }
-    }
-  }
+  auto key = [&](std::int64_t i, bool& ok) { return item_key(n, cached, key_of, i, ok); };
   unsigned prefix = 0, mask = 0, need = R;
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = threadIdx.x; i < 256; i += blockDim.x) hist[i] = 0;
@@ -182,15 +197,28 @@ __device__ void block_select(std::int64_t n, unsigned R, bool cached, bool marke
       if (hit && (threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], __popc(peers));
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      unsigned cum = 0;
-      int b = 0;
-      for (; b < 255; ++b) {
-        if (cum + hist[b] >= need) break;
-        cum += hist[b];
+    // The bin that holds the need-th key: warp 0, 8 bins per lane, a scan across the lanes.
+    if (threadIdx.x < 32) {
+      const int lane = threadIdx.x;
+      unsigned own = 0;
+      for (int j = 0; j < 8; ++j) own += hist[lane * 8 + j];
+      unsigned inc = own;
+      for (int o = 1; o < 32; o <<= 1) {
+        const unsigned t = __shfl_up_sync(0xffffffffu, inc, o);
+        if (lane >= o) inc += t;
       }
-      prefix_s = prefix | (static_cast<unsigned>(b) << shift);
-      need_s = need - cum;
+      const unsigned reach = __ballot_sync(0xffffffffu, inc >= need);
+      const int L = reach ? __ffs(reach) - 1 : 31;
+      if (lane == L) {
+        unsigned cum = inc - own;
+        int b = L * 8;
+        for (; b < L * 8 + 7; ++b) {
+          if (cum + hist[b] >= need) break;
+          cum += hist[b];
+        }
+        prefix_s = prefix | (static_cast<unsigned>(b) << shift);
+        need_s = need - cum;
+      }
     }
     __syncthreads();
     prefix = prefix_s;
@@ -225,6 +253,100 @@ __device__ void block_select(std::int64_t n, unsigned R, bool cached, bool marke
   }
 }
 
+// An item for the sorts: its key in the high word, its index (< 2^20) in the low one; an item
+// that takes no part is all ones, after every item that does (bit 31, which the sorts include,
+// is 0 for those). Sorting bits 31..63 with a stable sort keeps equal keys in index order.
+__device__ __forceinline__ unsigned long long sort_item(unsigned key, std::int64_t i, bool ok) {
+  return ok ? (static_cast<unsigned long long>(key) << 32) | static_cast<unsigned long long>(i) : ~0ull;
+}
+
+// block_select's result, found by sorting instead of 4 radix passes over all n items. Up to
+// kSortCap items: one block radix sort of them all. Above: a sample of at most kSortCap items
+// (every s-th) is sorted, its R-th best key bounds the R-th best of all the items (the sample
+// alone has R items that good), one ordered pass keeps the items no worse than it (~R s of them,
+// in index order), and those are sorted. Where they would not fit (many equal keys), or the
+// sample holds fewer than R items that take part, block_select runs instead.
+template <class KeyOf, class Take>
+__device__ void block_best(std::int64_t n, unsigned R, bool cached, KeyOf key_of, Take take) {
+  using Sort = cub::BlockRadixSort<unsigned long long, kSelThreads, kSelItems>;
+  using Scan = cub::BlockScan<int, kSelThreads>;
+  __shared__ union {
+    typename Sort::TempStorage sort;
+    typename Scan::TempStorage scan;
+  } tmp;
+  __shared__ unsigned long long bound_s;
+  extern __shared__ __align__(16) unsigned cache[];
+  unsigned long long* cand = reinterpret_cast<unsigned long long*>(cache + (cached ? select_cache_words(n) : 0));
+  auto key = [&](std::int64_t i, bool& ok) { return item_key(n, cached, key_of, i, ok); };
+  unsigned long long v[kSelItems];
+  std::int64_t count = n;
+  if (R > static_cast<unsigned>(kSortCap)) {  // only with tiles above kSortCap rows
+    block_select(n, R, cached, key_of, take);
+    return;
+  }
+  if (n > kSortCap) {
+    const std::int64_t s = (n + kSortCap - 1) / kSortCap;
+#pragma unroll
+    for (int q = 0; q < kSelItems; ++q) {
+      const std::int64_t i = (threadIdx.x * kSelItems + q) * s;
+      bool ok = false;
+      const unsigned u = i < n ? key(i, ok) : 0u;
+      v[q] = sort_item(u, i, ok && i < n);
+    }
+    Sort(tmp.sort).Sort(v, 31, 64);
+#pragma unroll
+    for (int q = 0; q < kSelItems; ++q)
+      if (threadIdx.x * kSelItems + q == static_cast<int>(R) - 1) bound_s = v[q];
+    __syncthreads();
+    const unsigned long long bound = bound_s;
+    if (bound == ~0ull) {
+      block_select(n, R, cached, key_of, take);
+      return;
+    }
+    const unsigned kb = static_cast<unsigned>(bound >> 32);
+    std::int64_t running = 0;
+    for (std::int64_t base = 0; base < n; base += kSortCap) {
+      unsigned u[kSelItems];
+      int keep[kSelItems], before[kSelItems], total;
+#pragma unroll
+      for (int q = 0; q < kSelItems; ++q) {
+        const std::int64_t i = base + threadIdx.x * kSelItems + q;
+        bool ok = false;
+        u[q] = i < n ? key(i, ok) : 0u;
+        keep[q] = i < n && ok && u[q] <= kb ? 1 : 0;
+      }
+      Scan(tmp.scan).ExclusiveSum(keep, before, total);
+#pragma unroll
+      for (int q = 0; q < kSelItems; ++q)
+        if (keep[q] && running + before[q] < kSortCap) cand[running + before[q]] = sort_item(u[q], base + threadIdx.x * kSelItems + q, true);
+      running += total;
+      __syncthreads();
+    }
+    if (running > kSortCap) {
+      block_select(n, R, cached, key_of, take);
+      return;
+    }
+    count = running;
+  }
+#pragma unroll
+  for (int q = 0; q < kSelItems; ++q) {
+    const std::int64_t r = threadIdx.x * kSelItems + q;
+    if (n > kSortCap) {
+      v[q] = r < count ? cand[r] : ~0ull;
+    } else {
+      bool ok = false;
+      const unsigned u = r < n ? key(r, ok) : 0u;
+      v[q] = sort_item(u, r, ok && r < n);
+    }
+  }
+  __syncthreads();
+  Sort(tmp.sort).Sort(v, 31, 64);
+#pragma unroll
+  for (int q = 0; q < kSelItems; ++q)
+    if (threadIdx.x * kSelItems + q < static_cast<int>(R) && v[q] != ~0ull)
+      take(static_cast<std::int64_t>(v[q] & 0xffffffffu), static_cast<unsigned>(v[q] >> 32));
+}
+
 // One block per expert e that loses D = count - target assignments: its D worst, by probability
 // ascending and, among equal probabilities, the later sorted positions first (the CPU keeps the
 // earlier tokens). Items run from the segment's end; the key ~bits(~bits(prob)) = bits(prob)
@@ -239,14 +361,14 @@ __global__ void __launch_bounds__(kSelThreads) drop_kernel(const std::int32_t* _
   const int e = blockIdx.x;
   const int D = counts[e] - target[e];
   if (D <= 0) return;
-  const std::int64_t last = offsets[e + 1] - 1;
-  block_select(
-      counts[e], static_cast<unsigned>(D), cached, false,
-      [&](std::int64_t i, bool& ok) {
-        ok = true;
-        return __float_as_uint(probs[std::int64_t(sorted_token[last - i]) * E + e]);
-      },
-      [&](std::int64_t i, unsigned) { dropped[sorted[last - i]] = 1; });
+  const std::int64_t last = offsets[e + 1] - 1, n = counts[e];
+  auto key_of = [&](std::int64_t i, bool& ok) {
+    ok = true;
+    return __float_as_uint(probs[std::int64_t(sorted_token[last - i]) * E + e]);
+  };
+  if (cached && n > kSortCap) cache_keys(n, false, key_of);  // block_best reads them more than once
+  block_best(n, static_cast<unsigned>(D), cached && n > kSortCap, key_of,
+             [&](std::int64_t i, unsigned) { dropped[sorted[last - i]] = 1; });
 }
 
 // One block per expert e that gains R = target - count tokens: the R best (prob descending,
@@ -265,8 +387,15 @@ __global__ void __launch_bounds__(kSelThreads) add_kernel(const std::int32_t* __
   const int e = blockIdx.x;
   const int R = target[e] - counts[e];
   if (R <= 0) return;
+  auto key_of = [&](std::int64_t t, bool& ok) {
+    ok = true;
+    if (!cached)
+      for (int k = 0; k < K; ++k)
+        if (ids[t * K + k] == e) ok = false;
+    return ~__float_as_uint(probs[t * E + e]);
+  };
   if (cached) {
-    extern __shared__ unsigned cache[];
+    extern __shared__ __align__(16) unsigned cache[];
     unsigned* excluded = cache + T;
     for (std::int64_t w = threadIdx.x; w < (T + 31) / 32; w += blockDim.x) excluded[w] = 0;
     __syncthreads();
@@ -275,16 +404,10 @@ __global__ void __launch_bounds__(kSelThreads) add_kernel(const std::int32_t* __
       atomicOr(&excluded[t >> 5], 1u << (t & 31));
     }
     __syncthreads();
+    cache_keys(T, true, key_of);
   }
-  block_select(
-      T, static_cast<unsigned>(R), cached, cached,
-      [&](std::int64_t t, bool& ok) {
-        ok = true;
-        if (!cached)
-          for (int k = 0; k < K; ++k)
-            if (ids[t * K + k] == e) ok = false;
-        return ~__float_as_uint(probs[t * E + e]);
-      },
+  block_best(
+      T, static_cast<unsigned>(R), cached, key_of,
       [&](std::int64_t t, unsigned u) {
         const int slot = atomicAdd(n_added, 1);
         added[slot] = (static_cast<unsigned long long>(t) << 44) | (static_cast<unsigned long long>(u) << 12) |
@@ -431,15 +554,15 @@ void round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, con
   targets_kernel<<<1, kThreads, 0, st>>>(topk.counts, E, T, opt.tile, opt.rule, opt.seed, target);
   TILEMOE_CHECK_LAUNCH();
   // Dropped marks: zero, then one block per losing expert marks its worst assignments.
-  const std::size_t cache = select_cache_bytes(T);  // counts[e] <= T
-  if (cache > 48 * 1024) {
-    TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(drop_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cache)));
-    TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(add_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cache)));
-  }
+  // The selections' shared memory: keys cached up to kSelCacheItems tokens (counts[e] <= T).
+  const bool cached = T <= kSelCacheItems;
+  const std::size_t cache = select_smem_bytes(T);
+  TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(drop_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cache)));
+  TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(add_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cache)));
   if (A > 0) {
     TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.dropped, 0, static_cast<std::size_t>(A), st));
     drop_kernel<<<E, kSelThreads, cache, st>>>(topk.counts, target, topk.offsets, topk.sorted, topk.sorted_token, probs,
-                                               E, cache > 0, s.dropped);
+                                               E, cached, s.dropped);
     TILEMOE_CHECK_LAUNCH();
   }
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.added, 0xff, sizeof(unsigned long long) * std::max<std::int64_t>(n_cap, 1), st));
@@ -447,7 +570,7 @@ void round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, con
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.added_per_token, 0, sizeof(std::int32_t) * T, st));
   if (n_cap > 0) {
     add_kernel<<<E, kSelThreads, cache, st>>>(topk.counts, target, ids, topk.offsets, topk.sorted_token, probs, T, K,
-                                              E, cache > 0, s.added,
+                                              E, cached, s.added,
                                               s.n_added, s.added_per_token);
     TILEMOE_CHECK_LAUNCH();
     TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(s.cub, s.cub_bytes, s.added, s.added_out, static_cast<int>(n_cap),

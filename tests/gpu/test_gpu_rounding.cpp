@@ -68,7 +68,7 @@ TEST(GpuRounding, MatchesCpuRoundRouting) {
   struct C { std::int64_t T; int E, K; bool ties; };
   for (const C& c : {C{1000, 16, 2, false}, C{3, 64, 4, false}, C{5000, 128, 8, false}, C{4000, 64, 8, true},
                      C{20000, 256, 8, false}, C{777, 37, 5, true},
-                     C{45000, 32, 4, true}})  // > 40960 tokens: add_kernel without its key cache
+                     C{45000, 32, 4, true}})  // > 32768 tokens: add_kernel without its key cache
     for (RoundingRule rule : {RoundingRule::nearest, RoundingRule::up, RoundingRule::down, RoundingRule::stochastic,
                               RoundingRule::balanced})
       for (int tile : {64, 128}) {

@@ -3,10 +3,9 @@
 // a host-known capacity, unused slots carry expert id E).
 //   1. targets: one block; per-expert floor/ceil to tile multiples by the rule (the stochastic
 //      draw is the same splitmix64 counter hash; balanced sorts experts by remainder in-block).
-//   2. drops: a block per expert that loses assignments; a selection of its worst (prob
-//      ascending, later tokens first among equal probs) over its sorted segment (block_best:
-//      a block radix sort, of a sample and then of the candidates it leaves where the items are
-//      more than one sort holds; an MSB radix select where those would not fit).
+//   2. drops: a block per expert that loses assignments; an MSB radix select of its worst (prob
+//      ascending, later tokens first among equal probs) over its sorted segment (block_best: on
+//      many items, of a sample first, then of the few candidates the sample's bound leaves).
 //   3. adds: a block per expert that gains tokens; the same selection of the best (prob
 //      descending, token ascending) among the tokens that did not choose it.
 //   4. the new routing, token by token: kept assignments in top-k order, then the added ones by
@@ -116,17 +115,17 @@ __global__ void __launch_bounds__(kThreads) targets_kernel(const std::int32_t* _
 }
 
 constexpr int kSelThreads = 512, kSelItems = 8;  // the ordered pass takes 4096 items per step
-constexpr int kSortCap = kSelThreads * kSelItems;   // items one block sorts at once
+constexpr int kCandCap = kSelThreads * kSelItems;   // block_best: sample and candidates
 
 // Dynamic shared memory of the selections: up to kSelCacheItems items, the block's ranking keys
 // and a bit per item that takes no part ("excluded"), so that the passes over the items read
-// global memory once; then room for kSortCap candidates (block_best).
+// global memory once; then room for kCandCap candidates (block_best).
 constexpr std::int64_t kSelCacheItems = 32768;
 __host__ __device__ inline std::size_t select_cache_words(std::int64_t n) {
   const std::size_t w = n <= kSelCacheItems ? static_cast<std::size_t>(n + (n + 31) / 32) : 0;
   return (w + 1) / 2 * 2;  // the candidates after it are 8-byte aligned
 }
-std::size_t select_smem_bytes(std::int64_t n) { return select_cache_words(n) * 4 + std::size_t(kSortCap) * 8; }
+std::size_t select_smem_bytes(std::int64_t n) { return select_cache_words(n) * 4 + std::size_t(kCandCap) * 8; }
 
 // Fills the key cache: every item's key and its excluded bit. With `marked` the caller has zeroed
 // the bits and set some already.
@@ -253,105 +252,93 @@ __device__ void block_select(std::int64_t n, unsigned R, bool cached, KeyOf key_
   }
 }
 
-// An item for the sorts: its key in the high word, its index (< 2^20) in the low one; an item
-// that takes no part is all ones, after every item that does (bit 31, which the sorts include,
-// is 0 for those). Sorting bits 31..63 with a stable sort keeps equal keys in index order.
-__device__ __forceinline__ unsigned long long sort_item(unsigned key, std::int64_t i, bool ok) {
+// A candidate of block_best: its key in the high word, its index (< 2^20) in the low one; all
+// ones for a sample slot that takes no part.
+__device__ __forceinline__ unsigned long long candidate(unsigned key, std::int64_t i, bool ok) {
   return ok ? (static_cast<unsigned long long>(key) << 32) | static_cast<unsigned long long>(i) : ~0ull;
 }
 
-// block_select's result, found by sorting instead of 4 radix passes over all n items. Up to
-// kSortCap items: one block radix sort of them all. Above: a sample of at most kSortCap items
-// (every s-th) is sorted, its R-th best key bounds the R-th best of all the items (the sample
-// alone has R items that good), one ordered pass keeps the items no worse than it (~R s of them,
-// in index order), and those are sorted. Where they would not fit (many equal keys), or the
-// sample holds fewer than R items that take part, block_select runs instead.
+// block_select's result with fewer passes over the items where they are many: up to kCandCap
+// items (an expert's drops, a small T), block_select itself. Above, a sample of at most kCandCap
+// items (every s-th) goes through block_select, and the worst key it keeps bounds the R-th best
+// of all the items (the sample alone has R items that good); one ordered pass collects the items
+// no worse than that bound (~R s of them, in index order) and block_select picks among those.
+// Where they would not fit (many equal keys), or the sample holds fewer than R items that take
+// part, block_select runs over all the items.
 template <class KeyOf, class Take>
 __device__ void block_best(std::int64_t n, unsigned R, bool cached, KeyOf key_of, Take take) {
-  using Sort = cub::BlockRadixSort<unsigned long long, kSelThreads, kSelItems>;
-  using Scan = cub::BlockScan<int, kSelThreads>;
-  __shared__ union {
-    typename Sort::TempStorage sort;
-    typename Scan::TempStorage scan;
-  } tmp;
-  __shared__ unsigned long long bound_s;
-  extern __shared__ __align__(16) unsigned cache[];
-  unsigned long long* cand = reinterpret_cast<unsigned long long*>(cache + (cached ? select_cache_words(n) : 0));
-  auto key = [&](std::int64_t i, bool& ok) { return item_key(n, cached, key_of, i, ok); };
-  unsigned long long v[kSelItems];
-  std::int64_t count = n;
-  if (R > static_cast<unsigned>(kSortCap)) {  // only with tiles above kSortCap rows
+  if (n <= kCandCap || R > static_cast<unsigned>(kCandCap)) {
     block_select(n, R, cached, key_of, take);
     return;
   }
-  if (n > kSortCap) {
-    const std::int64_t s = (n + kSortCap - 1) / kSortCap;
+  using Scan = cub::BlockScan<int, kSelThreads>;
+  __shared__ typename Scan::TempStorage scan;
+  __shared__ unsigned bound_s;
+  __shared__ int kept_s;
+  extern __shared__ __align__(16) unsigned cache[];
+  unsigned long long* cand = reinterpret_cast<unsigned long long*>(cache + (cached ? select_cache_words(n) : 0));
+  auto key = [&](std::int64_t i, bool& ok) { return item_key(n, cached, key_of, i, ok); };
+  const std::int64_t s = (n + kCandCap - 1) / kCandCap, m = (n + s - 1) / s;
+  for (std::int64_t j = threadIdx.x; j < m; j += blockDim.x) {
+    bool ok = false;
+    const unsigned u = key(j * s, ok);
+    cand[j] = candidate(u, j * s, ok);
+  }
+  if (threadIdx.x == 0) bound_s = 0, kept_s = 0;
+  __syncthreads();
+  block_select(
+      m, R, false,
+      [&](std::int64_t j, bool& ok) {
+        ok = cand[j] != ~0ull;
+        return static_cast<unsigned>(cand[j] >> 32);
+      },
+      [&](std::int64_t, unsigned u) {
+        atomicMax(&bound_s, u);
+        atomicAdd(&kept_s, 1);
+      });
+  __syncthreads();
+  if (kept_s < static_cast<int>(R)) {
+    block_select(n, R, cached, key_of, take);
+    return;
+  }
+  const unsigned bound = bound_s;
+  std::int64_t count = 0;
+  for (std::int64_t base = 0; base < n; base += kCandCap) {
+    unsigned u[kSelItems];
+    int keep[kSelItems], before[kSelItems], total;
 #pragma unroll
     for (int q = 0; q < kSelItems; ++q) {
-      const std::int64_t i = (threadIdx.x * kSelItems + q) * s;
+      const std::int64_t i = base + threadIdx.x * kSelItems + q;
       bool ok = false;
-      const unsigned u = i < n ? key(i, ok) : 0u;
-      v[q] = sort_item(u, i, ok && i < n);
+      u[q] = i < n ? key(i, ok) : 0u;
+      keep[q] = i < n && ok && u[q] <= bound ? 1 : 0;
     }
-    Sort(tmp.sort).Sort(v, 31, 64);
+    Scan(scan).ExclusiveSum(keep, before, total);
 #pragma unroll
     for (int q = 0; q < kSelItems; ++q)
-      if (threadIdx.x * kSelItems + q == static_cast<int>(R) - 1) bound_s = v[q];
+      if (keep[q] && count + before[q] < kCandCap)
+        cand[count + before[q]] = candidate(u[q], base + threadIdx.x * kSelItems + q, true);
+    count += total;
     __syncthreads();
-    const unsigned long long bound = bound_s;
-    if (bound == ~0ull) {
-      block_select(n, R, cached, key_of, take);
-      return;
-    }
-    const unsigned kb = static_cast<unsigned>(bound >> 32);
-    std::int64_t running = 0;
-    for (std::int64_t base = 0; base < n; base += kSortCap) {
-      unsigned u[kSelItems];
-      int keep[kSelItems], before[kSelItems], total;
-#pragma unroll
-      for (int q = 0; q < kSelItems; ++q) {
-        const std::int64_t i = base + threadIdx.x * kSelItems + q;
-        bool ok = false;
-        u[q] = i < n ? key(i, ok) : 0u;
-        keep[q] = i < n && ok && u[q] <= kb ? 1 : 0;
-      }
-      Scan(tmp.scan).ExclusiveSum(keep, before, total);
-#pragma unroll
-      for (int q = 0; q < kSelItems; ++q)
-        if (keep[q] && running + before[q] < kSortCap) cand[running + before[q]] = sort_item(u[q], base + threadIdx.x * kSelItems + q, true);
-      running += total;
-      __syncthreads();
-    }
-    if (running > kSortCap) {
-      block_select(n, R, cached, key_of, take);
-      return;
-    }
-    count = running;
   }
-#pragma unroll
-  for (int q = 0; q < kSelItems; ++q) {
-    const std::int64_t r = threadIdx.x * kSelItems + q;
-    if (n > kSortCap) {
-      v[q] = r < count ? cand[r] : ~0ull;
-    } else {
-      bool ok = false;
-      const unsigned u = r < n ? key(r, ok) : 0u;
-      v[q] = sort_item(u, r, ok && r < n);
-    }
+  if (count > kCandCap) {
+    block_select(n, R, cached, key_of, take);
+    return;
   }
-  __syncthreads();
-  Sort(tmp.sort).Sort(v, 31, 64);
-#pragma unroll
-  for (int q = 0; q < kSelItems; ++q)
-    if (threadIdx.x * kSelItems + q < static_cast<int>(R) && v[q] != ~0ull)
-      take(static_cast<std::int64_t>(v[q] & 0xffffffffu), static_cast<unsigned>(v[q] >> 32));
+  block_select(
+      count, R, false,
+      [&](std::int64_t c, bool& ok) {
+        ok = true;
+        return static_cast<unsigned>(cand[c] >> 32);
+      },
+      [&](std::int64_t c, unsigned u) { take(static_cast<std::int64_t>(cand[c] & 0xffffffffu), u); });
 }
 
 // One block per expert e that loses D = count - target assignments: its D worst, by probability
 // ascending and, among equal probabilities, the later sorted positions first (the CPU keeps the
 // earlier tokens). Items run from the segment's end; the key ~bits(~bits(prob)) = bits(prob)
 // orders lower probabilities first.
-__global__ void __launch_bounds__(kSelThreads) drop_kernel(const std::int32_t* __restrict__ counts,
+__global__ void __launch_bounds__(kSelThreads, 2) drop_kernel(const std::int32_t* __restrict__ counts,
                                                            const std::int32_t* __restrict__ target,
                                                            const std::int64_t* __restrict__ offsets,
                                                            const std::int32_t* __restrict__ sorted,
@@ -366,8 +353,8 @@ __global__ void __launch_bounds__(kSelThreads) drop_kernel(const std::int32_t* _
     ok = true;
     return __float_as_uint(probs[std::int64_t(sorted_token[last - i]) * E + e]);
   };
-  if (cached && n > kSortCap) cache_keys(n, false, key_of);  // block_best reads them more than once
-  block_best(n, static_cast<unsigned>(D), cached && n > kSortCap, key_of,
+  if (cached) cache_keys(n, false, key_of);  // the selection passes read them from shared memory
+  block_best(n, static_cast<unsigned>(D), cached, key_of,
              [&](std::int64_t i, unsigned) { dropped[sorted[last - i]] = 1; });
 }
 
@@ -375,7 +362,7 @@ __global__ void __launch_bounds__(kSelThreads) drop_kernel(const std::int32_t* _
 // token ascending) tokens that did not choose e. With the keys cached, the tokens that chose e
 // (its sorted segment, ~T K / E of them) are marked excluded up front; otherwise every token's K
 // ids are read in each pass.
-__global__ void __launch_bounds__(kSelThreads) add_kernel(const std::int32_t* __restrict__ counts,
+__global__ void __launch_bounds__(kSelThreads, 2) add_kernel(const std::int32_t* __restrict__ counts,
                                                           const std::int32_t* __restrict__ target,
                                                           const std::int32_t* __restrict__ ids,
                                                           const std::int64_t* __restrict__ offsets,

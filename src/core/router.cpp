@@ -22,12 +22,29 @@ void top_indices(const Real* v, int n, int k, std::vector<int>& idx) {
   idx.resize(static_cast<std::size_t>(k));
 }
 
+// v[0] + ... + v[n - 1] in the order 32 GPU lanes add them (src/cuda/router.cu), so that the
+// GPU's softmax agrees with this one to the bit: lane l adds v[l], v[l + 32], ... in turn, then
+// the 32 partial sums are added pairwise, p[l] + p[l ^ o] for o = 16, 8, 4, 2, 1 (a butterfly of
+// shuffles there, after which every lane holds p[0]).
+template <class Real>
+Real lane_order_sum(const Real* v, int n) {
+  Real p[32] = {};
+  for (int l = 0; l < 32; ++l)
+    for (int i = l; i < n; i += 32) p[l] += v[i];
+  for (int o = 16; o > 0; o >>= 1) {
+    Real q[32];
+    for (int l = 0; l < 32; ++l) q[l] = p[l] + p[l ^ o];
+    std::copy(q, q + 32, p);
+  }
+  return p[0];
+}
+
 template <class Real>
 void softmax(const Real* x, int n, Real* out) {
   Real m = x[0];
   for (int i = 1; i < n; ++i) m = std::max(m, x[i]);
-  Real s = 0;
-  for (int i = 0; i < n; ++i) s += out[i] = std::exp(x[i] - m);
+  for (int i = 0; i < n; ++i) out[i] = std::exp(x[i] - m);
+  const Real s = lane_order_sum(out, n);
   for (int i = 0; i < n; ++i) out[i] /= s;
 }
 

@@ -67,13 +67,20 @@ __device__ __forceinline__ float warp_max(float v) {
   for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
-// v[0] + v[1] + ... in this order, as the CPU's loop adds them (so the fp32 sums agree to the
-// bit): lane 0 adds, every lane gets the sum. E adds per token, a small cost next to the GEMMs.
-__device__ __forceinline__ float sequential_sum(const float* v, int n) {
-  float s = 0.0f;
-  if ((threadIdx.x & 31) == 0)
-    for (int i = 0; i < n; ++i) s += v[i];
-  return __shfl_sync(0xffffffffu, s, 0);
+// The sum of the lanes' values, own + the partner's for partners 16, 8, 4, 2, 1 apart: every
+// lane ends with the same sum, added in the order of the CPU's lane_order_sum
+// (src/core/router.cpp), so the fp32 sums agree to the bit. Until then lane 0 added the E values
+// one after another as the CPU's loop did: on a 256-expert softmax router a third of the top-k
+// kernel's instructions.
+__device__ __forceinline__ float lane_order_sum(float own) {
+  for (int o = 16; o > 0; o >>= 1) own += __shfl_xor_sync(0xffffffffu, own, o);
+  return own;
+}
+// v[0..n) in lane_order_sum's order: lane l adds v[l], v[l + 32], ... first.
+__device__ __forceinline__ float lane_order_sum(const float* v, int n) {
+  float own = 0.0f;
+  for (int i = threadIdx.x & 31; i < n; i += 32) own += v[i];
+  return lane_order_sum(own);
 }
 
 // Token row l of the logits: parts == 3 holds hi, mid and lo partial logits [3][E], added in
@@ -239,7 +246,7 @@ __global__ void topk_kernel(TopkParams p, const float* __restrict__ logits, int 
       if (p.kind != RouterKind::topk_softmax || probs) {
         for (int e = lane; e < E; e += 32) c[e] = exp_cr(s[e] - m);
         __syncwarp();
-        sum = sequential_sum(c, E);
+        sum = lane_order_sum(c, E);
         if (probs)
           for (int e = lane; e < E; e += 32) probs[t * E + e] = c[e] / sum;
       }
@@ -259,8 +266,7 @@ __global__ void topk_kernel(TopkParams p, const float* __restrict__ logits, int 
       float mk = NEG_INF;
       for (int k = 0; k < K; ++k) mk = fmaxf(mk, __shfl_sync(0xffffffffu, w_all, k));
       const float ek = exp_cr(wk - mk);
-      float sk = 0.0f;
-      for (int k = 0; k < K; ++k) sk += __shfl_sync(0xffffffffu, ek, k);
+      const float sk = lane_order_sum(lane < K ? ek : 0.0f);
       wk = ek / sk;
     } else if (p.renormalize && p.kind != RouterKind::top1) {
       float sk = 0.0f;
@@ -291,7 +297,7 @@ __global__ void probs_kernel(RouterKind kind, int E, const float* __restrict__ l
     m = warp_max(m);
     for (int e = lane; e < E; e += 32) o[e] = exp_cr(o[e] - m);
     __syncwarp();
-    const float sum = sequential_sum(o, E);
+    const float sum = lane_order_sum(o, E);
     for (int e = lane; e < E; e += 32) o[e] = o[e] / sum;
     __syncwarp();
   }

@@ -177,7 +177,7 @@ __host__ __device__ inline std::size_t topk_smem_per_warp(int E, int G) {
 
 // probs (optional, [T, E]): each token's probabilities as probs_kernel writes them, bit for bit
 // (the same operations in the same order), so token rounding needs no second pass over the logits.
-__global__ void topk_kernel(TopkParams p, const float* __restrict__ logits, int parts, const float* __restrict__ bias,
+__global__ void __launch_bounds__(256, 4) topk_kernel(TopkParams p, const float* __restrict__ logits, int parts, const float* __restrict__ bias,
                             std::int64_t T, std::int32_t* __restrict__ ids, float* __restrict__ weights,
                             float* __restrict__ probs) {
   extern __shared__ __align__(16) unsigned char smem[];

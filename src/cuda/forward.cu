@@ -134,7 +134,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
       float* logits; void* rscratch; std::int32_t* ids; float* wts; Metadata m; void* meta_scratch; std::size_t meta_bytes;
       std::uint16_t* act; void* y; std::int64_t* s_off; std::int32_t* s_tiles; std::uint16_t* act_s; void* ys;
       float* probs; std::int32_t* r_expert; float* r_weight; std::int32_t* r_tok; std::int64_t* r_off;
-      std::int32_t* target; void* r_scratch; std::size_t r_bytes;
+      std::int32_t* target; void* r_scratch; std::size_t r_bytes; Metadata m0;
     } p{};
     p.logits = c.take<float>(static_cast<std::size_t>(T * E * router_logit_parts(T, bf)));
     p.rscratch = c.take<unsigned char>(router_scratch_bytes(T, d, E, bf));
@@ -148,6 +148,13 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
       p.target = c.take<std::int32_t>(static_cast<std::size_t>(E));
       p.r_bytes = rounding_scratch_bytes(T, K, E, opt.rounding->tile);
       p.r_scratch = c.take<unsigned char>(p.r_bytes);
+      // The top-k routing's metadata, the rounding's input (m then takes the rounded one's).
+      p.m0.counts = c.take<std::int32_t>(static_cast<std::size_t>(E));
+      p.m0.offsets = c.take<std::int64_t>(static_cast<std::size_t>(E) + 1);
+      p.m0.tile_offsets = c.take<std::int32_t>(static_cast<std::size_t>(E) + 1);
+      p.m0.sorted = c.take<std::int32_t>(static_cast<std::size_t>(A));
+      p.m0.slot = c.take<std::int32_t>(static_cast<std::size_t>(A));
+      p.m0.sorted_token = c.take<std::int32_t>(static_cast<std::size_t>(A));
     }
     p.wts = c.take<float>(static_cast<std::size_t>(A));
     p.m.counts = c.take<std::int32_t>(static_cast<std::size_t>(E));
@@ -189,11 +196,13 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   const float* weight = P.wts;
   const std::int64_t* token_offsets = nullptr;
   const std::int32_t* token_of = nullptr;
+  bool have_metadata = false;
   if (opt.rounding) {
-    build_metadata(P.ids, nullptr, K, A, E, tile_m, P.m, P.meta_scratch, P.meta_bytes);
+    build_metadata(P.ids, nullptr, K, A, E, tile_m, P.m0, P.meta_scratch, P.meta_bytes);
     timer.lap("rounding_metadata");
-    round_routing(*opt.rounding, T, K, E, P.ids, P.wts, P.probs, P.m, P.r_expert, P.r_weight, P.r_tok, P.r_off,
-                  P.target, P.r_scratch, P.r_bytes);
+    // The rounding also derives the rounded routing's metadata from the top-k one (no second sort).
+    have_metadata = round_routing(*opt.rounding, T, K, E, P.ids, P.wts, P.probs, P.m0, P.r_expert, P.r_weight,
+                                  P.r_tok, P.r_off, P.target, P.r_scratch, P.r_bytes, tile_m, &P.m);
     expert = P.r_expert;
     weight = P.r_weight;
     token_offsets = P.r_off;
@@ -202,7 +211,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
     timer.lap("rounding");
   }
 
-  build_metadata(expert, token_of, K, A, E, tile_m, P.m, P.meta_scratch, P.meta_bytes);
+  if (!have_metadata) build_metadata(expert, token_of, K, A, E, tile_m, P.m, P.meta_scratch, P.meta_bytes);
   timer.lap("metadata");
 
   // Experts.

@@ -263,6 +263,12 @@ void build_metadata(const std::int32_t* expert, const std::int32_t* token_of, in
   TILEMOE_CHECK_LAUNCH();
 }
 
+void metadata_offsets(const std::int32_t* counts, int E, int tile_m, std::int64_t* offsets, std::int32_t* tile_offsets) {
+  check_arg(E >= 1 && E <= kMaxExperts, "num_experts", E, "1 <= num_experts <= 4096 on the GPU");
+  scan_kernel<<<1, kScanThreads, 0, current_stream()>>>(counts, E, tile_m, offsets, tile_offsets);
+  TILEMOE_CHECK_LAUNCH();
+}
+
 void uniform_offsets(std::int64_t rows, int E, int tile_m, std::int64_t* offsets, std::int32_t* tile_offsets) {
   uniform_offsets_kernel<<<(E + 1 + 255) / 256, 256, 0, current_stream()>>>(rows, E, tile_m, offsets, tile_offsets);
   TILEMOE_CHECK_LAUNCH();

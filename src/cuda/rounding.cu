@@ -370,10 +370,18 @@ __global__ void __launch_bounds__(kSelThreads, 2) add_kernel(const std::int32_t*
                                                           const float* __restrict__ probs, std::int64_t T, int K, int E,
                                                           bool cached, unsigned long long* __restrict__ added,
                                                           int* __restrict__ n_added,
-                                                          std::int32_t* __restrict__ added_per_token) {
+                                                          std::int32_t* __restrict__ added_per_token,
+                                                          int r_cap, std::int32_t* __restrict__ add_tok,
+                                                          unsigned* __restrict__ add_key, int* __restrict__ add_n) {
   const int e = blockIdx.x;
   const int R = target[e] - counts[e];
-  if (R <= 0) return;
+  __shared__ int taken;
+  if (threadIdx.x == 0) taken = 0;
+  if (R <= 0) {
+    if (threadIdx.x == 0) add_n[e] = 0;
+    return;
+  }
+  __syncthreads();
   auto key_of = [&](std::int64_t t, bool& ok) {
     ok = true;
     if (!cached)
@@ -400,7 +408,109 @@ __global__ void __launch_bounds__(kSelThreads, 2) add_kernel(const std::int32_t*
         added[slot] = (static_cast<unsigned long long>(t) << 44) | (static_cast<unsigned long long>(u) << 12) |
                       static_cast<unsigned long long>(e);
         atomicAdd(&added_per_token[t], 1);
+        const int r = atomicAdd(&taken, 1);  // the expert's own list, in no order (r < R < tile)
+        add_tok[std::int64_t(e) * r_cap + r] = static_cast<std::int32_t>(t);
+        add_key[std::int64_t(e) * r_cap + r] = u;
       });
+  __syncthreads();
+  if (threadIdx.x == 0) add_n[e] = taken;
+}
+
+// The rounded routing's metadata, built from the top-k metadata instead of a second sort: expert
+// e's rounded segment is its kept top-k assignments and its added tokens, one per token, so in
+// token order (the rounded routing is token-major, and the metadata's sort is stable). A block per
+// expert marks its tokens in a bitmap of T bits in shared memory and scans the words' popcounts:
+// a token's rank in the segment is the marked tokens before it. Its assignment's index p in the
+// rounded routing is the token's first slot plus the kept assignments before it (kept ones first,
+// in top-k order), or plus all kept ones and the token's added ones before it in write_kernel's
+// order (prob descending, expert ascending). Unused slots (p >= the total) follow in order, as
+// build_metadata sorts them. offsets and tile_offsets are scanned already.
+constexpr int kMetaThreads = 512, kMetaItems = 4;
+constexpr std::int64_t kRoundedMetaTokens = std::int64_t(1) << 18;  // 64 KiB of shared memory
+__global__ void __launch_bounds__(kMetaThreads) rounded_metadata_kernel(
+    Metadata topk, const unsigned char* __restrict__ dropped, const std::int32_t* __restrict__ add_tok,
+    const unsigned* __restrict__ add_key, const int* __restrict__ add_n, int r_cap,
+    const unsigned long long* __restrict__ added_sorted, std::int64_t n_sorted,
+    const std::int64_t* __restrict__ token_offsets, std::int64_t T, int K, int E, std::int64_t A_cap,
+    const std::int32_t* __restrict__ target, Metadata out) {
+  using Scan = cub::BlockScan<unsigned, kMetaThreads>;
+  __shared__ typename Scan::TempStorage scan;
+  extern __shared__ __align__(16) unsigned bits[];  // [W] the segment's tokens, then [W] marked before each word
+  const std::int64_t W = (T + 31) / 32;
+  unsigned* before_word = bits + W;
+  const int e = blockIdx.x;
+  const std::int64_t total = out.offsets[E];
+  for (std::int64_t j = total + blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; j < A_cap;
+       j += std::int64_t(gridDim.x) * blockDim.x) {
+    out.sorted[j] = static_cast<std::int32_t>(j);
+    out.slot[j] = static_cast<std::int32_t>(j);
+    out.sorted_token[j] = 0;
+  }
+  if (threadIdx.x == 0) out.counts[e] = target[e];
+  if (target[e] == 0) return;
+  for (std::int64_t w = threadIdx.x; w < W; w += blockDim.x) bits[w] = 0;
+  __syncthreads();
+  const std::int64_t o = topk.offsets[e], c = topk.counts[e];
+  const std::int32_t* tok = add_tok + std::int64_t(e) * r_cap;
+  const int na = add_n[e];
+  for (std::int64_t i = o + threadIdx.x; i < o + c; i += blockDim.x)
+    if (!dropped[topk.sorted[i]]) {
+      const std::int32_t t = topk.sorted_token[i];
+      atomicOr(&bits[t >> 5], 1u << (t & 31));
+    }
+  for (int r = threadIdx.x; r < na; r += blockDim.x) atomicOr(&bits[tok[r] >> 5], 1u << (tok[r] & 31));
+  __syncthreads();
+  unsigned running = 0;
+  for (std::int64_t base = 0; base < W; base += kMetaThreads * kMetaItems) {
+    unsigned v[kMetaItems], sum;
+#pragma unroll
+    for (int q = 0; q < kMetaItems; ++q) {
+      const std::int64_t w = base + threadIdx.x * kMetaItems + q;
+      v[q] = w < W ? __popc(bits[w]) : 0u;
+    }
+    Scan(scan).ExclusiveSum(v, v, sum);
+#pragma unroll
+    for (int q = 0; q < kMetaItems; ++q) {
+      const std::int64_t w = base + threadIdx.x * kMetaItems + q;
+      if (w < W) before_word[w] = running + v[q];
+    }
+    running += sum;
+    __syncthreads();
+  }
+  const std::int64_t j0 = out.offsets[e];
+  auto place = [&](std::int32_t t, std::int64_t p) {
+    const unsigned rank = before_word[t >> 5] + __popc(bits[t >> 5] & ((1u << (t & 31)) - 1u));
+    const std::int64_t j = j0 + rank;
+    out.sorted[j] = static_cast<std::int32_t>(p);
+    out.slot[p] = static_cast<std::int32_t>(j);
+    out.sorted_token[j] = t;
+  };
+  for (std::int64_t i = o + threadIdx.x; i < o + c; i += blockDim.x) {
+    const std::int32_t a = topk.sorted[i];
+    if (dropped[a]) continue;
+    const std::int32_t t = topk.sorted_token[i];
+    int kept_before = 0;
+    for (std::int64_t q = std::int64_t(t) * K; q < a; ++q) kept_before += dropped[q] ? 0 : 1;
+    place(t, token_offsets[t] + kept_before);
+  }
+  for (int r = threadIdx.x; r < na; r += blockDim.x) {
+    const std::int32_t t = tok[r];
+    int kept = 0;
+    for (int q = 0; q < K; ++q) kept += dropped[std::int64_t(t) * K + q] ? 0 : 1;
+    // The token's added entries in the sorted list: from the first key >= t << 44.
+    const unsigned long long lo_key = static_cast<unsigned long long>(t) << 44, low = (1ull << 44) - 1;
+    const unsigned long long own = (static_cast<unsigned long long>(add_key[std::int64_t(e) * r_cap + r]) << 12) |
+                                   static_cast<unsigned long long>(e);
+    std::int64_t l = 0, h = n_sorted;
+    while (l < h) {
+      const std::int64_t m = (l + h) >> 1;
+      if (added_sorted[m] < lo_key) l = m + 1; else h = m;
+    }
+    int ahead = 0;
+    for (std::int64_t q = l; q < n_sorted && (added_sorted[q] >> 44) == static_cast<unsigned long long>(t); ++q)
+      ahead += (added_sorted[q] & low) < own ? 1 : 0;
+    place(t, token_offsets[t] + kept + ahead);
+  }
 }
 
 __global__ void token_counts_kernel(const unsigned char* __restrict__ dropped, const std::int32_t* __restrict__ added,
@@ -471,6 +581,9 @@ struct Scratch {
   unsigned long long* added_out;
   int* n_added;
   std::int32_t* added_per_token;
+  std::int32_t* add_tok;  // [E][tile - 1] each expert's added tokens (add_kernel)
+  unsigned* add_key;      // [E][tile - 1] and their keys
+  int* add_n;             // [E] how many
   std::int64_t* tcount;
   void* cub;
   std::size_t cub_bytes;
@@ -482,7 +595,7 @@ int bits_for(std::uint64_t v) {
   return b;
 }
 
-Scratch carve(void* base, std::int64_t T, int K, int E, int tile) {
+Scratch carve(void* base, std::int64_t T, int K, int E, int tile, std::size_t* bytes = nullptr) {
   const std::int64_t A = T * K, n_cap = std::int64_t(E) * (tile - 1);
   std::size_t b2 = 0, b3 = 0;
   cudaStream_t st = current_stream();
@@ -499,10 +612,14 @@ Scratch carve(void* base, std::int64_t T, int K, int E, int tile) {
   s.added_out = c.take<unsigned long long>(std::max<std::int64_t>(n_cap, 1));
   s.n_added = c.take<int>(1);
   s.added_per_token = c.take<std::int32_t>(T);
+  const std::int64_t lists = std::max<std::int64_t>(std::int64_t(E) * (tile - 1), 1);
+  s.add_tok = c.take<std::int32_t>(lists);
+  s.add_key = c.take<unsigned>(lists);
+  s.add_n = c.take<int>(E);
   s.tcount = c.take<std::int64_t>(T + 1);
   s.cub_bytes = std::max(b2, b3);
   s.cub = c.take<unsigned char>(s.cub_bytes);
-  s.cub_bytes = s.cub_bytes;
+  if (bytes) *bytes = c.bytes();
   return s;
 }
 
@@ -516,19 +633,15 @@ int blocks_for(std::int64_t items, int threads) {
 std::int64_t rounding_capacity(std::int64_t T, int K, int E, int tile) { return T * K + std::int64_t(E) * (tile - 1); }
 
 std::size_t rounding_scratch_bytes(std::int64_t T, int K, int E, int tile) {
-  Scratch s = carve(nullptr, T, K, E, tile);
-  Carver c;
-  const std::int64_t A = T * K, n_cap = std::max<std::int64_t>(std::int64_t(E) * (tile - 1), 1);
-  c.take<unsigned long long>(A); c.take<unsigned long long>(A); c.take<std::int32_t>(A); c.take<std::int32_t>(A);
-  c.take<unsigned char>(A); c.take<unsigned long long>(n_cap); c.take<unsigned long long>(n_cap); c.take<int>(1);
-  c.take<std::int32_t>(T); c.take<std::int64_t>(T + 1); c.take<unsigned char>(s.cub_bytes);
-  return c.bytes();
+  std::size_t bytes = 0;
+  carve(nullptr, T, K, E, tile, &bytes);
+  return bytes;
 }
 
-void round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, const std::int32_t* ids,
+bool round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, const std::int32_t* ids,
                    const float* weights, const float* probs, const Metadata& topk, std::int32_t* expert_out,
                    float* weight_out, std::int32_t* token_of, std::int64_t* token_offsets, std::int32_t* target,
-                   void* scratch, std::size_t scratch_bytes) {
+                   void* scratch, std::size_t scratch_bytes, int tile_m, const Metadata* rounded) {
   opt.validate();
   check_arg(E >= 1 && E <= 4096, "num_experts", E, "<= 4096 for token rounding on the GPU");
   check_arg(T < (std::int64_t(1) << 20), "tokens", T, "< 2^20 for token rounding on the GPU");
@@ -555,10 +668,12 @@ void round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, con
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.added, 0xff, sizeof(unsigned long long) * std::max<std::int64_t>(n_cap, 1), st));
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.n_added, 0, sizeof(int), st));
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.added_per_token, 0, sizeof(std::int32_t) * T, st));
+  TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.add_n, 0, sizeof(int) * E, st));
+  const int r_cap = opt.tile - 1;
   if (n_cap > 0) {
     add_kernel<<<E, kSelThreads, cache, st>>>(topk.counts, target, ids, topk.offsets, topk.sorted_token, probs, T, K,
-                                              E, cached, s.added,
-                                              s.n_added, s.added_per_token);
+                                              E, cached, s.added, s.n_added, s.added_per_token, r_cap, s.add_tok,
+                                              s.add_key, s.add_n);
     TILEMOE_CHECK_LAUNCH();
     TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(s.cub, s.cub_bytes, s.added, s.added_out, static_cast<int>(n_cap),
                                                       44, 44 + bits_for(T), st));
@@ -570,6 +685,19 @@ void round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, con
                                                        n_cap > 0 ? n_cap : 0, token_offsets, T, K, A_cap, E, expert_out,
                                                        weight_out, token_of);
   TILEMOE_CHECK_LAUNCH();
+  // The rounded routing's metadata, from the top-k one (rounded_metadata_kernel): its bitmap of T
+  // bits and their scan in shared memory, up to kRoundedMetaTokens tokens.
+  if (!rounded || T > kRoundedMetaTokens) return false;
+  metadata_offsets(target, E, tile_m, rounded->offsets, rounded->tile_offsets);
+  const std::size_t smem = static_cast<std::size_t>((T + 31) / 32) * 2 * sizeof(unsigned);
+  if (smem > 48 * 1024)
+    TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(rounded_metadata_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem)));
+  rounded_metadata_kernel<<<E, kMetaThreads, smem, st>>>(topk, s.dropped, s.add_tok, s.add_key, s.add_n, r_cap,
+                                                        n_cap > 0 ? s.added_out : s.added, n_cap > 0 ? n_cap : 0,
+                                                        token_offsets, T, K, E, A_cap, target, *rounded);
+  TILEMOE_CHECK_LAUNCH();
+  return true;
 }
 
 }  // namespace tilemoe::detail::gpu

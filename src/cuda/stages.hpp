@@ -50,6 +50,8 @@ std::size_t metadata_scratch_bytes(std::int64_t A, int E);
 // An expert id equal to E marks an unused slot: not counted, sorted after offsets[E].
 void build_metadata(const std::int32_t* expert, const std::int32_t* token_of, int K, std::int64_t A,
                     int E, int tile_m, const Metadata& m, void* scratch, std::size_t scratch_bytes);
+// offsets and tile_offsets [E + 1] of given counts [E] (build_metadata's scans alone).
+void metadata_offsets(const std::int32_t* counts, int E, int tile_m, std::int64_t* offsets, std::int32_t* tile_offsets);
 // offsets[e] = e * rows, tile_offsets[e] = e * ceil(rows / tile_m), e = 0..E (dense passes).
 void uniform_offsets(std::int64_t rows, int E, int tile_m, std::int64_t* offsets, std::int32_t* tile_offsets);
 
@@ -58,13 +60,15 @@ void uniform_offsets(std::int64_t rows, int E, int tile_m, std::int64_t* offsets
 // synchronization. Inputs: top-k ids / weights [T, K], probs [T, E] (router_probs), and the
 // top-k metadata (counts, offsets, sorted, sorted_token). Outputs, of capacity
 // rounding_capacity(): expert (E in unused slots), weight, token_of, token_offsets [T + 1],
-// target [E] (the rounded counts).
+// target [E] (the rounded counts). With `rounded` (buffers apart from topk's), also the rounded
+// routing's metadata for row tile tile_m, what build_metadata would give, derived from the
+// top-k metadata without a second sort; returns whether it did (up to 2^18 tokens).
 std::int64_t rounding_capacity(std::int64_t T, int K, int E, int tile);
 std::size_t rounding_scratch_bytes(std::int64_t T, int K, int E, int tile);
-void round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, const std::int32_t* ids,
+bool round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, const std::int32_t* ids,
                    const float* weights, const float* probs, const Metadata& topk, std::int32_t* expert_out,
                    float* weight_out, std::int32_t* token_of, std::int64_t* token_offsets, std::int32_t* target,
-                   void* scratch, std::size_t scratch_bytes);
+                   void* scratch, std::size_t scratch_bytes, int tile_m = 0, const Metadata* rounded = nullptr);
 
 // ---- experts (grouped_gemm.cu) ----
 // Row tile of the grouped kernels (tile_offsets must be built with it).

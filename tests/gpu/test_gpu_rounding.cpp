@@ -44,9 +44,31 @@ Routing gpu_round(const RouterConfig& rc, const std::vector<float>& logits, std:
   g::Metadata m{counts.data<std::int32_t>(), offs.data<std::int64_t>(), tiles.data<std::int32_t>(),
                 sorted.data<std::int32_t>(), slot.data<std::int32_t>(), stok.data<std::int32_t>()};
   g::build_metadata(ids.data<std::int32_t>(), nullptr, K, A, E, tile, m, ms.raw(), mb);
-  g::round_routing(opt, T, K, E, ids.data<std::int32_t>(), wts.data<float>(), probs.data<float>(), m,
-                   ex.data<std::int32_t>(), we.data<float>(), tok.data<std::int32_t>(), off.data<std::int64_t>(),
-                   target.data<std::int32_t>(), rs.raw(), rb);
+  // The rounded routing's metadata, derived by round_routing, against build_metadata's sort of
+  // the rounded routing: every array, unused slots included.
+  Tensor counts2 = dev(E, DType::i32), offs2 = dev(E + 1, DType::i64), tiles2 = dev(E + 1, DType::i32);
+  Tensor sorted2 = dev(cap, DType::i32), slot2 = dev(cap, DType::i32), stok2 = dev(cap, DType::i32);
+  g::Metadata m2{counts2.data<std::int32_t>(), offs2.data<std::int64_t>(), tiles2.data<std::int32_t>(),
+                 sorted2.data<std::int32_t>(), slot2.data<std::int32_t>(), stok2.data<std::int32_t>()};
+  const bool derived = g::round_routing(opt, T, K, E, ids.data<std::int32_t>(), wts.data<float>(), probs.data<float>(),
+                                        m, ex.data<std::int32_t>(), we.data<float>(), tok.data<std::int32_t>(),
+                                        off.data<std::int64_t>(), target.data<std::int32_t>(), rs.raw(), rb, tile, &m2);
+  EXPECT_TRUE(derived) << "rounded metadata derived up to 2^18 tokens";
+  if (derived) {
+    const std::size_t mb2 = g::metadata_scratch_bytes(cap, E);
+    Tensor ms2 = dev(static_cast<std::int64_t>(mb2), DType::i32);
+    Tensor counts3 = dev(E, DType::i32), offs3 = dev(E + 1, DType::i64), tiles3 = dev(E + 1, DType::i32);
+    Tensor sorted3 = dev(cap, DType::i32), slot3 = dev(cap, DType::i32), stok3 = dev(cap, DType::i32);
+    g::Metadata m3{counts3.data<std::int32_t>(), offs3.data<std::int64_t>(), tiles3.data<std::int32_t>(),
+                   sorted3.data<std::int32_t>(), slot3.data<std::int32_t>(), stok3.data<std::int32_t>()};
+    g::build_metadata(ex.data<std::int32_t>(), tok.data<std::int32_t>(), K, cap, E, tile, m3, ms2.raw(), mb2);
+    EXPECT_EQ(host<std::int32_t>(counts2, E), host<std::int32_t>(counts3, E)) << "counts";
+    EXPECT_EQ(host<std::int64_t>(offs2, E + 1), host<std::int64_t>(offs3, E + 1)) << "offsets";
+    EXPECT_EQ(host<std::int32_t>(tiles2, E + 1), host<std::int32_t>(tiles3, E + 1)) << "tile_offsets";
+    EXPECT_EQ(host<std::int32_t>(sorted2, cap), host<std::int32_t>(sorted3, cap)) << "sorted";
+    EXPECT_EQ(host<std::int32_t>(slot2, cap), host<std::int32_t>(slot3, cap)) << "slot";
+    EXPECT_EQ(host<std::int32_t>(stok2, cap), host<std::int32_t>(stok3, cap)) << "sorted_token";
+  }
   Routing r;
   r.num_tokens = T;
   r.num_experts = E;

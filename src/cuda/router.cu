@@ -281,6 +281,98 @@ __global__ void __launch_bounds__(256, 4) topk_kernel(TopkParams p, const float*
   }
 }
 
+// The softmax routers (softmax_topk, top1, topk_softmax) for E <= 32 J, a warp per token with
+// the token's logits in registers: lane l holds experts l, l + 32, ..., so the arg-max passes read
+// no shared memory and need no __syncwarp. The same operations in the same order as topk_kernel
+// (the same choices, weights and probabilities, bit for bit; GpuRouter.AllKindsMatchCpu covers
+// both): E up to 512 takes this kernel, the sigmoid router and larger E topk_kernel.
+template <int J>
+__global__ void __launch_bounds__(256) topk_reg_kernel(TopkParams p, const float* __restrict__ logits, int parts,
+                                                       std::int64_t T, std::int32_t* __restrict__ ids,
+                                                       float* __restrict__ weights, float* __restrict__ probs) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
+  const int E = p.E, K = p.K;
+  for (std::int64_t t = blockIdx.x * std::int64_t(nwarps) + warp; t < T; t += std::int64_t(gridDim.x) * nwarps) {
+    const float* l = logits + t * parts * E;
+    float s[J], c[J];
+    float m = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int e = lane + 32 * j;
+      s[j] = e < E ? logit(l, E, parts, e) : -INFINITY;
+      c[j] = 0.0f;
+      if (e < E) m = fmaxf(m, s[j]);
+    }
+    m = warp_max(m);
+    float sum = 0.0f;
+    if (p.kind != RouterKind::topk_softmax || probs) {
+      float own = 0.0f;
+#pragma unroll
+      for (int j = 0; j < J; ++j)
+        if (lane + 32 * j < E) {
+          c[j] = exp_cr(s[j] - m);
+          own += c[j];
+        }
+      sum = lane_order_sum(own);
+      if (probs)
+#pragma unroll
+        for (int j = 0; j < J; ++j)
+          if (lane + 32 * j < E) probs[t * E + lane + 32 * j] = c[j] / sum;
+    }
+    unsigned taken = 0;  // bit j: expert lane + 32 j chosen
+    float wk = 0.0f;     // lane k < K holds weight k
+    int ik = 0;
+    for (int k = 0; k < K; ++k) {
+      float bv = -INFINITY;
+      int bi = INT_MAX;
+#pragma unroll
+      for (int j = 0; j < J; ++j) {
+        const int e = lane + 32 * j;
+        if (e < E && !((taken >> j) & 1u) && better(s[j], e, bv, bi)) {
+          bv = s[j];
+          bi = e;
+        }
+      }
+      for (int o = 16; o > 0; o >>= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (better(ov, oi, bv, bi)) {
+          bv = ov;
+          bi = oi;
+        }
+      }
+      const int owner = bi & 31, jj = bi >> 5;
+      float sv = 0.0f, cv = 0.0f;
+#pragma unroll
+      for (int j = 0; j < J; ++j)
+        if (j == jj) sv = s[j], cv = c[j];
+      if (lane == owner) taken |= 1u << jj;
+      sv = __shfl_sync(0xffffffffu, sv, owner);
+      cv = __shfl_sync(0xffffffffu, cv, owner);
+      if (lane == k) {
+        ik = bi;
+        wk = p.kind == RouterKind::topk_softmax ? sv : cv / sum;
+      }
+    }
+    const float w_all = wk;
+    if (p.kind == RouterKind::topk_softmax) {
+      float mk = -INFINITY;
+      for (int k = 0; k < K; ++k) mk = fmaxf(mk, __shfl_sync(0xffffffffu, w_all, k));
+      const float ek = exp_cr(wk - mk);
+      const float sk = lane_order_sum(lane < K ? ek : 0.0f);
+      wk = ek / sk;
+    } else if (p.renormalize && p.kind != RouterKind::top1) {
+      float sk = 0.0f;
+      for (int k = 0; k < K; ++k) sk += __shfl_sync(0xffffffffu, w_all, k);
+      wk = wk / sk;
+    }
+    if (lane < K) {
+      ids[t * K + lane] = ik;
+      weights[t * K + lane] = wk * p.scale;
+    }
+  }
+}
+
 __global__ void probs_kernel(RouterKind kind, int E, const float* __restrict__ logits, int parts, std::int64_t T,
                              float* __restrict__ probs) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nwarps = blockDim.x >> 5;
@@ -361,6 +453,17 @@ void router_topk(const RouterConfig& rc, const float* logits, const float* bias,
   if (T == 0) return;
   TopkParams p{rc.kind, rc.num_experts, rc.top_k, rc.kind == RouterKind::sigmoid_group_topk ? rc.n_groups : 1,
                rc.topk_groups, rc.renormalize, rc.routed_scale};
+  if (rc.kind != RouterKind::sigmoid_group_topk && p.E <= 512) {
+    const int grid = grid_for(T, 8);
+    cudaStream_t st = current_stream();
+    if (p.E <= 32) topk_reg_kernel<1><<<grid, 256, 0, st>>>(p, logits, parts, T, ids, weights, probs);
+    else if (p.E <= 64) topk_reg_kernel<2><<<grid, 256, 0, st>>>(p, logits, parts, T, ids, weights, probs);
+    else if (p.E <= 128) topk_reg_kernel<4><<<grid, 256, 0, st>>>(p, logits, parts, T, ids, weights, probs);
+    else if (p.E <= 256) topk_reg_kernel<8><<<grid, 256, 0, st>>>(p, logits, parts, T, ids, weights, probs);
+    else topk_reg_kernel<16><<<grid, 256, 0, st>>>(p, logits, parts, T, ids, weights, probs);
+    TILEMOE_CHECK_LAUNCH();
+    return;
+  }
   const std::size_t per_warp = topk_smem_per_warp(p.E, p.n_groups);
   const std::size_t limit = device_props().smem_optin;
   check_arg(per_warp <= limit, "num_experts", p.E, "small enough for the router's shared memory");

@@ -32,6 +32,18 @@ std::vector<T> to_host(const T* p, std::size_t count) {
 
 const std::uint16_t* u16(const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); }
 
+// Metadata buffers for `rows` assignments over E experts, carved from c.
+gpu::Metadata take_metadata(Carver& c, int E, std::int64_t rows) {
+  gpu::Metadata m;
+  m.counts = c.take<std::int32_t>(static_cast<std::size_t>(E));
+  m.offsets = c.take<std::int64_t>(static_cast<std::size_t>(E) + 1);
+  m.tile_offsets = c.take<std::int32_t>(static_cast<std::size_t>(E) + 1);
+  m.sorted = c.take<std::int32_t>(static_cast<std::size_t>(rows));
+  m.slot = c.take<std::int32_t>(static_cast<std::size_t>(rows));
+  m.sorted_token = c.take<std::int32_t>(static_cast<std::size_t>(rows));
+  return m;
+}
+
 // The metrics round_routing reports on the CPU, from the top-k and the rounded routing.
 RoundingMetrics rounding_metrics(const Routing& topk, const Routing& r, int tile) {
   const int E = topk.num_experts;
@@ -149,20 +161,10 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
       p.r_bytes = rounding_scratch_bytes(T, K, E, opt.rounding->tile);
       p.r_scratch = c.take<unsigned char>(p.r_bytes);
       // The top-k routing's metadata, the rounding's input (m then takes the rounded one's).
-      p.m0.counts = c.take<std::int32_t>(static_cast<std::size_t>(E));
-      p.m0.offsets = c.take<std::int64_t>(static_cast<std::size_t>(E) + 1);
-      p.m0.tile_offsets = c.take<std::int32_t>(static_cast<std::size_t>(E) + 1);
-      p.m0.sorted = c.take<std::int32_t>(static_cast<std::size_t>(A));
-      p.m0.slot = c.take<std::int32_t>(static_cast<std::size_t>(A));
-      p.m0.sorted_token = c.take<std::int32_t>(static_cast<std::size_t>(A));
+      p.m0 = take_metadata(c, E, A);
     }
     p.wts = c.take<float>(static_cast<std::size_t>(A));
-    p.m.counts = c.take<std::int32_t>(static_cast<std::size_t>(E));
-    p.m.offsets = c.take<std::int64_t>(static_cast<std::size_t>(E) + 1);
-    p.m.tile_offsets = c.take<std::int32_t>(static_cast<std::size_t>(E) + 1);
-    p.m.sorted = c.take<std::int32_t>(static_cast<std::size_t>(A_cap));
-    p.m.slot = c.take<std::int32_t>(static_cast<std::size_t>(A_cap));
-    p.m.sorted_token = c.take<std::int32_t>(static_cast<std::size_t>(A_cap));
+    p.m = take_metadata(c, E, A_cap);
     p.meta_bytes = metadata_scratch_bytes(A_cap, E);
     p.meta_scratch = c.take<unsigned char>(p.meta_bytes);
     const bool grouped = one_launch;  // grouped and fused keep the activation between the GEMMs

@@ -175,6 +175,30 @@ __host__ __device__ inline std::size_t topk_smem_per_warp(int E, int G) {
   return (std::size_t(2) * E + G) * sizeof(float) + ((std::size_t(E) + G + 15) / 16) * 16;
 }
 
+// Token t's final weights from the chosen scores (lane k < K holds choice k: expert ik, score
+// wk), in the CPU's order (the softmax over the K in lane order, the renormalization's sum
+// sequential over k), then ids and weights stored.
+__device__ __forceinline__ void store_choices(const TopkParams& p, std::int64_t t, int ik, float wk,
+                                              std::int32_t* __restrict__ ids, float* __restrict__ weights) {
+  const int lane = threadIdx.x & 31, K = p.K;
+  const float w_all = wk;
+  if (p.kind == RouterKind::topk_softmax) {
+    float mk = -INFINITY;
+    for (int k = 0; k < K; ++k) mk = fmaxf(mk, __shfl_sync(0xffffffffu, w_all, k));
+    const float ek = exp_cr(wk - mk);
+    const float sk = lane_order_sum(lane < K ? ek : 0.0f);
+    wk = ek / sk;
+  } else if (p.renormalize && p.kind != RouterKind::top1) {
+    float sk = 0.0f;
+    for (int k = 0; k < K; ++k) sk += __shfl_sync(0xffffffffu, w_all, k);
+    wk = wk / sk;
+  }
+  if (lane < K) {
+    ids[t * K + lane] = ik;
+    weights[t * K + lane] = wk * p.scale;
+  }
+}
+
 // probs (optional, [T, E]): each token's probabilities as probs_kernel writes them, bit for bit
 // (the same operations in the same order), so token rounding needs no second pass over the logits.
 __global__ void __launch_bounds__(256, 4) topk_kernel(TopkParams p, const float* __restrict__ logits, int parts, const float* __restrict__ bias,
@@ -260,23 +284,7 @@ __global__ void __launch_bounds__(256, 4) topk_kernel(TopkParams p, const float*
         }
       }
     }
-    // Final weights, sequential over k in one lane like the CPU's loops.
-    const float w_all = wk;
-    if (p.kind == RouterKind::topk_softmax) {
-      float mk = NEG_INF;
-      for (int k = 0; k < K; ++k) mk = fmaxf(mk, __shfl_sync(0xffffffffu, w_all, k));
-      const float ek = exp_cr(wk - mk);
-      const float sk = lane_order_sum(lane < K ? ek : 0.0f);
-      wk = ek / sk;
-    } else if (p.renormalize && p.kind != RouterKind::top1) {
-      float sk = 0.0f;
-      for (int k = 0; k < K; ++k) sk += __shfl_sync(0xffffffffu, w_all, k);
-      wk = wk / sk;
-    }
-    if (lane < K) {
-      ids[t * K + lane] = ik;
-      weights[t * K + lane] = wk * p.scale;
-    }
+    store_choices(p, t, ik, wk, ids, weights);
     __syncwarp();
   }
 }
@@ -354,22 +362,7 @@ __global__ void __launch_bounds__(256) topk_reg_kernel(TopkParams p, const float
         wk = p.kind == RouterKind::topk_softmax ? sv : cv / sum;
       }
     }
-    const float w_all = wk;
-    if (p.kind == RouterKind::topk_softmax) {
-      float mk = -INFINITY;
-      for (int k = 0; k < K; ++k) mk = fmaxf(mk, __shfl_sync(0xffffffffu, w_all, k));
-      const float ek = exp_cr(wk - mk);
-      const float sk = lane_order_sum(lane < K ? ek : 0.0f);
-      wk = ek / sk;
-    } else if (p.renormalize && p.kind != RouterKind::top1) {
-      float sk = 0.0f;
-      for (int k = 0; k < K; ++k) sk += __shfl_sync(0xffffffffu, w_all, k);
-      wk = wk / sk;
-    }
-    if (lane < K) {
-      ids[t * K + lane] = ik;
-      weights[t * K + lane] = wk * p.scale;
-    }
+    store_choices(p, t, ik, wk, ids, weights);
   }
 }
 

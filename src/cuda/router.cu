@@ -37,6 +37,19 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 
+// The best (value, index) over the warp's lanes by better(); every lane gets its index.
+__device__ __forceinline__ int warp_best(float bv, int bi) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+    if (better(ov, oi, bv, bi)) {
+      bv = ov;
+      bi = oi;
+    }
+  }
+  return bi;
+}
+
 // Arg-max over v[0..n) of the entries with ok(i); every lane gets the winner.
 template <class Ok>
 __device__ __forceinline__ int warp_argmax(const float* v, int n, Ok ok) {
@@ -48,15 +61,7 @@ __device__ __forceinline__ int warp_argmax(const float* v, int n, Ok ok) {
       bv = v[i];
       bi = i;
     }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (better(ov, oi, bv, bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
-  return bi;
+  return warp_best(bv, bi);
 }
 
 // exp rounded once from double: glibc's expf is correctly rounded in nearly all cases, CUDA's
@@ -341,14 +346,7 @@ __global__ void __launch_bounds__(256) topk_reg_kernel(TopkParams p, const float
           bi = e;
         }
       }
-      for (int o = 16; o > 0; o >>= 1) {
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (better(ov, oi, bv, bi)) {
-          bv = ov;
-          bi = oi;
-        }
-      }
+      bi = warp_best(bv, bi);
       const int owner = bi & 31, jj = bi >> 5;
       float sv = 0.0f, cv = 0.0f;
 #pragma unroll

@@ -334,88 +334,86 @@ __device__ void block_best(std::int64_t n, unsigned R, bool cached, KeyOf key_of
       [&](std::int64_t c, unsigned u) { take(static_cast<std::int64_t>(cand[c] & 0xffffffffu), u); });
 }
 
-// The selections of one launch (select_kernel): a block per expert, which loses assignments,
-// gains tokens or neither (the two kinds run side by side).
-struct SelectArgs {
-  const std::int32_t* counts;
-  const std::int32_t* target;
-  const std::int64_t* offsets;       // top-k metadata
-  const std::int32_t* sorted;
-  const std::int32_t* sorted_token;
-  const std::int32_t* ids;           // [T, K]
-  const float* probs;                // [T, E]
-  std::int64_t T;
-  int K, E;
-  bool cached;                       // keys in shared memory (T <= kSelCacheItems)
-  unsigned char* dropped;            // [T K] out: 1 where the assignment is dropped
-  unsigned long long* added;         // [n_cap] out: t << 44 | ~bits(prob) << 12 | e
-  int* n_added;
-  std::int32_t* added_per_token;     // [T]
-  int r_cap;                         // tile - 1
-  std::int32_t* add_tok;             // [E][r_cap] each expert's added tokens, in no order
-  unsigned* add_key;                 // [E][r_cap] and their keys
-  int* add_n;                        // [E] how many
-};
-
-// Expert e loses D assignments: its D worst, by probability ascending and, among equal
-// probabilities, the later sorted positions first (the CPU keeps the earlier tokens). Items run
-// from the segment's end; the key ~bits(~bits(prob)) = bits(prob) orders lower probabilities first.
-__device__ void drop_expert(const SelectArgs& a, int e, int D) {
-  const std::int64_t last = a.offsets[e + 1] - 1, n = a.counts[e];
+// One block per expert e that loses D = count - target assignments: its D worst, by probability
+// ascending and, among equal probabilities, the later sorted positions first (the CPU keeps the
+// earlier tokens). Items run from the segment's end; the key ~bits(~bits(prob)) = bits(prob)
+// orders lower probabilities first.
+__global__ void __launch_bounds__(kSelThreads, 2) drop_kernel(const std::int32_t* __restrict__ counts,
+                                                           const std::int32_t* __restrict__ target,
+                                                           const std::int64_t* __restrict__ offsets,
+                                                           const std::int32_t* __restrict__ sorted,
+                                                           const std::int32_t* __restrict__ sorted_token,
+                                                           const float* __restrict__ probs, int E, bool cached,
+                                                           unsigned char* __restrict__ dropped) {
+  const int e = blockIdx.x;
+  const int D = counts[e] - target[e];
+  if (D <= 0) return;
+  const std::int64_t last = offsets[e + 1] - 1, n = counts[e];
   auto key_of = [&](std::int64_t i, bool& ok) {
     ok = true;
-    return __float_as_uint(a.probs[std::int64_t(a.sorted_token[last - i]) * a.E + e]);
+    return __float_as_uint(probs[std::int64_t(sorted_token[last - i]) * E + e]);
   };
-  if (a.cached) cache_keys(n, false, key_of);  // the selection passes read them from shared memory
-  block_best(n, static_cast<unsigned>(D), a.cached, key_of,
-             [&](std::int64_t i, unsigned) { a.dropped[a.sorted[last - i]] = 1; });
+  if (cached) cache_keys(n, false, key_of);  // the selection passes read them from shared memory
+  block_best(n, static_cast<unsigned>(D), cached, key_of,
+             [&](std::int64_t i, unsigned) { dropped[sorted[last - i]] = 1; });
 }
 
-// Expert e gains R tokens: the R best (prob descending, token ascending) that did not choose e.
-// With the keys cached, the tokens that chose e (its sorted segment, ~T K / E of them) are
-// marked excluded up front; otherwise every token's K ids are read in each pass.
-__device__ void add_expert(const SelectArgs& a, int e, int R) {
+// One block per expert e that gains R = target - count tokens: the R best (prob descending,
+// token ascending) tokens that did not choose e. With the keys cached, the tokens that chose e
+// (its sorted segment, ~T K / E of them) are marked excluded up front; otherwise every token's K
+// ids are read in each pass.
+__global__ void __launch_bounds__(kSelThreads, 2) add_kernel(const std::int32_t* __restrict__ counts,
+                                                          const std::int32_t* __restrict__ target,
+                                                          const std::int32_t* __restrict__ ids,
+                                                          const std::int64_t* __restrict__ offsets,
+                                                          const std::int32_t* __restrict__ sorted_token,
+                                                          const float* __restrict__ probs, std::int64_t T, int K, int E,
+                                                          bool cached, unsigned long long* __restrict__ added,
+                                                          int* __restrict__ n_added,
+                                                          std::int32_t* __restrict__ added_per_token,
+                                                          int r_cap, std::int32_t* __restrict__ add_tok,
+                                                          unsigned* __restrict__ add_key, int* __restrict__ add_n) {
+  const int e = blockIdx.x;
+  const int R = target[e] - counts[e];
   __shared__ int taken;
   if (threadIdx.x == 0) taken = 0;
-  const std::int64_t T = a.T;
+  if (R <= 0) {
+    if (threadIdx.x == 0) add_n[e] = 0;
+    return;
+  }
+  __syncthreads();
   auto key_of = [&](std::int64_t t, bool& ok) {
     ok = true;
-    if (!a.cached)
-      for (int k = 0; k < a.K; ++k)
-        if (a.ids[t * a.K + k] == e) ok = false;
-    return ~__float_as_uint(a.probs[t * a.E + e]);
+    if (!cached)
+      for (int k = 0; k < K; ++k)
+        if (ids[t * K + k] == e) ok = false;
+    return ~__float_as_uint(probs[t * E + e]);
   };
-  if (a.cached) {
+  if (cached) {
     extern __shared__ __align__(16) unsigned cache[];
     unsigned* excluded = cache + T;
     for (std::int64_t w = threadIdx.x; w < (T + 31) / 32; w += blockDim.x) excluded[w] = 0;
     __syncthreads();
-    for (std::int64_t i = a.offsets[e] + threadIdx.x; i < a.offsets[e + 1]; i += blockDim.x) {
-      const std::int32_t t = a.sorted_token[i];
+    for (std::int64_t i = offsets[e] + threadIdx.x; i < offsets[e + 1]; i += blockDim.x) {
+      const std::int32_t t = sorted_token[i];
       atomicOr(&excluded[t >> 5], 1u << (t & 31));
     }
     __syncthreads();
     cache_keys(T, true, key_of);
   }
+  block_best(
+      T, static_cast<unsigned>(R), cached, key_of,
+      [&](std::int64_t t, unsigned u) {
+        const int slot = atomicAdd(n_added, 1);
+        added[slot] = (static_cast<unsigned long long>(t) << 44) | (static_cast<unsigned long long>(u) << 12) |
+                      static_cast<unsigned long long>(e);
+        atomicAdd(&added_per_token[t], 1);
+        const int r = atomicAdd(&taken, 1);  // the expert's own list, in no order (r < R < tile)
+        add_tok[std::int64_t(e) * r_cap + r] = static_cast<std::int32_t>(t);
+        add_key[std::int64_t(e) * r_cap + r] = u;
+      });
   __syncthreads();
-  block_best(T, static_cast<unsigned>(R), a.cached, key_of, [&](std::int64_t t, unsigned u) {
-    const int slot = atomicAdd(a.n_added, 1);
-    a.added[slot] = (static_cast<unsigned long long>(t) << 44) | (static_cast<unsigned long long>(u) << 12) |
-                    static_cast<unsigned long long>(e);
-    atomicAdd(&a.added_per_token[t], 1);
-    const int r = atomicAdd(&taken, 1);  // the expert's own list (r < R < tile)
-    a.add_tok[std::int64_t(e) * a.r_cap + r] = static_cast<std::int32_t>(t);
-    a.add_key[std::int64_t(e) * a.r_cap + r] = u;
-  });
-  __syncthreads();
-  if (threadIdx.x == 0) a.add_n[e] = taken;
-}
-
-__global__ void __launch_bounds__(kSelThreads, 2) select_kernel(SelectArgs a) {
-  const int e = blockIdx.x;
-  const int c = a.counts[e], g = a.target[e];
-  if (c > g) drop_expert(a, e, c - g);
-  else if (g > c) add_expert(a, e, g - c);
+  if (threadIdx.x == 0) add_n[e] = taken;
 }
 
 // The rounded routing's metadata, built from the top-k metadata instead of a second sort: expert
@@ -655,25 +653,31 @@ bool round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, con
   cudaStream_t st = current_stream();
   targets_kernel<<<1, kThreads, 0, st>>>(topk.counts, E, T, opt.tile, opt.rule, opt.seed, target);
   TILEMOE_CHECK_LAUNCH();
+  // Dropped marks: zero, then one block per losing expert marks its worst assignments.
   // The selections' shared memory: keys cached up to kSelCacheItems tokens (counts[e] <= T).
   const bool cached = T <= kSelCacheItems;
   const std::size_t cache = select_smem_bytes(T);
-  TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cache)));
-  if (A > 0) TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.dropped, 0, static_cast<std::size_t>(A), st));
+  TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(drop_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cache)));
+  TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(add_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(cache)));
+  if (A > 0) {
+    TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.dropped, 0, static_cast<std::size_t>(A), st));
+    drop_kernel<<<E, kSelThreads, cache, st>>>(topk.counts, target, topk.offsets, topk.sorted, topk.sorted_token, probs,
+                                               E, cached, s.dropped);
+    TILEMOE_CHECK_LAUNCH();
+  }
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.added, 0xff, sizeof(unsigned long long) * std::max<std::int64_t>(n_cap, 1), st));
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.n_added, 0, sizeof(int), st));
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.added_per_token, 0, sizeof(std::int32_t) * T, st));
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(s.add_n, 0, sizeof(int) * E, st));
   const int r_cap = opt.tile - 1;
-  // One launch: a block per losing expert marks its worst assignments, one per gaining expert
-  // picks its best new tokens.
-  const SelectArgs sa{topk.counts, target, topk.offsets, topk.sorted, topk.sorted_token, ids, probs, T, K, E, cached,
-                      s.dropped, s.added, s.n_added, s.added_per_token, r_cap, s.add_tok, s.add_key, s.add_n};
-  select_kernel<<<E, kSelThreads, cache, st>>>(sa);
-  TILEMOE_CHECK_LAUNCH();
-  if (n_cap > 0)
+  if (n_cap > 0) {
+    add_kernel<<<E, kSelThreads, cache, st>>>(topk.counts, target, ids, topk.offsets, topk.sorted_token, probs, T, K,
+                                              E, cached, s.added, s.n_added, s.added_per_token, r_cap, s.add_tok,
+                                              s.add_key, s.add_n);
+    TILEMOE_CHECK_LAUNCH();
     TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(s.cub, s.cub_bytes, s.added, s.added_out, static_cast<int>(n_cap),
                                                       44, 44 + bits_for(T), st));
+  }
   token_counts_kernel<<<blocks_for(T + 1, 256), 256, 0, st>>>(s.dropped, s.added_per_token, T, K, s.tcount);
   TILEMOE_CHECK_LAUNCH();
   TILEMOE_CUDA_CHECK(cub::DeviceScan::ExclusiveSum(s.cub, s.cub_bytes, s.tcount, token_offsets, static_cast<int>(T + 1), st));

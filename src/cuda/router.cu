@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(256, 4) topk_kernel(TopkParams p, const float*
 // the token's logits in registers: lane l holds experts l, l + 32, ..., so the arg-max passes read
 // no shared memory and need no __syncwarp. The same operations in the same order as topk_kernel
 // (the same choices, weights and probabilities, bit for bit; GpuRouter.AllKindsMatchCpu covers
-// both): E up to 512 takes this kernel, the sigmoid router and larger E topk_kernel.
+// both): E up to 256 takes this kernel, the sigmoid router and larger E topk_kernel.
 template <int J>
 __global__ void __launch_bounds__(256) topk_reg_kernel(TopkParams p, const float* __restrict__ logits, int parts,
                                                        std::int64_t T, std::int32_t* __restrict__ ids,
@@ -444,14 +444,15 @@ void router_topk(const RouterConfig& rc, const float* logits, const float* bias,
   if (T == 0) return;
   TopkParams p{rc.kind, rc.num_experts, rc.top_k, rc.kind == RouterKind::sigmoid_group_topk ? rc.n_groups : 1,
                rc.topk_groups, rc.renormalize, rc.routed_scale};
-  if (rc.kind != RouterKind::sigmoid_group_topk && p.E <= 512) {
+  // E <= 256 only: at E 512 (16 registers of each) it ran slower than topk_kernel (H200 run 80:
+  // the top-k stage 0.141 ms against 0.125 in run 78 on E 512, T 24576).
+  if (rc.kind != RouterKind::sigmoid_group_topk && p.E <= 256) {
     const int grid = grid_for(T, 8);
     cudaStream_t st = current_stream();
     if (p.E <= 32) topk_reg_kernel<1><<<grid, 256, 0, st>>>(p, logits, parts, T, ids, weights, probs);
     else if (p.E <= 64) topk_reg_kernel<2><<<grid, 256, 0, st>>>(p, logits, parts, T, ids, weights, probs);
     else if (p.E <= 128) topk_reg_kernel<4><<<grid, 256, 0, st>>>(p, logits, parts, T, ids, weights, probs);
-    else if (p.E <= 256) topk_reg_kernel<8><<<grid, 256, 0, st>>>(p, logits, parts, T, ids, weights, probs);
-    else topk_reg_kernel<16><<<grid, 256, 0, st>>>(p, logits, parts, T, ids, weights, probs);
+    else topk_reg_kernel<8><<<grid, 256, 0, st>>>(p, logits, parts, T, ids, weights, probs);
     TILEMOE_CHECK_LAUNCH();
     return;
   }

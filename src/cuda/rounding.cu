@@ -372,15 +372,12 @@ __global__ void __launch_bounds__(kSelThreads, 2) add_kernel(const std::int32_t*
                                                           int* __restrict__ n_added,
                                                           std::int32_t* __restrict__ added_per_token,
                                                           int r_cap, std::int32_t* __restrict__ add_tok,
-                                                          unsigned* __restrict__ add_key, int* __restrict__ add_n) {
+                                                          int* __restrict__ add_n) {
   const int e = blockIdx.x;
   const int R = target[e] - counts[e];
+  if (R <= 0) return;  // add_n[e] stays 0 (zeroed before the launch)
   __shared__ int taken;
   if (threadIdx.x == 0) taken = 0;
-  if (R <= 0) {
-    if (threadIdx.x == 0) add_n[e] = 0;
-    return;
-  }
   __syncthreads();
   auto key_of = [&](std::int64_t t, bool& ok) {
     ok = true;
@@ -410,7 +407,6 @@ __global__ void __launch_bounds__(kSelThreads, 2) add_kernel(const std::int32_t*
         atomicAdd(&added_per_token[t], 1);
         const int r = atomicAdd(&taken, 1);  // the expert's own list, in no order (r < R < tile)
         add_tok[std::int64_t(e) * r_cap + r] = static_cast<std::int32_t>(t);
-        add_key[std::int64_t(e) * r_cap + r] = u;
       });
   __syncthreads();
   if (threadIdx.x == 0) add_n[e] = taken;
@@ -419,19 +415,17 @@ __global__ void __launch_bounds__(kSelThreads, 2) add_kernel(const std::int32_t*
 // The rounded routing's metadata, built from the top-k metadata instead of a second sort: expert
 // e's rounded segment is its kept top-k assignments and its added tokens, one per token, so in
 // token order (the rounded routing is token-major, and the metadata's sort is stable). A block per
-// expert marks its tokens in a bitmap of T bits in shared memory and scans the words' popcounts:
-// a token's rank in the segment is the marked tokens before it. Its assignment's index p in the
-// rounded routing is the token's first slot plus the kept assignments before it (kept ones first,
-// in top-k order), or plus all kept ones and the token's added ones before it in write_kernel's
-// order (prob descending, expert ascending). Unused slots (p >= the total) follow in order, as
-// build_metadata sorts them. offsets and tile_offsets are scanned already.
+// expert marks its tokens in a bitmap of T bits in shared memory and scans the words' popcounts;
+// then each marked token t takes position j = offsets[e] + (marked tokens before t), and its
+// assignment p is where e stands in t's row of the rounded routing (write_kernel's output).
+// Unused slots (p >= the total) follow in order, as build_metadata sorts them. offsets and
+// tile_offsets are scanned already.
 constexpr int kMetaThreads = 512, kMetaItems = 4;
 constexpr std::int64_t kRoundedMetaTokens = std::int64_t(1) << 18;  // 64 KiB of shared memory
 __global__ void __launch_bounds__(kMetaThreads) rounded_metadata_kernel(
     Metadata topk, const unsigned char* __restrict__ dropped, const std::int32_t* __restrict__ add_tok,
-    const unsigned* __restrict__ add_key, const int* __restrict__ add_n, int r_cap,
-    const unsigned long long* __restrict__ added_sorted, std::int64_t n_sorted,
-    const std::int64_t* __restrict__ token_offsets, std::int64_t T, int K, int E, std::int64_t A_cap,
+    const int* __restrict__ add_n, int r_cap, const std::int32_t* __restrict__ expert_out,
+    const std::int64_t* __restrict__ token_offsets, std::int64_t T, int E, std::int64_t A_cap,
     const std::int32_t* __restrict__ target, Metadata out) {
   using Scan = cub::BlockScan<unsigned, kMetaThreads>;
   __shared__ typename Scan::TempStorage scan;
@@ -452,13 +446,12 @@ __global__ void __launch_bounds__(kMetaThreads) rounded_metadata_kernel(
   __syncthreads();
   const std::int64_t o = topk.offsets[e], c = topk.counts[e];
   const std::int32_t* tok = add_tok + std::int64_t(e) * r_cap;
-  const int na = add_n[e];
   for (std::int64_t i = o + threadIdx.x; i < o + c; i += blockDim.x)
     if (!dropped[topk.sorted[i]]) {
       const std::int32_t t = topk.sorted_token[i];
       atomicOr(&bits[t >> 5], 1u << (t & 31));
     }
-  for (int r = threadIdx.x; r < na; r += blockDim.x) atomicOr(&bits[tok[r] >> 5], 1u << (tok[r] & 31));
+  for (int r = threadIdx.x; r < add_n[e]; r += blockDim.x) atomicOr(&bits[tok[r] >> 5], 1u << (tok[r] & 31));
   __syncthreads();
   unsigned running = 0;
   for (std::int64_t base = 0; base < W; base += kMetaThreads * kMetaItems) {
@@ -477,39 +470,16 @@ __global__ void __launch_bounds__(kMetaThreads) rounded_metadata_kernel(
     running += sum;
     __syncthreads();
   }
-  const std::int64_t j0 = out.offsets[e];
-  auto place = [&](std::int32_t t, std::int64_t p) {
-    const unsigned rank = before_word[t >> 5] + __popc(bits[t >> 5] & ((1u << (t & 31)) - 1u));
-    const std::int64_t j = j0 + rank;
-    out.sorted[j] = static_cast<std::int32_t>(p);
-    out.slot[p] = static_cast<std::int32_t>(j);
-    out.sorted_token[j] = t;
-  };
-  for (std::int64_t i = o + threadIdx.x; i < o + c; i += blockDim.x) {
-    const std::int32_t a = topk.sorted[i];
-    if (dropped[a]) continue;
-    const std::int32_t t = topk.sorted_token[i];
-    int kept_before = 0;
-    for (std::int64_t q = std::int64_t(t) * K; q < a; ++q) kept_before += dropped[q] ? 0 : 1;
-    place(t, token_offsets[t] + kept_before);
-  }
-  for (int r = threadIdx.x; r < na; r += blockDim.x) {
-    const std::int32_t t = tok[r];
-    int kept = 0;
-    for (int q = 0; q < K; ++q) kept += dropped[std::int64_t(t) * K + q] ? 0 : 1;
-    // The token's added entries in the sorted list: from the first key >= t << 44.
-    const unsigned long long lo_key = static_cast<unsigned long long>(t) << 44, low = (1ull << 44) - 1;
-    const unsigned long long own = (static_cast<unsigned long long>(add_key[std::int64_t(e) * r_cap + r]) << 12) |
-                                   static_cast<unsigned long long>(e);
-    std::int64_t l = 0, h = n_sorted;
-    while (l < h) {
-      const std::int64_t m = (l + h) >> 1;
-      if (added_sorted[m] < lo_key) l = m + 1; else h = m;
+  for (std::int64_t w = threadIdx.x; w < W; w += blockDim.x) {
+    std::int64_t j = out.offsets[e] + before_word[w];
+    for (unsigned m = bits[w]; m; m &= m - 1, ++j) {
+      const std::int32_t t = static_cast<std::int32_t>(w * 32 + __ffs(m) - 1);
+      std::int64_t p = token_offsets[t];
+      while (expert_out[p] != e) ++p;
+      out.sorted[j] = static_cast<std::int32_t>(p);
+      out.slot[p] = static_cast<std::int32_t>(j);
+      out.sorted_token[j] = t;
     }
-    int ahead = 0;
-    for (std::int64_t q = l; q < n_sorted && (added_sorted[q] >> 44) == static_cast<unsigned long long>(t); ++q)
-      ahead += (added_sorted[q] & low) < own ? 1 : 0;
-    place(t, token_offsets[t] + kept + ahead);
   }
 }
 
@@ -581,8 +551,7 @@ struct Scratch {
   unsigned long long* added_out;
   int* n_added;
   std::int32_t* added_per_token;
-  std::int32_t* add_tok;  // [E][tile - 1] each expert's added tokens (add_kernel)
-  unsigned* add_key;      // [E][tile - 1] and their keys
+  std::int32_t* add_tok;  // [E][tile - 1] each expert's added tokens (add_kernel), in no order
   int* add_n;             // [E] how many
   std::int64_t* tcount;
   void* cub;
@@ -614,7 +583,6 @@ Scratch carve(void* base, std::int64_t T, int K, int E, int tile, std::size_t* b
   s.added_per_token = c.take<std::int32_t>(T);
   const std::int64_t lists = std::max<std::int64_t>(std::int64_t(E) * (tile - 1), 1);
   s.add_tok = c.take<std::int32_t>(lists);
-  s.add_key = c.take<unsigned>(lists);
   s.add_n = c.take<int>(E);
   s.tcount = c.take<std::int64_t>(T + 1);
   s.cub_bytes = std::max(b2, b3);
@@ -673,7 +641,7 @@ bool round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, con
   if (n_cap > 0) {
     add_kernel<<<E, kSelThreads, cache, st>>>(topk.counts, target, ids, topk.offsets, topk.sorted_token, probs, T, K,
                                               E, cached, s.added, s.n_added, s.added_per_token, r_cap, s.add_tok,
-                                              s.add_key, s.add_n);
+                                              s.add_n);
     TILEMOE_CHECK_LAUNCH();
     TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortKeys(s.cub, s.cub_bytes, s.added, s.added_out, static_cast<int>(n_cap),
                                                       44, 44 + bits_for(T), st));
@@ -693,9 +661,8 @@ bool round_routing(const RoundingOptions& opt, std::int64_t T, int K, int E, con
   if (smem > 48 * 1024)
     TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(rounded_metadata_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             static_cast<int>(smem)));
-  rounded_metadata_kernel<<<E, kMetaThreads, smem, st>>>(topk, s.dropped, s.add_tok, s.add_key, s.add_n, r_cap,
-                                                        n_cap > 0 ? s.added_out : s.added, n_cap > 0 ? n_cap : 0,
-                                                        token_offsets, T, K, E, A_cap, target, *rounded);
+  rounded_metadata_kernel<<<E, kMetaThreads, smem, st>>>(topk, s.dropped, s.add_tok, s.add_n, r_cap, expert_out,
+                                                        token_offsets, T, E, A_cap, target, *rounded);
   TILEMOE_CHECK_LAUNCH();
   return true;
 }

@@ -100,7 +100,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int* tile_counter, bool a_tma, bool expert_raster) {
+                      int stages, int* tile_counter, bool a_tma, bool expert_raster, bool sched_warp) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -143,7 +143,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     for (int q = 0; q < 2; ++q) {
       ptx::mbarrier_init(&q_full[q], 1);
-      ptx::mbarrier_init(&q_empty[q], 8);
+      ptx::mbarrier_init(&q_empty[q], !gather && sched_warp ? 8 + 1 : 8);  // + the TMA thread, which reads it too
     }
     ptx::fence_barrier_init();
   }
@@ -163,100 +163,155 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (wg == 0) {
     // ---------------- producer ----------------
     ptx::setmaxnreg_dec<56>();
-    // All loads by TMA: one producer warp issues them (lane 0) and the others are done.
-    const int loaders = gather ? 128 : 32;
-    if (tid >= loaders) return;
-    const int lr = tid >> 3, lc = tid & 7;  // rows lr + 16 i, 16-byte chunk lc of each k tile
-    int s = 0;
-    std::uint32_t phase = 0;  // parity of the current pass over the stages
-    int q = 0;
-    std::uint32_t qphase = 0;
-    long long ticket = blockIdx.x;  // every block's first tile is its own; the rest static or claimed
-    for (;;) {
-      // The tile: static, every thread's ticket; dynamic, thread 0's, looked up by warp 0 and
-      // read back from the slot by the other producer warps. Static, each producer warp looks
-      // it up itself (no barrier between them).
+    const int pw = tid >> 5;  // producer warp
+    // Looks tile `ticket` up (a whole warp: the lookups are ballots), publishes it in slot q of
+    // the queue (lane 0) and moves the ticket on: static, by the grid; dynamic, lane 0 claims the
+    // tile after this one now, so the atomic's latency hides behind this tile's loads.
+    auto publish = [&](long long& ticket, int& q, std::uint32_t& qphase) {
       const long long t = dynamic ? __shfl_sync(0xffffffffu, ticket, 0) : ticket;
       TileSlot cur{t, 0, 0, 0, 0};
-      if ((!dynamic || tid < 32) && t < total) {
+      if (t < total) {
         TileCoord tc;
         const RowTile rt = tile_at<kBM>(g, t, nrow, ncol, group_rows, expert_raster, tc);
         cur = {t, rt.m0, rt.rows, rt.expert, tc.col};
       }
-      if (tid == 0) {
+      if ((tid & 31) == 0) {
         ptx::mbarrier_wait(&q_empty[q], qphase ^ 1);
         write_slot(tile_q[q], cur);
-        ptx::mbarrier_arrive(&q_full[q]);  // release: the consumers' wait sees the slot
-        // Dynamic: claim the tile after this one now; the atomic's latency hides behind this
-        // tile's loads.
+        ptx::mbarrier_arrive(&q_full[q]);  // release: the readers' wait sees the slot
         if (dynamic && ticket < total) ticket = gridDim.x + static_cast<long long>(atomicAdd(tile_counter, 1));
       }
-      if (!dynamic) {
-        ticket += gridDim.x;
-      } else {
-        ptx::named_barrier_sync(3, loaders);  // the other producer threads read the slot
-        cur = read_slot(tile_q[q]);  // thread 0 rewrites it two tiles on, after the next such barrier
-      }
+      if (!dynamic) ticket += gridDim.x;
       if (++q == 2) q = 0, qphase ^= 1;
-      if (cur.t >= total) break;
-      const RowTile rt{cur.expert, cur.m0, cur.rows};
-      const int e = rt.expert;
-      std::int32_t arow[8];
-      if (gather) {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const int r = lr + 16 * i;
-          const std::int64_t p = rt.m0 + r;
-          arow[i] = r >= rt.rows ? -1 : g.gather ? g.gather[p] : static_cast<std::int32_t>(p - g.offsets[e]);
-        }
-      }
-      const int j0 = kUp ? cur.col * (kBN / 2) : cur.col * kBN;
-      for (int kt = 0; kt < ktiles; ++kt) {
-        ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
-        const int k0 = kt * kBK;
-        if (tid == 0) {
-          if constexpr (kUp) {
-            ptx::mbarrier_arrive_expect_tx(&full[s], a_tma ? kTileBytesA + kTileBytesB : kTileBytesB);
-            if (a_tma)  // staged rows: sorted position p; a dense pass: x row p - offsets[e]
-              ptx::tma_load_2d(smem + stage_a(s), &map_a, k0,
-                               static_cast<int>(g.a_local ? rt.m0 - g.offsets[e] : rt.m0), &full[s]);
-            const int brow = static_cast<int>(e * 2 * g.N) + j0;
-            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow, &full[s]);
-            ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &map_b, k0, brow + static_cast<int>(g.N), &full[s]);
-          } else {
-            ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesB);
-            ptx::tma_load_2d(smem + stage_a(s), &map_a, k0, static_cast<int>(rt.m0), &full[s]);
-            ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, static_cast<int>(e * g.N) + j0, &full[s]);
-          }
-        }
-        if (gather) {
-          const std::int64_t kc = std::int64_t(k0) + lc * 8;
-          const bool kin = kc < g.K;
-          // Rows past the tile's count are not loaded (their outputs are never stored); the k
-          // tail of real rows is zero-filled.
-#pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            if (arow[i] < 0) continue;
-            const std::uint32_t dst = sbase + stage_a(s) + (lr + 16 * i) * 128 + ((lc ^ ((lr + 16 * i) & 7)) << 4);
-            ptx::cp_async_cg_16(dst, kin ? g.A + std::int64_t(arow[i]) * g.lda + kc : g.A, kin ? 16 : 0);
-          }
-          ptx::cp_async_commit_group();
-          // The hardware arrives for this thread once these copies have landed.
-          ptx::cp_async_mbarrier_arrive_noinc(&full[s]);
-        }
-        if (++s == stages) s = 0, phase ^= 1;
-      }
-    }
-    if (dynamic && tid == 0) {
-      // Every block claims exactly one tile past the end; the last block to finish claiming
-      // resets the counters for the next launch on the stream.
+      return cur;
+    };
+    // Every block claims exactly one tile past the end (dynamic); the last block to finish
+    // claiming resets the counters for the next launch on the stream.
+    auto reset_counters = [&] {
       __threadfence();
       if (atomicAdd(tile_counter + 1, 1) == static_cast<int>(gridDim.x) - 1) {
         tile_counter[0] = 0;
         tile_counter[1] = 0;
       }
+    };
+    // Issues the TMA loads of k tile kt of tile rt, column j0, into stage s (thread 0).
+    auto tma_loads = [&](const RowTile& rt, int j0, int kt, int s) {
+      const int k0 = kt * kBK;
+      const int e = rt.expert;
+      if constexpr (kUp) {
+        ptx::mbarrier_arrive_expect_tx(&full[s], a_tma ? kTileBytesA + kTileBytesB : kTileBytesB);
+        if (a_tma)  // staged rows: sorted position p; a dense pass: x row p - offsets[e]
+          ptx::tma_load_2d(smem + stage_a(s), &map_a, k0,
+                           static_cast<int>(g.a_local ? rt.m0 - g.offsets[e] : rt.m0), &full[s]);
+        const int brow = static_cast<int>(e * 2 * g.N) + j0;
+        ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow, &full[s]);
+        ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &map_b, k0, brow + static_cast<int>(g.N), &full[s]);
+      } else {
+        ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesB);
+        ptx::tma_load_2d(smem + stage_a(s), &map_a, k0, static_cast<int>(rt.m0), &full[s]);
+        ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, static_cast<int>(e * g.N) + j0, &full[s]);
+      }
+    };
+    int s = 0;
+    std::uint32_t phase = 0;  // parity of the current pass over the stages
+    int q = 0;
+    std::uint32_t qphase = 0;
+    long long ticket = blockIdx.x;  // every block's first tile is its own; the rest static or claimed
+    if (!gather) {
+      // All loads by TMA. Warp 1 schedules: it looks the tiles up and queues them, up to two
+      // ahead, so that lookups (device-memory reads) never hold up the loads; warp 0's lane 0
+      // takes the tiles from the queue like the consumers and issues the loads; the rest exit.
+      // (sched_warp false, TILEMOE_WS_SCHEDULER=inline: warp 0 looks each tile up itself
+      // between its loads, as before; an A/B switch.)
+      if (pw == 1 && sched_warp) {
+        for (;;)
+          if (publish(ticket, q, qphase).t >= total) break;
+        if (dynamic && tid == 32) reset_counters();
+        return;
+      }
+      if (pw != 0) return;
+      for (;;) {
+        TileSlot cur;
+        if (sched_warp) {
+          if (tid != 0) return;
+          ptx::mbarrier_wait(&q_full[q], qphase);
+          cur = read_slot(tile_q[q]);
+          ptx::mbarrier_arrive(&q_empty[q]);
+          if (++q == 2) q = 0, qphase ^= 1;
+        } else {
+          cur = publish(ticket, q, qphase);
+        }
+        if (cur.t >= total) break;
+        if (tid != 0) continue;
+        const RowTile rt{cur.expert, cur.m0, cur.rows};
+        const int j0 = kUp ? cur.col * (kBN / 2) : cur.col * kBN;
+        for (int kt = 0; kt < ktiles; ++kt) {
+          ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
+          tma_loads(rt, j0, kt, s);
+          if (++s == stages) s = 0, phase ^= 1;
+        }
+      }
+      if (!sched_warp && dynamic && tid == 0) reset_counters();
+      return;
     }
-    if (gather) ptx::cp_async_wait_group<0>();  // nothing in flight when the block exits
+    // Gathered rows: the 128 producer threads copy the x rows with cp.async; thread 0 also issues
+    // the weights' TMA loads. The tile: static, every warp looks it up itself (no barrier between
+    // them; warp 0 publishes it for the consumers); dynamic, warp 0 looks it up and publishes it,
+    // the other warps read the slot back.
+    const int lr = tid >> 3, lc = tid & 7;  // rows lr + 16 i, 16-byte chunk lc of each k tile
+    for (;;) {
+      TileSlot cur;
+      if (pw == 0) {
+        cur = publish(ticket, q, qphase);
+      } else {
+        long long t = ticket;
+        cur = {t, 0, 0, 0, 0};
+        if (!dynamic) {
+          if (t < total) {
+            TileCoord tc;
+            const RowTile rt = tile_at<kBM>(g, t, nrow, ncol, group_rows, expert_raster, tc);
+            cur = {t, rt.m0, rt.rows, rt.expert, tc.col};
+          }
+          ticket += gridDim.x;
+        }
+        if (++q == 2) q = 0, qphase ^= 1;
+      }
+      if (dynamic) {
+        ptx::named_barrier_sync(3, 128);  // the other producer threads read the slot
+        // thread 0 rewrites it two tiles on, after the next such barrier
+        cur = read_slot(tile_q[q ^ 1]);
+      }
+      if (cur.t >= total) break;
+      const RowTile rt{cur.expert, cur.m0, cur.rows};
+      std::int32_t arow[8];
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const int r = lr + 16 * i;
+        const std::int64_t p = rt.m0 + r;
+        arow[i] = r >= rt.rows ? -1 : g.gather ? g.gather[p] : static_cast<std::int32_t>(p - g.offsets[rt.expert]);
+      }
+      const int j0 = kUp ? cur.col * (kBN / 2) : cur.col * kBN;
+      for (int kt = 0; kt < ktiles; ++kt) {
+        ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
+        if (tid == 0) tma_loads(rt, j0, kt, s);
+        const std::int64_t kc = std::int64_t(kt) * kBK + lc * 8;
+        const bool kin = kc < g.K;
+        // Rows past the tile's count are not loaded (their outputs are never stored); the k
+        // tail of real rows is zero-filled.
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          if (arow[i] < 0) continue;
+          const std::uint32_t dst = sbase + stage_a(s) + (lr + 16 * i) * 128 + ((lc ^ ((lr + 16 * i) & 7)) << 4);
+          ptx::cp_async_cg_16(dst, kin ? g.A + std::int64_t(arow[i]) * g.lda + kc : g.A, kin ? 16 : 0);
+        }
+        ptx::cp_async_commit_group();
+        // The hardware arrives for this thread once these copies have landed.
+        ptx::cp_async_mbarrier_arrive_noinc(&full[s]);
+        if (++s == stages) s = 0, phase ^= 1;
+      }
+    }
+    if (dynamic && tid == 0) reset_counters();
+    ptx::cp_async_wait_group<0>();  // nothing in flight when the block exits
   } else {
     // ---------------- consumers ----------------
     ptx::setmaxnreg_inc<224>();
@@ -402,7 +457,7 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
   int* counter = ws_dynamic_tiles(max_tiles, g.E) ? tile_counters() : nullptr;
   kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages,
-                                                               counter, a_tma, expert_raster());
+                                                               counter, a_tma, expert_raster(), ws_scheduler_warp());
   TILEMOE_CHECK_LAUNCH();
 }
 

@@ -10,6 +10,11 @@ __device__ __forceinline__ void cp_async_cg_16(std::uint32_t dst, const void* sr
                : "memory");
 }
 
+// Copies 16 bytes from src to dst.
+__device__ __forceinline__ void cp_async_cg_16(std::uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit_group() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 template <int N>

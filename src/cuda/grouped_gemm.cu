@@ -227,10 +227,7 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
     }
     if (refusal.empty()) {
       const KernelOverride ov = grouped_kernel_override();
-      const bool up_ws = ov == KernelOverride::ws      ? true
-                         : ov == KernelOverride::wgmma ? false
-                                                       : fused_up_on_ws(path.stages, max_tiles, g.E);
-      if (!kUp || up_ws) {
+      if (!kUp || ov != KernelOverride::wgmma) {
         launch_grouped_ws(g, kUp, max_tiles, a_rows, path.stages);
         return {};
       }

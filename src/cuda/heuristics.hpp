@@ -85,33 +85,36 @@ inline int ws_stages() {
 }
 
 // How the warp-specialized kernels hand out their output tiles: statically (block b takes tiles
-// b, b + grid, ...) or dynamically (after its first tile, a block's producer claims the next from
-// a device counter, one tile ahead, and passes it to the consumers through a two-slot queue in
-// shared memory). Dynamic at about one row tile per expert or less (max_tiles <= 2 E, decode
-// sizes), where every tile streams ~1 MB of weights and a static share leaves some SMs idle at
-// the end (H100 run 49, Qwen3-30B-A3B T 64 up-projection: SMs active 87.9% of its cycles).
-// On large layers a claim per tile was slower (docs/gpu.md run 19). TILEMOE_WS_SCHED=static|dynamic
-// overrides it (tests, A/B timing).
-inline bool ws_dynamic_tiles(std::int64_t max_tiles, int E) {
+// b, b + grid, ...) or dynamically (after its first tile, a block's scheduler claims the next from
+// a device counter and queues it for the loads and the consumers, grouped_ws.cu). Dynamic where
+// every load is by TMA (down-projections, staged rows, dense passes): a warp of its own claims
+// and looks the tiles up, so the claim costs the loads nothing, and blocks that drew tiles of
+// few rows take more. H200 run 84 (commit 69baf3f, two A/B rounds, stage ms, dynamic vs static):
+// down-projection OLMoE-1B-7B T 16384 0.781 / 0.778 vs 0.844 / 0.829, gpt-oss-120b 1.131 / 1.118
+// vs 1.316 / 1.237, staged up-projection OLMoE 1.853 / 1.849 vs 2.034 / 2.013, gpt-oss 2.406 /
+// 2.357 vs 2.595 / 2.444; sonic-7b, Qwen3-30B-A3B, d 4096 and Mixtral within their spread. Where
+// the producer gathers x rows itself (its lookups between its copies), static, except at about
+// one row tile per expert or less (max_tiles <= 2 E, decode sizes, where every tile streams ~1 MB
+// of weights and a static share left SMs idle at the end: H100 run 49), and the dynamic gather
+// was no faster in run 84 (Qwen3-30B-A3B up-projection 1.467 / 1.502 vs 1.425 / 1.422 static).
+// TILEMOE_WS_SCHED=static|dynamic overrides it (tests, A/B timing).
+inline bool ws_dynamic_tiles(std::int64_t max_tiles, int E, bool all_tma) {
   if (env_is("TILEMOE_WS_SCHED", "static")) return false;
   if (env_is("TILEMOE_WS_SCHED", "dynamic")) return true;
-  return max_tiles <= 2 * std::int64_t(E);
+  return all_tma || max_tiles <= 2 * std::int64_t(E);
 }
 
-// The fused path's gated up-projection: on large layers it keeps the wgmma kernel, whose 256
-// threads all gather with cp.async (grouped_wgmma.cu); the warp-specialized kernel's 128
-// gathering producer threads ran behind it there (H100 run 39, up-projection ms, wgmma vs ws:
-// Qwen3-30B-A3B T 16384 1.570 vs 1.756, Mixtral T 4096 3.79 vs 4.33, sonic-7b even). With about
-// one row tile per expert or less (max_tiles <= 2 E: T K / E up to ~128 rows), where the kernel
-// streams weights, the warp-specialized kernel's TMA weight loads win (H100 runs 41, 43, the
-// up-projection's stage ms, wgmma vs ws: Qwen3 T 256 0.356 vs 0.311, OLMoE T 64 0.235 vs 0.210,
-// DeepSeek-V3 T 64 4.53 vs 4.19; graph-replayed layer: OLMoE T 64 0.364 vs 0.341 ms). A pipeline
-// depth asked for (stages > 0) also takes it. grouped_kernel_override() ws|wgmma forces either.
-// The down-projection, all TMA, is faster warp-specialized everywhere (sonic-7b 383 vs 214
-// TFLOP/s, Mixtral 682 vs 598).
-inline bool fused_up_on_ws(int stages, std::int64_t max_tiles, int E) {
-  return stages > 0 || max_tiles <= 2 * std::int64_t(E);
-}
+// The fused path's gated up-projection over gathered rows runs on the warp-specialized kernel
+// (its 128 producer threads gather x with cp.async, the weights come by TMA, the epilogue of one
+// tile overlaps the next tile's loads). Until commit 69baf3f the all-thread wgmma kernel
+// (grouped_wgmma.cu) stayed ahead on large layers (H100 run 39: Qwen3-30B-A3B T 16384 1.570 vs
+// 1.756 ms): Nsight Compute then showed the producer issuing ~28 instructions per 16-byte copy
+// and the consumers waiting on its stages (H200 run 83); with the copies down to an address
+// multiply-add each, H200 run 84, up-projection ms, two rounds, ws vs wgmma: sonic-7b 0.537 /
+// 0.540 vs 0.572 / 0.571, Qwen3-30B-A3B 1.425 / 1.422 vs 1.558 / 1.522, d 4096 n 512 3.656 /
+// 3.550 vs 3.635 / 3.705. The wgmma kernel remains the `grouped` algorithm's.
+// grouped_kernel_override() ws|wgmma forces either. The down-projection, all TMA, is faster
+// warp-specialized everywhere (sonic-7b 383 vs 214 TFLOP/s, Mixtral 682 vs 598).
 
 // Whether the fused up-projection copies the routed rows of x once, in sorted order, into room
 // it is given (the down-projection's output y, not yet written; gather_rows.cu) and then loads

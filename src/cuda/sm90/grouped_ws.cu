@@ -478,7 +478,7 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   stages = std::clamp(stages <= 0 ? ws_stages() : stages, 1, Shape::kStages);
   auto kernel = grouped_ws_kernel<kUp, kAct>;
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
-  int* counter = ws_dynamic_tiles(max_tiles, g.E) ? tile_counters() : nullptr;
+  int* counter = ws_dynamic_tiles(max_tiles, g.E, a_tma) ? tile_counters() : nullptr;
   kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages,
                                                                counter, a_tma, expert_raster(), ws_scheduler_warp());
   TILEMOE_CHECK_LAUNCH();

@@ -118,21 +118,21 @@ inline bool ws_dynamic_tiles(std::int64_t max_tiles, int E, bool all_tma) {
 
 // Whether the fused up-projection copies the routed rows of x once, in sorted order, into room
 // it is given (the down-projection's output y, not yet written; gather_rows.cu) and then loads
-// them by TMA like its weights, on the warp-specialized kernel, instead of gathering them with
-// cp.async inside a kernel. The copy moves 4 d bytes per routed row (read + write) against the
-// GEMM's 4 d n flops, so it pays where n is large; at decode sizes (about one row tile per
-// expert or less) the copy is a few MB and the kernel streams weights sooner without the
-// gather. Measured on an H200 (run 61, docs/hopper.md; up-projection stage ms, in-kernel gather
-// vs staged, the copy included): staged wins on OLMoE T 16384 (n 1024, d 2048: 2.125 vs 1.936),
-// gpt-oss-120b (n 2880: 2.642 vs 2.568), Mixtral (n 14336: 3.741 vs 3.323), Qwen3-30B-A3B T 256
-// (0.260 vs 0.222) and OLMoE T 64 (0.174 vs 0.155); loses on sonic-7b (n 256: 0.608 vs 0.814),
-// Qwen3 T 16384 (n 768: 1.521 vs 1.601), d 4096 with n 512 (4.105 vs 4.572) and n 1024 (8.096
-// vs 8.334): the rule below is drawn from those seven layers.
+// them by TMA like its weights, instead of its producer gathering them with cp.async. The copy
+// moves 4 d bytes per routed row (read + write) against the GEMM's 4 d n flops, so it pays where
+// n is large; at decode sizes (about one row tile per expert or less) the copy is a few MB and
+// the kernel streams weights sooner without the gather. H200 run 85 (commit d938b9b, the lean
+// gathering producer; up-projection stage ms, two rounds, in-kernel gather vs staged, the copy
+// included): staged wins on gpt-oss-120b (n 2880: 2.511 / 2.553 vs 2.251 / 2.254), Mixtral
+// (n 14336: 3.257 / 3.510 vs 3.082 / 3.210), Qwen3-30B-A3B T 256 (0.262 vs 0.216) and OLMoE T 64
+// (0.175 / 0.177 vs 0.152); the gather wins on OLMoE T 16384 (n 1024: 1.716 / 1.718 vs 1.911 /
+// 1.855; staged until then, run 61), sonic-7b (0.537 vs 0.794), Qwen3 T 16384 (1.370 / 1.374 vs
+// 1.522 / 1.518) and d 4096 n 1024 (7.460 / 7.379 vs 7.734 / 7.742).
 // TILEMOE_UP_GATHER=kernel|staged overrides it (tests, A/B timing).
 inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, int E) {
   if (env_is("TILEMOE_UP_GATHER", "kernel")) return false;
   if (env_is("TILEMOE_UP_GATHER", "staged")) return true;
-  return max_tiles <= 2 * std::int64_t(E) || (n >= 1024 && d <= 2 * n);
+  return max_tiles <= 2 * std::int64_t(E) || (n >= 2048 && d <= 2 * n);
 }
 
 // Tokens up to which bf16 router logits come from one CUDA-core kernel (a block per 8 tokens and

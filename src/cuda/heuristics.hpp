@@ -67,13 +67,6 @@ constexpr int kRasterRows = 16;
 // (Groups of 8 and 32 row tiles measured no different from 16: H200 run 63.)
 inline bool expert_raster() { return !env_is("TILEMOE_RASTER", "fixed"); }
 
-// Where the warp-specialized kernel loads everything by TMA (down-projections, staged rows,
-// dense passes), a producer warp of its own looks the tiles up and queues them ahead of the
-// loads, instead of the loading warp between its loads (a lookup reads device memory, and the
-// loads waited for it at every tile). TILEMOE_WS_SCHEDULER=inline keeps the lookups in the
-// loading warp (A/B timing, tests).
-inline bool ws_scheduler_warp() { return !env_is("TILEMOE_WS_SCHEDULER", "inline"); }
-
 // Pipeline stages of the fused kernels (sm90/grouped_ws.cu): as many as shared memory holds
 // next to the staged output (48 KiB each, 4). The down-projection had 3 while it staged all 256
 // output columns at once; the fourth took sonic-7b's down-projection from 0.349 to 0.316 ms and

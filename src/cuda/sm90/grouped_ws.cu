@@ -6,18 +6,20 @@
 //   consumers (224).
 // - Persistent: one block per SM walks output tiles in the raster order of expert_raster_tile
 //   (grouped_gemm.cuh; raster_tile's with TILEMOE_RASTER=fixed), so the producer loads the next
-//   tile while the consumers finish the last one. Large layers: statically, t = blockIdx.x,
-//   + gridDim.x, ... (claiming tiles from an atomic counter was slower there, docs/gpu.md
-//   run 19). Decode sizes (heuristics.hpp ws_dynamic_tiles): after its first tile a block's
-//   producer claims the next one from a device counter, a tile ahead, and hands it to the
-//   consumers through a two-slot queue in shared memory; blocks that drew slower tiles take
-//   fewer (H200 run 51, Qwen3-30B-A3B T 64 up-projection 0.321 -> 0.248-0.279 ms).
-//   Either way the producer looks each tile up (expert, first row, rows: device-memory reads)
-//   and hands it to the consumers through that queue, ahead of its loads, so that they start a
-//   tile without waiting for those reads: down-projection 0.307 -> 0.278 ms on sonic-7b, 1.98 ->
-//   1.78 on d 4096 / n 512, 0.680 -> 0.654 on Qwen3-30B-A3B, 0.818 -> 0.790 on OLMoE (the K loop
-//   is short there, so the lookup was a large part of a tile); up-projections within their spread
-//   (H200 run 72, two A/B rounds each, docs/hopper.md).
+//   tile while the consumers finish the last one. Tiles are handed out statically (t =
+//   blockIdx.x, + gridDim.x, ...) or dynamically (heuristics.hpp ws_dynamic_tiles: wherever every
+//   load is by TMA, and at decode sizes): after its first tile a block claims the next one from a
+//   device counter, a tile ahead; blocks that drew slower tiles take fewer (H200 run 51, Qwen3-30B-A3B
+//   T 64 up-projection 0.321 -> 0.248-0.279 ms; run 84, OLMoE and gpt-oss-120b down-projections
+//   6-12% faster).
+//   Either way the producer side looks each tile up (expert, first row, rows: device-memory
+//   reads) and hands it to the consumers through a two-slot queue in shared memory, ahead of its
+//   loads, so that they start a tile without waiting for those reads: down-projection 0.307 ->
+//   0.278 ms on sonic-7b, 1.98 -> 1.78 on d 4096 / n 512, 0.680 -> 0.654 on Qwen3-30B-A3B, 0.818
+//   -> 0.790 on OLMoE (the K loop is short there, so the lookup was a large part of a tile);
+//   up-projections within their spread (H200 run 72, two A/B rounds each, docs/hopper.md). Where
+//   every load is by TMA a producer warp of its own does the lookups and claims (the scheduler),
+//   and the loading thread reads the queue like the consumers.
 // - Producer: one thread issues TMA loads of the weight tile (the gated up-projection: 128 gate
 //   rows and the 128 up rows of the same outputs; the down-projection: 256 rows), and of the
 //   activation tile in the down-projection, into 128-byte-swizzled stages that complete on a
@@ -25,9 +27,11 @@
 //   staged in sorted order by gather_rows.cu where heuristics.hpp up_stages_x says so, or a dense
 //   pass over x) takes its x rows by TMA too, from one producer warp; the other three exit.
 //   Otherwise the 128 producer threads gather the routed x rows with cp.async (Hopper's TMA has
-//   no gather), so the gathered copy of x never exists in global memory. Each thread ends its
-//   copies of a stage with
-//   cp.async.mbarrier.arrive.noinc: the hardware arrives on the stage's "full" barrier once they
+//   no gather), so the gathered copy of x never exists in global memory. Per tile a thread keeps
+//   its 8 rows' indices; per k tile a copy is one address multiply-add and the cp.async (the
+//   per-copy arithmetic had kept the consumers waiting: Nsight Compute, H200 run 83; since then
+//   this kernel, not grouped_wgmma.cu, takes the gathered up-projection). Each thread ends its
+//   copies of a stage with cp.async.mbarrier.arrive.noinc: the hardware arrives on the stage's "full" barrier once they
 //   have landed, and the thread goes on to the next stage without waiting (the barrier counts
 //   1 + 128 arrivals). The consumers, after their wait, fence the copies for the async proxy
 //   (cp.async writes -> wgmma reads). Against the earlier producer that waited for its own copies
@@ -100,7 +104,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int* tile_counter, bool a_tma, bool expert_raster, bool sched_warp) {
+                      int stages, int* tile_counter, bool a_tma, bool expert_raster) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -143,7 +147,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     for (int q = 0; q < 2; ++q) {
       ptx::mbarrier_init(&q_full[q], 1);
-      ptx::mbarrier_init(&q_empty[q], !gather && sched_warp ? 8 + 1 : 8);  // + the TMA thread, which reads it too
+      ptx::mbarrier_init(&q_empty[q], gather ? 8 : 8 + 1);  // + the TMA thread, which reads it too
     }
     ptx::fence_barrier_init();
   }
@@ -218,31 +222,25 @@ __global__ void __launch_bounds__(kThreads, 1)
     std::uint32_t qphase = 0;
     long long ticket = blockIdx.x;  // every block's first tile is its own; the rest static or claimed
     if (!gather) {
-      // All loads by TMA. Warp 1 schedules: it looks the tiles up and queues them, up to two
-      // ahead, so that lookups (device-memory reads) never hold up the loads; warp 0's lane 0
-      // takes the tiles from the queue like the consumers and issues the loads; the rest exit.
-      // (sched_warp false, TILEMOE_WS_SCHEDULER=inline: warp 0 looks each tile up itself
-      // between its loads, as before; an A/B switch.)
-      if (pw == 1 && sched_warp) {
+      // All loads by TMA. Warp 1 schedules: it looks the tiles up (and, dynamic, claims them) and
+      // queues them, up to two ahead, so that lookups and claims (device-memory round trips)
+      // never hold up the loads; warp 0's lane 0 takes the tiles from the queue like the
+      // consumers and issues the loads; the rest exit. (With the lookups in the loading warp, as
+      // until commit 572c00b, the static schedule measured the same, H200 run 81; the dynamic
+      // one, which pays a claim per tile, is the default here since: heuristics.hpp.)
+      if (pw == 1) {
         for (;;)
           if (publish(ticket, q, qphase).t >= total) break;
         if (dynamic && tid == 32) reset_counters();
         return;
       }
-      if (pw != 0) return;
+      if (tid != 0) return;
       for (;;) {
-        TileSlot cur;
-        if (sched_warp) {
-          if (tid != 0) return;
-          ptx::mbarrier_wait(&q_full[q], qphase);
-          cur = read_slot(tile_q[q]);
-          ptx::mbarrier_arrive(&q_empty[q]);
-          if (++q == 2) q = 0, qphase ^= 1;
-        } else {
-          cur = publish(ticket, q, qphase);
-        }
+        ptx::mbarrier_wait(&q_full[q], qphase);
+        const TileSlot cur = read_slot(tile_q[q]);
+        ptx::mbarrier_arrive(&q_empty[q]);
+        if (++q == 2) q = 0, qphase ^= 1;
         if (cur.t >= total) break;
-        if (tid != 0) continue;
         const RowTile rt{cur.expert, cur.m0, cur.rows};
         const int j0 = kUp ? cur.col * (kBN / 2) : cur.col * kBN;
         for (int kt = 0; kt < ktiles; ++kt) {
@@ -251,7 +249,6 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (++s == stages) s = 0, phase ^= 1;
         }
       }
-      if (!sched_warp && dynamic && tid == 0) reset_counters();
       return;
     }
     // Gathered rows: the 128 producer threads copy the x rows with cp.async; thread 0 also issues
@@ -480,7 +477,7 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
   int* counter = ws_dynamic_tiles(max_tiles, g.E, a_tma) ? tile_counters() : nullptr;
   kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages,
-                                                               counter, a_tma, expert_raster(), ws_scheduler_warp());
+                                                               counter, a_tma, expert_raster());
   TILEMOE_CHECK_LAUNCH();
 }
 

@@ -81,8 +81,8 @@ inline int ws_stages() {
 // b, b + grid, ...) or dynamically (after its first tile, a block's scheduler claims the next from
 // a device counter and queues it for the loads and the consumers, grouped_ws.cu). Dynamic where
 // every load is by TMA (down-projections, staged rows, dense passes): a warp of its own claims
-// and looks the tiles up, so the claim costs the loads nothing, and blocks that drew tiles of
-// few rows take more. H200 run 84 (commit 69baf3f, two A/B rounds, stage ms, dynamic vs static):
+// and looks the tiles up, off the loading thread, and blocks that drew tiles of few rows take
+// more. H200 run 84 (commit 69baf3f, two A/B rounds, stage ms, dynamic vs static):
 // down-projection OLMoE-1B-7B T 16384 0.781 / 0.778 vs 0.844 / 0.829, gpt-oss-120b 1.131 / 1.118
 // vs 1.316 / 1.237, staged up-projection OLMoE 1.853 / 1.849 vs 2.034 / 2.013, gpt-oss 2.406 /
 // 2.357 vs 2.595 / 2.444; sonic-7b, Qwen3-30B-A3B, d 4096 and Mixtral within their spread. Where

@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Each thread's copies per stage: chunk lc of rows lr + 32 i, which land at soff + 4096 i (the
   // 128-byte swizzle: (lr + 32 i) % 8 is lr % 8). The source pointers already point at chunk lc,
   // and k tiles wholly inside K copy without the range check (the per-copy k-range select and
-  // pointer arithmetic were most of the loads' instructions; Nsight Compute, H200 run 83).
+  // pointer arithmetic were most of the loads' instructions; Nsight Compute, H200 runs 82-83).
 #pragma unroll
   for (int i = 0; i < kAPasses; ++i) a_src[i] += lc * 8;
 #pragma unroll

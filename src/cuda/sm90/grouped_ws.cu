@@ -285,13 +285,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       if (cur.t >= total) break;
       const RowTile rt{cur.expert, cur.m0, cur.rows};
-      // The thread's 8 source rows, once per tile: pointers at its 16-byte chunk of k tile 0, and
-      // a bit per row inside the tile's count (rows past it are not loaded: their outputs are
-      // never stored). Per k tile a copy is then a pointer step and the cp.async (the per-copy
-      // row, k-range and address arithmetic had the producer issuing ~28 instructions a copy,
-      // and the consumers waited on its stages; Nsight Compute, H200 run 83).
-      // (Row indices, 32-bit, keep the producer within its 56 registers; a copy's address is one
-      // wide multiply-add from them.)
+      // The thread's 8 source rows, once per tile: their indices in A (32-bit, which keeps the
+      // producer within its 56 registers) and a bit per row inside the tile's count (rows past it
+      // are not loaded: their outputs are never stored). Per k tile a copy is then one wide
+      // multiply-add for its address and the cp.async (the per-copy row, k-range and address
+      // arithmetic had the producer issuing ~28 instructions a copy, and the consumers waited on
+      // its stages; Nsight Compute, H200 run 83).
       std::uint32_t src[8];
       unsigned live = 0;
 #pragma unroll

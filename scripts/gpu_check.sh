@@ -299,8 +299,15 @@ def num(x):
     except ValueError: return 0.0
 total = sum(num(r[col]) for r in body) or 1.0
 print(f"  top SASS lines by stall samples (of {int(total)}):")
-for r in sorted(body, key=lambda r: -num(r[col]))[:30]:
+order = sorted(range(len(body)), key=lambda i: -num(body[i][col]))
+for i in order[:30]:
+    r = body[i]
     print(f"    {100 * num(r[col]) / total:5.1f}%  {r[src][:110]}")
+    # A spin loop's branch: the wait it belongs to (the barrier's address shows which one).
+    if "BRA" in r[src] and num(r[col]) / total >= 0.02:
+        for j in range(max(0, i - 12), i):
+            if "SYNCS" in body[j][src] or "BAR" in body[j][src]:
+                print(f"             after: {body[j][src][:100]}")
 PY
   fi
 fi

@@ -25,17 +25,15 @@ void top_indices(const Real* v, int n, int k, std::vector<int>& idx) {
 // v[0] + ... + v[n - 1] in the order 32 GPU lanes add them (src/cuda/router.cu), so that the
 // GPU's softmax agrees with this one to the bit: lane l adds v[l], v[l + 32], ... in turn, then
 // the 32 partial sums are added pairwise, p[l] + p[l ^ o] for o = 16, 8, 4, 2, 1 (a butterfly of
-// shuffles there, after which every lane holds p[0]).
+// shuffles there, after which every lane holds the sum). Lane 0's result needs only the lanes
+// below o at each step, where l ^ o = l + o: those are the sums kept here.
 template <class Real>
 Real lane_order_sum(const Real* v, int n) {
   Real p[32] = {};
   for (int l = 0; l < 32; ++l)
     for (int i = l; i < n; i += 32) p[l] += v[i];
-  for (int o = 16; o > 0; o >>= 1) {
-    Real q[32];
-    for (int l = 0; l < 32; ++l) q[l] = p[l] + p[l ^ o];
-    std::copy(q, q + 32, p);
-  }
+  for (int o = 16; o > 0; o >>= 1)
+    for (int l = 0; l < o; ++l) p[l] = p[l] + p[l + o];
   return p[0];
 }
 

@@ -315,13 +315,14 @@ __global__ void __launch_bounds__(kThreads, 1)
           for (int i = 0; i < 8; ++i)
             if ((live >> i) & 1u) ptx::cp_async_cg_16(dst + 2048 * i, a16 + std::uint64_t(src[i]) * lda16);
         } else {
-          // The k tail: chunks past K are zero-filled (K is a multiple of 8: whole chunks).
+          // The k tail: chunks past K are zero-filled (K is a multiple of 8: whole chunks), their
+          // address the row's first chunk (no bytes are read from it; a second base pointer for
+          // them cost the producer a register spill).
           const bool kin = kt * kBK + lc * 8 < g.K;
+          const uint4* a_row0 = reinterpret_cast<const uint4*>(g.A) + (kin ? lc + kt * (kBK / 8) : 0);
 #pragma unroll
           for (int i = 0; i < 8; ++i)
-            if ((live >> i) & 1u)
-              ptx::cp_async_cg_16(dst + 2048 * i, kin ? a16 + std::uint64_t(src[i]) * lda16 : reinterpret_cast<const uint4*>(g.A),
-                                kin ? 16 : 0);
+            if ((live >> i) & 1u) ptx::cp_async_cg_16(dst + 2048 * i, a_row0 + std::uint64_t(src[i]) * lda16, kin ? 16 : 0);
         }
         ptx::cp_async_commit_group();
         // The hardware arrives for this thread once these copies have landed.

@@ -37,17 +37,24 @@ __device__ __forceinline__ bool better(float v, int i, float bv, int bi) {
   return v > bv || (v == bv && i < bi);
 }
 
-// The best (value, index) over the warp's lanes by better(); every lane gets its index.
+// A float as an unsigned key in the same order, equal values equal keys (-0 taken as +0). Not
+// for NaN (better() never picks one).
+__device__ __forceinline__ unsigned order_key(float v) {
+  const unsigned u = __float_as_uint(v == 0.0f ? 0.0f : v);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// The best (value, index) over the warp's lanes by better(); every lane gets its index. Two warp
+// reductions (redux.sync): the largest key, then the lowest index among the lanes that hold it.
+// A lane without a candidate (bi = INT_MAX) holds key 0, below every value's (-inf's is
+// 0x007fffff); with none anywhere the result is INT_MAX, as before. Until then five butterfly
+// rounds of two shuffles and a comparison each: the top-k kernels' K rounds of it were most of
+// their instructions (Nsight Compute, H200 run 91: topk_reg_kernel issue-bound, 62.5 us on
+// sonic-7b T 24576 at 1.35 GHz).
 __device__ __forceinline__ int warp_best(float bv, int bi) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-    const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-    if (better(ov, oi, bv, bi)) {
-      bv = ov;
-      bi = oi;
-    }
-  }
-  return bi;
+  const unsigned key = bi == INT_MAX ? 0u : order_key(bv);
+  const unsigned top = __reduce_max_sync(0xffffffffu, key);
+  return static_cast<int>(__reduce_min_sync(0xffffffffu, key == top ? static_cast<unsigned>(bi) : 0xffffffffu));
 }
 
 // Arg-max over v[0..n) of the entries with ok(i); every lane gets the winner.
@@ -348,16 +355,16 @@ __global__ void __launch_bounds__(256) topk_reg_kernel(TopkParams p, const float
       }
       bi = warp_best(bv, bi);
       const int owner = bi & 31, jj = bi >> 5;
-      float sv = 0.0f, cv = 0.0f;
+      // The chosen expert's score (top-k then softmax) or exponential, from its lane.
+      float v = 0.0f;
 #pragma unroll
       for (int j = 0; j < J; ++j)
-        if (j == jj) sv = s[j], cv = c[j];
+        if (j == jj) v = p.kind == RouterKind::topk_softmax ? s[j] : c[j];
       if (lane == owner) taken |= 1u << jj;
-      sv = __shfl_sync(0xffffffffu, sv, owner);
-      cv = __shfl_sync(0xffffffffu, cv, owner);
+      v = __shfl_sync(0xffffffffu, v, owner);
       if (lane == k) {
         ik = bi;
-        wk = p.kind == RouterKind::topk_softmax ? sv : cv / sum;
+        wk = p.kind == RouterKind::topk_softmax ? v : v / sum;
       }
     }
     store_choices(p, t, ik, wk, ids, weights);

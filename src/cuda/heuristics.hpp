@@ -139,14 +139,6 @@ constexpr std::int64_t router_small_tokens() { return 512; }
 // map: ~7 launches, ~24 us on an H100 at A = 512, docs/gpu.md run 21). The counters, 32 warps x
 // (E + 1) int32 in shared memory (131 KB at E = 1024), bound E.
 constexpr std::int64_t metadata_one_block_max_assignments() { return 16384; }
-// Above: the one-block path's stable counting sort over many blocks in three launches (true), or
-// a histogram, the scans, CUB's radix sort and the inverse map (~7 launches). The CUB path took
-// ~38 us on sonic-7b T 24576 at Nsight Compute's 1.35 GHz (H200 run 91).
-// TILEMOE_METADATA=sort|counting overrides it (tests, A/B timing).
-inline bool metadata_counting_sort() {
-  if (env_is("TILEMOE_METADATA", "sort")) return false;
-  return true;
-}
 constexpr int metadata_one_block_max_experts() { return 1024; }
 
 // Row stride (elements) of the bf16 activation between the two GEMMs: a multiple of 8 so that

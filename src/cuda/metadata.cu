@@ -1,9 +1,8 @@
-// Routing metadata on the GPU, without a host synchronization: per-expert counts, exclusive scans
-// of the counts and of their row tiles, the assignments stably sorted by expert and the inverse
-// map. Small routings (decode): a stable counting sort in one block. Otherwise either the same
-// counting sort over many blocks in three launches, or (TILEMOE_METADATA=sort, heuristics.hpp) a
-// histogram, the scans, CUB's stable radix sort and the inverse map. Positions fit int32
-// (A < 2^31); row offsets into activations are int64.
+// Routing metadata on the GPU, without a host synchronization: per-expert counts (shared-memory
+// histogram), exclusive scans of the counts and of their row tiles (one block), a stable radix
+// sort of the assignments by expert (CUB) and the inverse map. Positions fit int32 (A < 2^31);
+// row offsets into activations are int64. Small routings (decode) take a one-kernel path with
+// the same outputs: a stable counting sort in one block.
 #include <algorithm>
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
@@ -39,9 +38,10 @@ __global__ void histogram_kernel(const std::int32_t* __restrict__ expert, std::i
     if (h[e]) atomicAdd(&counts[e], h[e]);
 }
 
-// The scans: one block of kThreads threads, kScanItems experts each; scan_threads(E) picks the
-// smallest block that covers E (one warp at E <= 128: a 1024-thread block's scans took 5.6 us at
-// E 128, most of it at its barriers; Nsight Compute, H200 run 91).
+// The scans: one block of kScanThreads threads, kScanItems experts each; scan_threads(E) picks
+// the smallest block that covers E (one warp at E <= 128: a block of 1024 took 5.6 us at E 128,
+// most of it at its barriers, Nsight Compute, H200 run 91; the metadata stage 2-5 us shorter on
+// the issue's layers, run 93).
 constexpr int kScanItems = 4;
 constexpr int scan_threads(int E) { return E <= 32 * kScanItems ? 32 : E <= 256 * kScanItems ? 256 : 1024; }
 static_assert(1024 * kScanItems >= kMaxExperts, "the scans cover every expert");
@@ -194,208 +194,6 @@ bool small_path(std::int64_t A, int E) {
          small_smem_bytes(E) + 2 * sizeof(SmallScan::TempStorage) <= device_props().smem_optin;
 }
 
-// The counting-sort path: the one-block path's stable counting sort over many blocks, in three
-// launches. Block b takes a contiguous segment of the assignments, its warp w a contiguous run of
-// `chunks` chunks of 32 within it. wide_count_kernel: each block's count of each expert (and of
-// the unused slots, column E), bcount[e][b]. wide_scan_kernel: per expert the sum over the blocks
-// (counts), the scans (offsets, tile_offsets), then each block's first position for the expert in
-// place of its count. wide_place_kernel: the block's counts per warp again, each warp's first
-// position, and each assignment placed at its warp's next position plus its rank among its
-// chunk's peers. Blocks, warps, chunks and lanes in order: stable, as the radix sort is.
-constexpr int kWideWarps = 8, kWideThreads = kWideWarps * 32;
-constexpr int kWideGroup = 16;          // chunks whose ids a warp loads at once
-constexpr int kWideMinChunks = 16;      // per warp: blocks of at least 4096 assignments ...
-constexpr int kWideMaxBlocks = 256;     // ... and at most this many (bcount stays small)
-constexpr int kWideScanThreads = 1024;
-
-struct WideSplit {
-  int blocks;
-  std::int64_t chunks;  // of 32 assignments, per warp
-};
-std::int64_t wide_most_blocks(std::int64_t A) {
-  const std::int64_t per_block = std::int64_t(kWideThreads) * kWideMinChunks;
-  return std::clamp<std::int64_t>((A + per_block - 1) / per_block, 1, kWideMaxBlocks);
-}
-WideSplit wide_split(std::int64_t A) {
-  const std::int64_t most = wide_most_blocks(A);
-  const std::int64_t chunks = std::max<std::int64_t>(1, (A + most * kWideThreads - 1) / (most * kWideThreads));
-  // at most `most` blocks, so that scratch sized for A_cap >= A holds this split's bcount
-  return {static_cast<int>(std::max<std::int64_t>(1, (A + chunks * kWideThreads - 1) / (chunks * kWideThreads))), chunks};
-}
-std::size_t wide_scratch_bytes(std::int64_t A, int E) {
-  return static_cast<std::size_t>(wide_most_blocks(A)) * (E + 1) * sizeof(std::int32_t);
-}
-std::size_t wide_smem_bytes(int E) { return sizeof(int) * kWideWarps * (static_cast<std::size_t>(E) + 1); }
-
-// The expert ids of chunks i0 .. i0 + kWideGroup - 1 of a warp's run, loaded at once (-1: none).
-__device__ __forceinline__ void wide_load_group(const std::int32_t* __restrict__ expert, std::int64_t A,
-                                                std::int64_t begin, std::int64_t chunks, std::int64_t i0,
-                                                int (&ex)[kWideGroup]) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int i = 0; i < kWideGroup; ++i) {
-    const std::int64_t a = begin + (i0 + i) * 32 + lane;
-    ex[i] = i0 + i < chunks && a < A ? expert[a] : -1;
-  }
-}
-
-// The warp's counts of its run into cw[e] (one update per expert per chunk, by the lowest lane of
-// its peers). Expert id E (an unused slot) is counted in column E.
-__device__ __forceinline__ void wide_warp_counts(const std::int32_t* __restrict__ expert, std::int64_t A,
-                                                 std::int64_t begin, std::int64_t chunks, int* cw) {
-  const int lane = threadIdx.x % 32;
-  for (std::int64_t i0 = 0; i0 < chunks && begin + i0 * 32 < A; i0 += kWideGroup) {  // uniform over the warp
-    int ex[kWideGroup];
-    wide_load_group(expert, A, begin, chunks, i0, ex);
-#pragma unroll
-    for (int i = 0; i < kWideGroup; ++i) {
-      const unsigned peers = __match_any_sync(0xffffffffu, ex[i]);
-      if (ex[i] >= 0 && lane == __ffs(peers) - 1) cw[ex[i]] += __popc(peers);
-      __syncwarp();  // the next chunk's leader of the same expert may be another lane
-    }
-  }
-}
-
-__global__ void __launch_bounds__(kWideThreads) wide_count_kernel(const std::int32_t* __restrict__ expert,
-                                                                 std::int64_t A, int E, std::int64_t chunks,
-                                                                 std::int32_t* __restrict__ bcount) {
-  extern __shared__ int c[];  // [kWideWarps][E + 1]
-  const int cols = E + 1, warp = threadIdx.x / 32;
-  for (int i = threadIdx.x; i < kWideWarps * cols; i += kWideThreads) c[i] = 0;
-  __syncthreads();
-  wide_warp_counts(expert, A, (std::int64_t(blockIdx.x) * kWideWarps + warp) * chunks * 32, chunks, c + warp * cols);
-  __syncthreads();
-  for (int e = threadIdx.x; e < cols; e += kWideThreads) {
-    int n = 0;
-    for (int w = 0; w < kWideWarps; ++w) n += c[w * cols + e];
-    bcount[std::int64_t(e) * gridDim.x + blockIdx.x] = n;  // column-major: an expert's blocks together
-  }
-}
-
-// bcount [E + 1][blocks]. A warp per expert column at a time: its lanes take runs of up to
-// kWideMaxBlocks / 32 blocks (loaded at once), a warp scan orders them; then the scans over the
-// experts; then the same warp pass writes each block's first position.
-__global__ void __launch_bounds__(kWideScanThreads) wide_scan_kernel(std::int32_t* __restrict__ bcount, int blocks,
-                                                                    int E, int tile_m, Metadata m) {
-  constexpr int kPer = kWideMaxBlocks / 32;
-  using Scan64 = cub::BlockScan<long long, kWideScanThreads>;
-  using Scan32 = cub::BlockScan<int, kWideScanThreads>;
-  __shared__ typename Scan64::TempStorage t64;
-  __shared__ typename Scan32::TempStorage t32;
-  __shared__ long long base[kMaxExperts + 1];  // a column's total, then its first position
-  const int cols = E + 1, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // The lane's blocks of column e: its values, their sum, and the lanes' exclusive prefix.
-  auto lane_run = [&](int e, int (&v)[kPer], long long& before) {
-    long long own = 0;
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int b = lane * kPer + i;
-      v[i] = b < blocks ? bcount[std::int64_t(e) * blocks + b] : 0;
-      own += v[i];
-    }
-    long long incl = own;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const long long u = __shfl_up_sync(0xffffffffu, incl, o);
-      if (lane >= o) incl += u;
-    }
-    before = incl - own;
-    return __shfl_sync(0xffffffffu, incl, 31);  // the column's total
-  };
-  for (int e = warp; e < cols; e += kWideScanThreads / 32) {
-    int v[kPer];
-    long long before;
-    const long long total = lane_run(e, v, before);
-    if (lane == 0) base[e] = total;
-  }
-  __syncthreads();
-  long long c[kScanItems];
-  int tl[kScanItems];
-  for (int i = 0; i < kScanItems; ++i) {
-    const int e = threadIdx.x * kScanItems + i;
-    c[i] = e < E ? base[e] : 0;
-    tl[i] = static_cast<int>((c[i] + tile_m - 1) / tile_m);
-    if (e < E) m.counts[e] = static_cast<std::int32_t>(c[i]);
-  }
-  long long total = 0;
-  int total_tiles = 0;
-  Scan64(t64).ExclusiveSum(c, c, total);
-  Scan32(t32).ExclusiveSum(tl, tl, total_tiles);
-  __syncthreads();  // every column's total read before base[] takes the first positions
-  for (int i = 0; i < kScanItems; ++i) {
-    const int e = threadIdx.x * kScanItems + i;
-    if (e < E) {
-      m.offsets[e] = c[i];
-      m.tile_offsets[e] = tl[i];
-      base[e] = c[i];
-    }
-  }
-  if (threadIdx.x == 0) {
-    m.offsets[E] = total;
-    m.tile_offsets[E] = total_tiles;
-    base[E] = total;  // the unused slots follow the real assignments
-  }
-  __syncthreads();
-  for (int e = warp; e < cols; e += kWideScanThreads / 32) {
-    int v[kPer];
-    long long before;
-    lane_run(e, v, before);
-    long long next = base[e] + before;
-#pragma unroll
-    for (int i = 0; i < kPer; ++i) {
-      const int b = lane * kPer + i;
-      if (b < blocks) bcount[std::int64_t(e) * blocks + b] = static_cast<std::int32_t>(next);
-      next += v[i];
-    }
-  }
-}
-
-__global__ void __launch_bounds__(kWideThreads) wide_place_kernel(const std::int32_t* __restrict__ expert,
-                                                                 const std::int32_t* __restrict__ token_of, int K,
-                                                                 std::int64_t A, int E, std::int64_t chunks,
-                                                                 const std::int32_t* __restrict__ bstart, Metadata m) {
-  extern __shared__ int c[];  // [kWideWarps][E + 1]: the warp's count of expert e, then its next position
-  const int cols = E + 1, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const std::int64_t begin = (std::int64_t(blockIdx.x) * kWideWarps + warp) * chunks * 32;
-  int* cw = c + warp * cols;
-  for (int i = threadIdx.x; i < kWideWarps * cols; i += kWideThreads) c[i] = 0;
-  __syncthreads();
-  wide_warp_counts(expert, A, begin, chunks, cw);
-  __syncthreads();
-  for (int e = threadIdx.x; e < cols; e += kWideThreads) {
-    int next = bstart[std::int64_t(e) * gridDim.x + blockIdx.x];
-    for (int w = 0; w < kWideWarps; ++w) {
-      const int n = c[w * cols + e];
-      c[w * cols + e] = next;
-      next += n;
-    }
-  }
-  __syncthreads();
-  for (std::int64_t i0 = 0; i0 < chunks && begin + i0 * 32 < A; i0 += kWideGroup) {
-    int ex[kWideGroup];
-    wide_load_group(expert, A, begin, chunks, i0, ex);
-#pragma unroll
-    for (int i = 0; i < kWideGroup; ++i) {
-      const int e = ex[i];
-      const unsigned peers = __match_any_sync(0xffffffffu, e);
-      const int leader = __ffs(peers) - 1;
-      int pos = 0;
-      if (e >= 0 && lane == leader) {
-        pos = cw[e];
-        cw[e] = pos + __popc(peers);
-      }
-      pos = __shfl_sync(0xffffffffu, pos, leader) + __popc(peers & ((1u << lane) - 1));
-      if (e >= 0) {
-        const std::int64_t a = begin + (i0 + i) * 32 + lane;
-        m.sorted[pos] = static_cast<std::int32_t>(a);
-        m.slot[a] = pos;
-        m.sorted_token[pos] = token_of ? token_of[a] : static_cast<std::int32_t>(a / K);
-      }
-      __syncwarp();
-    }
-  }
-}
-
 // Bits of the sort keys: experts 0..E-1 and the unused-slot marker E.
 int end_bit(int E) {
   int b = 1;
@@ -435,7 +233,7 @@ std::size_t metadata_scratch_bytes(std::int64_t A, int E) {
   c.take<std::int32_t>(static_cast<std::size_t>(A));
   c.take<std::int32_t>(static_cast<std::size_t>(A));
   c.take<unsigned char>(s.cub_bytes);
-  return std::max(c.bytes(), wide_scratch_bytes(A, E));  // either path (heuristics.hpp metadata_counting_sort)
+  return c.bytes();
 }
 
 void build_metadata(const std::int32_t* expert, const std::int32_t* token_of, int K, std::int64_t A, int E,
@@ -454,41 +252,20 @@ void build_metadata(const std::int32_t* expert, const std::int32_t* token_of, in
     TILEMOE_CHECK_LAUNCH();
     return;
   }
-  if (!metadata_counting_sort()) {
-    TILEMOE_CUDA_CHECK(cudaMemsetAsync(m.counts, 0, sizeof(std::int32_t) * E, st));
-    SortScratch s = carve(scratch, A, E);
-    const int sms = device_props().sm_count;
-    if (A > 0) {
-      const int blocks = static_cast<int>(std::min<std::int64_t>((A + 1023) / 1024, sms * 4));
-      histogram_kernel<<<blocks, 1024, 0, st>>>(expert, A, E, m.counts, s.iota);
-      TILEMOE_CHECK_LAUNCH();
-    }
-    metadata_offsets(m.counts, E, tile_m, m.offsets, m.tile_offsets);
-    if (A == 0) return;
-    TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.cub_temp, s.cub_bytes, expert, s.keys_out, s.iota, m.sorted,
-                                                       static_cast<int>(A), 0, end_bit(E), st));
-    const int blocks = static_cast<int>(std::min<std::int64_t>((A + 255) / 256, sms * 16));
-    inverse_kernel<<<blocks, 256, 0, st>>>(m.sorted, token_of, K, A, m.slot, m.sorted_token);
+  TILEMOE_CUDA_CHECK(cudaMemsetAsync(m.counts, 0, sizeof(std::int32_t) * E, st));
+  SortScratch s = carve(scratch, A, E);
+  const int sms = device_props().sm_count;
+  if (A > 0) {
+    const int blocks = static_cast<int>(std::min<std::int64_t>((A + 1023) / 1024, sms * 4));
+    histogram_kernel<<<blocks, 1024, 0, st>>>(expert, A, E, m.counts, s.iota);
     TILEMOE_CHECK_LAUNCH();
-    return;
   }
-  const WideSplit w = wide_split(A);
-  auto* bcount = static_cast<std::int32_t*>(scratch);
-  const std::size_t smem = wide_smem_bytes(E);
-  check_arg(smem <= device_props().smem_optin, "num_experts", E,
-            "at most " + std::to_string(device_props().smem_optin / (sizeof(int) * kWideWarps) - 1) +
-                " on this GPU (its shared memory per block)");
-  if (smem > 48 * 1024) {
-    TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(wide_count_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(smem)));
-    TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(wide_place_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(smem)));
-  }
-  wide_count_kernel<<<w.blocks, kWideThreads, smem, st>>>(expert, A, E, w.chunks, bcount);
-  TILEMOE_CHECK_LAUNCH();
-  wide_scan_kernel<<<1, kWideScanThreads, 0, st>>>(bcount, w.blocks, E, tile_m, m);
-  TILEMOE_CHECK_LAUNCH();
-  wide_place_kernel<<<w.blocks, kWideThreads, smem, st>>>(expert, token_of, K, A, E, w.chunks, bcount, m);
+  metadata_offsets(m.counts, E, tile_m, m.offsets, m.tile_offsets);
+  if (A == 0) return;
+  TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.cub_temp, s.cub_bytes, expert, s.keys_out, s.iota, m.sorted,
+                                                     static_cast<int>(A), 0, end_bit(E), st));
+  const int blocks = static_cast<int>(std::min<std::int64_t>((A + 255) / 256, sms * 16));
+  inverse_kernel<<<blocks, 256, 0, st>>>(m.sorted, token_of, K, A, m.slot, m.sorted_token);
   TILEMOE_CHECK_LAUNCH();
 }
 

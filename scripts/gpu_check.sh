@@ -178,7 +178,7 @@ if has ab; then
     env $ev timeout 300 $B --configs "${AB_CONFIGS:-sonic-7b@24576,qwen3-30b-a3b@16384,mixtral-8x7b@4096}" --no-sequential \
       --variants "${AB_VARIANTS:-fused,dense_cublas}" > "$OUT/ab.log" 2>&1
     note "ab [$e] rc=$? ($((SECONDS - start)) s)"
-    grep -E "^  fused:|up_projection|T=.*(fused|fused_graph|dense_cublas) " "$OUT/ab.log" | grep -v "^  fused:" | sed 's/^ */  /'
+    grep -E "^  fused:|up_projection|host:|T=.*(fused|fused_graph|dense_cublas) " "$OUT/ab.log" | grep -v "^  fused:" | sed 's/^ */  /'
     { echo "=== $e"; cat "$OUT/ab.log"; } >> "$OUT/ab_all.log"
   done
   rm -f "$OUT/ab.log"

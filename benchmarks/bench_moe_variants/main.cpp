@@ -136,6 +136,7 @@ struct Result {
   double extra_bytes = -1;  // device memory beyond inputs, weights and output (-1: not measured)
   double gemm_ms = 0;       // the expert GEMM kernels' stage medians summed (fused variants; 0: not timed)
   std::vector<std::pair<std::string, double>> stages;  // stage medians, ms, in order (fused variants)
+  double host_us = 0;       // moe_forward's host time per call, the stream idle before it (fused variants)
 };
 
 void write_file(const std::string& path, const void* data, std::size_t bytes) {
@@ -409,11 +410,26 @@ int main(int argc, char** argv) {
           const double act_y = 2.0 * static_cast<double>(T) * c.top_k * static_cast<double>(n + d);
           std::printf(", workspace %.1f MB (act + y, 2 T K (n + d): %.1f MB)\n", ft.workspace_bytes / 1e6,
                       act_y / 1e6);
+          // The host's work per forward (validation, launches, tensor maps, the output's
+          // allocation): until moe_forward returns, from an idle stream. Where it is longer than
+          // the GPU's first stages take, an eager forward waits on the host; fused_graph does not.
+          std::vector<double> host;
+          for (int r = 0; r < a.reps; ++r) {
+            CK(cudaStreamSynchronize(cudaStreamPerThread));
+            const auto t0 = std::chrono::steady_clock::now();
+            const Tensor out = moe_forward(c, w, x, *o);
+            host.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+            CK(cudaStreamSynchronize(cudaStreamPerThread));
+          }
+          std::sort(host.begin(), host.end());
+          const double host_us = host[host.size() / 2];
+          std::printf("    host: moe_forward returns after %.1f us (median, from an idle stream)\n", host_us);
           for (Result& r : results)  // the memory beyond inputs, weights and output: the workspace
             if (r.config == c.name && r.tokens == T && r.variant == name) {
               r.extra_bytes = double(ft.workspace_bytes);
               r.gemm_ms = gemm;
               r.stages = medians;
+              r.host_us = host_us;
             }
         }
         if (want("dense_cublas")) add("dense_cublas", dense_ms(c, T, timer, a));
@@ -531,7 +547,8 @@ int main(int argc, char** argv) {
         f << "  {\"config\": \"" << r.config << "\", \"tokens\": " << r.tokens << ", \"variant\": \"" << r.variant
           << "\", \"ms\": " << r.ms << ", \"tflops\": " << r.tflops << ", \"mem_roofline_ms\": " << r.mem_ms
           << (r.extra_bytes >= 0 ? ", \"extra_bytes\": " + std::to_string(static_cast<long long>(r.extra_bytes)) : "")
-          << (r.gemm_ms > 0 ? ", \"gemm_ms\": " + std::to_string(r.gemm_ms) : "");
+          << (r.gemm_ms > 0 ? ", \"gemm_ms\": " + std::to_string(r.gemm_ms) : "")
+          << (r.host_us > 0 ? ", \"host_us\": " + std::to_string(r.host_us) : "");
         if (!r.stages.empty()) {
           f << ", \"stages\": {";
           for (std::size_t j = 0; j < r.stages.size(); ++j)

@@ -3,6 +3,7 @@
 // CUDA; src/core/no_cuda.cpp implements them otherwise (each throws, saying so).
 #pragma once
 #include <cstddef>
+#include <memory>
 #include <string>
 
 #include "tilemoe/moe_layer.hpp"
@@ -11,8 +12,8 @@ namespace tilemoe::detail {
 
 bool cuda_built();             // compiled with the CUDA backend
 bool cuda_device_present();    // ... and a device answers
-void* cuda_alloc(std::size_t bytes);
-void cuda_free(void* p) noexcept;
+// Device memory for a tensor, freed when the last owner lets go (cuda/runtime.cu says how).
+std::shared_ptr<void> cuda_alloc(std::size_t bytes);
 enum class CopyKind { host_to_device, device_to_host, device_to_device };
 void cuda_copy(void* dst, const void* src, std::size_t bytes, CopyKind kind);
 void cuda_synchronize();

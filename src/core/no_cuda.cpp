@@ -11,8 +11,7 @@ namespace {
 
 bool cuda_built() { return false; }
 bool cuda_device_present() { return false; }
-void* cuda_alloc(std::size_t) { no_cuda(); }
-void cuda_free(void*) noexcept {}
+std::shared_ptr<void> cuda_alloc(std::size_t) { no_cuda(); }
 void cuda_copy(void*, const void*, std::size_t, CopyKind) { no_cuda(); }
 void cuda_synchronize() {}
 std::string cuda_device_name() { return "none"; }

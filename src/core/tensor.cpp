@@ -101,7 +101,7 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
   if (device == Device::cpu) {
     t.storage_ = host_alloc(bytes);
   } else {
-    t.storage_ = std::shared_ptr<void>(detail::cuda_alloc(bytes), detail::cuda_free);
+    t.storage_ = detail::cuda_alloc(bytes);
   }
   return t;
 }

@@ -33,14 +33,60 @@ bool cuda_device_present() {
   return n > 0;
 }
 
-void* cuda_alloc(std::size_t bytes) {
-  void* p = nullptr;
-  TILEMOE_CUDA_CHECK(cudaMalloc(&p, bytes));
-  return p;
+namespace {
+
+// tilemoe's own stream-ordered pool on device dev, created once; freed memory stays in it
+// (release threshold: never) for the next tensor of the process.
+cudaMemPool_t tensor_pool(int dev) {
+  static std::mutex mu;
+  static std::vector<cudaMemPool_t> pools;
+  std::lock_guard<std::mutex> lock(mu);
+  if (pools.size() <= static_cast<std::size_t>(dev)) pools.resize(static_cast<std::size_t>(dev) + 1, nullptr);
+  cudaMemPool_t& pool = pools[static_cast<std::size_t>(dev)];
+  if (!pool) {
+    cudaMemPoolProps props{};
+    props.allocType = cudaMemAllocationTypePinned;
+    props.location.type = cudaMemLocationTypeDevice;
+    props.location.id = dev;
+    TILEMOE_CUDA_CHECK(cudaMemPoolCreate(&pool, &props));
+    std::uint64_t keep = ~std::uint64_t(0);
+    TILEMOE_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+  }
+  return pool;
 }
 
-void cuda_free(void* p) noexcept {
-  if (p) cudaFree(p);  // errors at process teardown are ignored on purpose
+}  // namespace
+
+// A tensor's device memory comes from tilemoe's stream-ordered pool (cudaMallocFromPoolAsync on
+// the calling thread's stream) and goes back to it with cudaFreeAsync on the freeing thread's
+// stream: neither waits for the device. Until then each tensor was a cudaMalloc, and its cudaFree
+// synchronized the device: a forward's output cost the host 40-90 us per call at decode sizes
+// and every eager forward a device synchronization when it was dropped (H200 run 95,
+// docs/hopper.md). The memory is ready in the allocating thread's stream order, which every
+// stage of the library runs on; a tensor handed to other streams needs the usual
+// synchronization, as with any stream-ordered allocator. While the stream is being captured into
+// a CUDA graph, plain cudaMalloc and cudaFree (an allocation node would keep the graph from being
+// replayed while the tensor lives).
+std::shared_ptr<void> cuda_alloc(std::size_t bytes) {
+  cudaStream_t s = current_stream();
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  TILEMOE_CUDA_CHECK(cudaStreamIsCapturing(s, &capture));
+  void* p = nullptr;
+  if (capture != cudaStreamCaptureStatusNone) {
+    TILEMOE_CUDA_CHECK(cudaMalloc(&p, bytes));
+    return std::shared_ptr<void>(p, [](void* q) { cudaFree(q); });  // teardown errors ignored
+  }
+  int dev = 0;
+  TILEMOE_CUDA_CHECK(cudaGetDevice(&dev));
+  TILEMOE_CUDA_CHECK(cudaMallocFromPoolAsync(&p, bytes, tensor_pool(dev), s));
+  return std::shared_ptr<void>(p, [dev](void* q) {
+    // On the freeing thread's stream of the allocating device; errors at teardown are ignored.
+    int cur = dev;
+    if (cudaGetDevice(&cur) != cudaSuccess) return;
+    if (cur != dev) cudaSetDevice(dev);
+    cudaFreeAsync(q, cudaStreamPerThread);
+    if (cur != dev) cudaSetDevice(cur);
+  });
 }
 
 void cuda_copy(void* dst, const void* src, std::size_t bytes, CopyKind kind) {

@@ -184,14 +184,6 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   Carver carver(buf.get());
   const auto P = layout(carver);
 
-  // Decode sizes: L2 fetches the up-projection's first weights while the router, top-k and
-  // metadata run (heuristics.hpp decode_prefetch).
-  const std::int64_t max_tiles = (A_cap + std::int64_t(E) * (tile_m - 1)) / tile_m + 1;
-  const bool fused = opt.algorithm == Algorithm::fused;
-  const int prefetch = fused && gated && !opt.rounding ? decode_prefetch(max_tiles, E) : 0;
-  const std::size_t prefetch_budget = prefetch ? decode_prefetch_budget(device_props().l2_bytes) : 0;
-  if (prefetch & 1) prefetch_up_weights(u16(w.w13), E, n, d, prefetch_budget);
-
   // Router.
   const int parts = router_logits(x.raw(), bf, w.router.data<float>(), T, d, E, P.logits, P.rscratch);
   const float* bias = cfg.router_bias && w.router_bias.numel() > 0 ? w.router_bias.data<float>() : nullptr;
@@ -227,15 +219,15 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   // Experts.
   std::string path = to_string(opt.algorithm);
   if (one_launch) {
-    const GroupedPath gp{fused, opt.pipeline_stages};
+    const GroupedPath gp{opt.algorithm == Algorithm::fused, opt.pipeline_stages};
     std::string why;  // the first reason a fused projection ran on the portable kernels
     auto note = [&](std::string r, const char* what) {
       if (!r.empty() && why.empty()) why = std::string(what) + ": " + r;
     };
+    const std::int64_t max_tiles = (A + std::int64_t(E) * (tile_m - 1)) / tile_m + 1;
     GroupedPath gp_up = gp;  // y is not written yet: room for the routed x rows, if staged
     gp_up.x_stage = static_cast<std::uint16_t*>(P.y);
     gp_up.x_stage_rows = A_cap;
-    if (prefetch & 2) gp_up.next_w2 = u16(w.w2), gp_up.next_budget = prefetch_budget;
     note(grouped_up(u16(x), d, u16(w.w13), n, gated, cfg.activation, E, P.m.offsets, P.m.tile_offsets, max_tiles,
                     P.m.sorted_token, P.act, lda, gp_up),
          "up-projection");

@@ -206,10 +206,6 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
   std::string refusal;
   if (path.fused) {
     refusal = ws_refusal(g, kUp, a_rows);
-    // The down-projection's first weights, prefetched by the up-projection's idle blocks: its
-    // output columns are the up-projection's K (d), its K the up-projection's N (n).
-    const L2Region tail =
-        kUp && path.next_w2 ? ws_first_wave(path.next_w2, false, g.E, g.K, g.N, path.next_budget) : L2Region{};
     if (refusal.empty() && kUp && !g.gather && g.a_local && path.x_rows > 0) {
       // A dense pass (shared experts): x rows in place, by TMA.
       launch_grouped_ws(g, true, max_tiles, path.x_rows, path.stages);
@@ -225,14 +221,14 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
       s.a_local = false;
       if (ws_refusal(s, true, path.x_stage_rows).empty()) {
         gather_rows(g.A, g.K, g.lda, g.gather, g.offsets + g.E, path.x_stage_rows, stage);
-        launch_grouped_ws(s, true, max_tiles, path.x_stage_rows, path.stages, tail);
+        launch_grouped_ws(s, true, max_tiles, path.x_stage_rows, path.stages);
         return {};
       }
     }
     if (refusal.empty()) {
       const KernelOverride ov = grouped_kernel_override();
       if (!kUp || ov != KernelOverride::wgmma) {
-        launch_grouped_ws(g, kUp, max_tiles, a_rows, path.stages, tail);
+        launch_grouped_ws(g, kUp, max_tiles, a_rows, path.stages);
         return {};
       }
       if (launch_grouped_wgmma(g, kUp, max_tiles)) return {};

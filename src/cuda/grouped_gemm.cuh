@@ -5,7 +5,6 @@
 #include <cstdint>
 #include <string>
 
-#include "ptx/pipeline.cuh"
 #include "tilemoe/config.hpp"
 
 namespace tilemoe::detail::gpu {
@@ -27,29 +26,6 @@ struct GemmArgs {
   __nv_bfloat16* C;
   std::int64_t ldc;
 };
-
-// Rows of a weight matrix for L2 to fetch ahead of a kernel: the first `bytes` (a multiple of 16)
-// of rows 0 .. rows - 1 of `stride` bytes from base (16-byte aligned). rows 0: none.
-struct L2Region {
-  const unsigned char* base = nullptr;
-  long long rows = 0;
-  long long stride = 0;
-  unsigned bytes = 0;
-};
-// Rows first .. last - 1 of r, one bulk prefetch each, by threads tid, tid + threads, ... (sm_90).
-__device__ __forceinline__ void prefetch_l2_rows(const L2Region& r, long long first, long long last, int tid,
-                                                 int threads) {
-  for (long long i = first + tid; i < last; i += threads) ptx::prefetch_l2_bulk(r.base + i * r.stride, r.bytes);
-}
-// The weight rows that the first wave of the fused (warp-specialized) kernel's tiles reads, `budget`
-// bytes at most from the start of each row: the up-projection of w13 [E, 2N, K] (up) or the
-// down-projection of w2 [E, N, K] (N its output columns). Blocks 0 .. grid - 1 start on tiles
-// 0 .. grid - 1, in the expert raster, so with every expert holding one row tile (decode sizes)
-// those are the weights of the first experts. sm_90 only (sm90/grouped_ws.cu).
-L2Region ws_first_wave(const void* w, bool up, int E, std::int64_t N, std::int64_t K, std::size_t budget);
-// Enqueues the prefetch of region r (prefetch_l2.cu): returns at once and holds the stream for a
-// launch only (the hardware fetches on its own).
-void prefetch_l2(const L2Region& r);
 
 // A block's row tile: global tile index -> its expert, first sorted position and row count, by
 // binary search over the device-side tile_offsets (the last expert whose first tile <= tile).
@@ -167,10 +143,7 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles);
 // without gather: staged rows or a dense pass), which needs its extent;
 // stages: shared-memory pipeline stages, 0 = ws_stages(), 1 = no overlap (load, then compute).
 std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows);
-// tail: rows that the blocks, once out of tiles, prefetch into L2, a share each (the next
-// projection's first wave; heuristics.hpp decode_prefetch).
-void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages,
-                       const L2Region& tail = {});
+void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages);
 
 // out [rows, d] = x[index[p]] for p below min(*count, max_rows) (gather_rows.cu): the gathered
 // rows of x copied once, in sorted order, for an up-projection that then reads them by TMA.

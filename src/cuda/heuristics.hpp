@@ -128,26 +128,6 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
   return max_tiles <= 2 * std::int64_t(E) || (n >= 2048 && d <= 2 * n);
 }
 
-// L2 prefetches of expert weights at decode sizes (about one row tile per expert or less, as
-// up_stages_x), where the expert kernels stream the touched experts' weights and DRAM otherwise
-// idles twice: while the router, top-k and metadata run ahead of the up-projection, and while the
-// up-projection's last tiles drain with SMs already out of work. Bit 1: before the router, the
-// first bytes of the weight rows the up-projection's first wave of tiles reads (blocks start on
-// tiles 0 .. grid - 1, experts in order; at decode sizes nearly every expert is touched); bit 2:
-// each block of the up-projection, once out of tiles, its share of the same for the
-// down-projection's first wave. budget: bytes per prefetch, 5/8 of L2 (31 MiB of the H200's 50),
-// so that the lines stay until read. TILEMOE_PREFETCH=0..3 (the bits) and TILEMOE_PREFETCH_MB
-// override them (A/B timing).
-inline int decode_prefetch(std::int64_t max_tiles, int E) {
-  if (max_tiles > 2 * std::int64_t(E)) return 0;
-  const char* env = std::getenv("TILEMOE_PREFETCH");
-  return env && env[0] >= '0' && env[0] <= '3' && env[1] == 0 ? env[0] - '0' : 3;
-}
-inline std::size_t decode_prefetch_budget(std::size_t l2_bytes) {
-  const int mb = env_int("TILEMOE_PREFETCH_MB", 1, 1024);
-  return mb ? std::size_t(mb) << 20 : l2_bytes / 8 * 5;
-}
-
 // Tokens up to which bf16 router logits come from one CUDA-core kernel (a block per 8 tokens and
 // 8 experts, fp32 dot products) instead of a weight split and a tensor-core GEMM: at decode sizes
 // the GEMM path is launch-bound (H100 run 21: 62 us for Qwen3-30B-A3B at T 64, most of it

@@ -89,11 +89,6 @@ struct GroupedPath {
   std::int64_t x_rows = 0;
   std::uint16_t* x_stage = nullptr;
   std::int64_t x_stage_rows = 0;
-  // Up-projection on the fused kernels: its blocks, once out of tiles, prefetch into L2 their
-  // share of the first bytes of the rows of next_w2 [E, d, n] that the down-projection's first
-  // wave of tiles reads, next_budget bytes in all (heuristics.hpp decode_prefetch). null: none.
-  const std::uint16_t* next_w2 = nullptr;
-  std::size_t next_budget = 0;
 };
 // act [A, lda_act] bf16 = activation(x[row(p)] . w13[e]^T) for every sorted position p of
 // expert e; row(p) = gather[p], or p - offsets[e] when gather is null (a dense pass).
@@ -107,12 +102,6 @@ std::string grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::in
                          std::int64_t d, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
                          std::int64_t max_tiles, std::int64_t a_rows, std::uint16_t* y,
                          const GroupedPath& path = {});
-
-// ---- L2 prefetch (prefetch_l2.cu) ----
-// Asks L2 for the first bytes of the rows of w13 [E, 2n, d] that the fused up-projection's first
-// wave of tiles reads, `budget` bytes in all (heuristics.hpp decode_prefetch), and returns; the
-// fetches go on while the next kernels run. Nothing on GPUs without the fused kernels.
-void prefetch_up_weights(const std::uint16_t* w13, int E, std::int64_t n, std::int64_t d, std::size_t budget);
 
 // ---- combine (combine.cu) ----
 // out[t] = sum_{a of t} weight[a] * y[slot[a]] + sum_s y_shared[s * T + t], fp32 accumulate,

@@ -207,39 +207,6 @@ TEST(GpuForward, MatchesCpuForward) {
   EXPECT_LT(relative_error(a, std::vector<double>(b.begin(), b.end())), 2e-2);
 }
 
-// Decode sizes: the L2 prefetches of expert weights (heuristics.hpp decode_prefetch; each kind
-// alone, both, a budget too small for a line per row, and none) leave the fused forward's output
-// bit for bit the same, and it matches the CPU reference.
-TEST(GpuForward, DecodePrefetchesLeaveResultsUnchanged) {
-  TILEMOE_REQUIRE_GPU();
-  MoeConfig c = custom("decode-prefetch", 512, 256, 32, 4);
-  const std::uint64_t seed = fresh_seed();
-  const MoeWeights wh = random_weights(c, DType::bf16, seed);
-  const MoeWeights wd = wh.to(Device::cuda);
-  for (std::int64_t T : {1, 64, 256}) {
-    SCOPED_TRACE("T=" + std::to_string(T) + " seed=" + std::to_string(seed));
-    const Tensor xh = random_tokens(T, c.d_model, DType::bf16, seed + T);
-    const Tensor xd = xh.to(Device::cuda);
-    ForwardOptions opt;
-    opt.algorithm = Algorithm::fused;
-    std::vector<float> ref;
-    for (const char* mode : {"0", "1", "2", "3", "3 tiny"}) {
-      SCOPED_TRACE(mode);
-      const test::ScopedEnv env("TILEMOE_PREFETCH", std::string(mode).substr(0, 1).c_str());
-      const test::ScopedEnv mb("TILEMOE_PREFETCH_MB", std::string(mode).size() > 1 ? "1" : nullptr);
-      ForwardTrace tr;
-      const Tensor out = moe_forward(c, wd, xd, opt, &tr);
-      const std::vector<float> o = out.to_floats();
-      if (ref.empty()) {
-        ref = o;
-        EXPECT_LT(forward_error(c, wh, xh, out, tr.routing), 1e-2);
-      } else {
-        EXPECT_EQ(o, ref);
-      }
-    }
-  }
-}
-
 // Many tokens (up to 131072), checked on a sample of them.
 TEST(GpuForward, LargeTokenCounts) {
   TILEMOE_REQUIRE_GPU();

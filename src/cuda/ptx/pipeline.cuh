@@ -1,6 +1,6 @@
 // Hopper (sm_90) pipeline primitives over cuda::ptx: mbarrier waits, 2-D TMA tile loads that
-// complete on an mbarrier, bulk L2 prefetches, and the warpgroup controls of warp-specialized
-// kernels (register reallocation, named barriers). One thin wrapper per instruction.
+// complete on an mbarrier, and the warpgroup controls of warp-specialized kernels (register
+// reallocation, named barriers). One thin wrapper per instruction.
 #pragma once
 #include <cuda/ptx>
 
@@ -50,12 +50,6 @@ __device__ __forceinline__ void bulk_commit_group() { cuda::ptx::cp_async_bulk_c
 __device__ __forceinline__ void bulk_wait_group_read_all() { cuda::ptx::cp_async_bulk_wait_group_read(cuda::ptx::n32_t<0>{}); }
 // The issuing thread's bulk groups are complete (their global writes performed).
 __device__ __forceinline__ void bulk_wait_group_all() { cuda::ptx::cp_async_bulk_wait_group(cuda::ptx::n32_t<0>{}); }
-
-// Asks L2 to fetch [p, p + bytes) from global memory (p and bytes multiples of 16), without
-// waiting and without bringing anything to the SM: nothing tracks it, and the hardware may drop it.
-__device__ __forceinline__ void prefetch_l2_bulk(const void* p, std::uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-}
 
 // Register reallocation between warpgroups (sm_90a; the kernel needs __launch_bounds__(n, 1)).
 template <int kRegs>

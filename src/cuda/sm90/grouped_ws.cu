@@ -104,7 +104,7 @@ template <bool kUp, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
                       const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int* tile_counter, bool a_tma, bool expert_raster, const L2Region tail) {
+                      int stages, int* tile_counter, bool a_tma, bool expert_raster) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Shape = WsShape<kUp>;
   constexpr int kStages = Shape::kStages;
@@ -447,12 +447,6 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     }
-    // Out of tiles: the block's share of the next projection's weights into L2 (decode sizes:
-    // DRAM would otherwise idle under the last blocks' tiles).
-    if (tail.rows > 0 && cw == 0) {
-      const long long per = (tail.rows + gridDim.x - 1) / gridDim.x, first = per * blockIdx.x;
-      prefetch_l2_rows(tail, first, first + per < tail.rows ? first + per : tail.rows, tid, 128);
-    }
     if (tid == 0) ptx::bulk_wait_group_all();  // the block's last stores are done before it exits
   }
 #else
@@ -465,7 +459,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0; }
 
 template <bool kUp, Activation kAct>
-void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int stages, const L2Region& tail) {
+void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
   using Shape = WsShape<kUp>;
   const std::int64_t rows_b = kUp ? 2 * g.N : g.N;
   const bool a_tma = !kUp || !g.gather;  // rows of A contiguous: a TMA box per k tile
@@ -483,7 +477,7 @@ void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int sta
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
   int* counter = ws_dynamic_tiles(max_tiles, g.E, a_tma) ? tile_counters() : nullptr;
   kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages,
-                                                               counter, a_tma, expert_raster(), tail);
+                                                               counter, a_tma, expert_raster());
   TILEMOE_CHECK_LAUNCH();
 }
 
@@ -507,28 +501,12 @@ std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows) {
   return {};
 }
 
-void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages,
-                       const L2Region& tail) {
+void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
   if (max_tiles <= 0 || g.N <= 0) return;
-  if (!up) run<false, Activation::relu>(g, max_tiles, a_rows, stages, tail);
-  else if (g.act == Activation::swiglu) run<true, Activation::swiglu>(g, max_tiles, a_rows, stages, tail);
-  else if (g.act == Activation::geglu) run<true, Activation::geglu>(g, max_tiles, a_rows, stages, tail);
-  else run<true, Activation::clamped_swiglu>(g, max_tiles, a_rows, stages, tail);
-}
-
-L2Region ws_first_wave(const void* w, bool up, int E, std::int64_t N, std::int64_t K, std::size_t budget) {
-  const std::int64_t ncol = (N + (up ? kBN / 2 : kBN) - 1) / (up ? kBN / 2 : kBN);  // column tiles per expert
-  const std::int64_t experts = std::min<std::int64_t>(E, (device_props().sm_count + ncol - 1) / ncol);
-  L2Region r;
-  r.rows = experts * (up ? 2 * N : N);
-  r.stride = K * 2;
-  if (r.rows <= 0) return {};
-  // Whole 128-byte lines from each row's start, K * 2 bytes at most (a multiple of 16: K % 8 == 0).
-  const std::int64_t bytes = std::min<std::int64_t>(K * 2, static_cast<std::int64_t>(budget) / r.rows / 128 * 128);
-  if (bytes < 128 || K % 8 != 0 || (reinterpret_cast<std::uintptr_t>(w) & 15) != 0) return {};
-  r.base = static_cast<const unsigned char*>(w);
-  r.bytes = static_cast<unsigned>(bytes);
-  return r;
+  if (!up) run<false, Activation::relu>(g, max_tiles, a_rows, stages);
+  else if (g.act == Activation::swiglu) run<true, Activation::swiglu>(g, max_tiles, a_rows, stages);
+  else if (g.act == Activation::geglu) run<true, Activation::geglu>(g, max_tiles, a_rows, stages);
+  else run<true, Activation::clamped_swiglu>(g, max_tiles, a_rows, stages);
 }
 
 }  // namespace tilemoe::detail::gpu

@@ -3,6 +3,7 @@
 // can capture into a CUDA graph (cudaStreamBeginCapture(cudaStreamPerThread, ...)).
 #pragma once
 #include <cstddef>
+#include <cstdint>
 
 #include "buffer.cuh"
 
@@ -23,9 +24,12 @@ cublasHandle_t cublas_handle();     // bound to current_stream(), with its own w
 
 enum class Scratch { forward = 0, sequential = 1, count = 2 };
 DeviceBuffer& scratch(Scratch which);  // this thread's grow-only scratch buffer
-// This thread's two int32 tile counters of the warp-specialized kernels' dynamic schedule
-// (sm90/grouped_ws.cu): zero between launches (each launch's last block resets them), so the
-// launches of one stream may share them; zeroed on the stream when first allocated.
-int* tile_counters();
+// This thread's int32 counters of the warp-specialized kernels (sm90/grouped_ws.cu): the dynamic
+// schedule's, then from kTileCounterHead on, `rows` per-row-tile counts of a pair launch. Zero
+// between launches (each launch's last blocks reset what they used), so the launches of one
+// stream may share them; zeroed on the stream whenever (re)allocated, which a call before a graph
+// capture with the largest `rows` keeps out of the capture.
+constexpr int kTileCounterHead = 64;
+int* tile_counters(std::int64_t rows = 0);
 
 }  // namespace tilemoe::detail

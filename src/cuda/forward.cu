@@ -180,7 +180,8 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   layout(sizer);
   DeviceBuffer& buf = scratch(Scratch::forward);
   buf.reserve(sizer.bytes());
-  if (one_launch) (void)tile_counters();  // allocated here, ahead of any graph capture
+  const std::int64_t max_tiles = (A_cap + std::int64_t(E) * (tile_m - 1)) / tile_m + 1;
+  if (one_launch) (void)tile_counters(max_tiles);  // allocated here, ahead of any graph capture
   Carver carver(buf.get());
   const auto P = layout(carver);
 
@@ -224,18 +225,25 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
     auto note = [&](std::string r, const char* what) {
       if (!r.empty() && why.empty()) why = std::string(what) + ": " + r;
     };
-    const std::int64_t max_tiles = (A + std::int64_t(E) * (tile_m - 1)) / tile_m + 1;
     GroupedPath gp_up = gp;  // y is not written yet: room for the routed x rows, if staged
     gp_up.x_stage = static_cast<std::uint16_t*>(P.y);
     gp_up.x_stage_rows = A_cap;
-    note(grouped_up(u16(x), d, u16(w.w13), n, gated, cfg.activation, E, P.m.offsets, P.m.tile_offsets, max_tiles,
-                    P.m.sorted_token, P.act, lda, gp_up),
-         "up-projection");
-    timer.lap("up_projection");
-    note(grouped_down(P.act, lda, n, u16(w.w2), d, E, P.m.offsets, P.m.tile_offsets, max_tiles, A_cap,
-                      static_cast<std::uint16_t*>(P.y), gp),
-         "down-projection");
-    timer.lap("down_projection");
+    // Decode sizes: both projections in one launch, except where stage times are asked for
+    // (those time the two launches).
+    const bool pair = !opt.time_stages &&
+                      grouped_up_down(u16(x), d, u16(w.w13), n, gated, cfg.activation, E, P.m.offsets,
+                                      P.m.tile_offsets, max_tiles, P.m.sorted_token, P.act, lda, u16(w.w2), A_cap,
+                                      static_cast<std::uint16_t*>(P.y), gp_up);
+    if (!pair) {
+      note(grouped_up(u16(x), d, u16(w.w13), n, gated, cfg.activation, E, P.m.offsets, P.m.tile_offsets, max_tiles,
+                      P.m.sorted_token, P.act, lda, gp_up),
+           "up-projection");
+      timer.lap("up_projection");
+      note(grouped_down(P.act, lda, n, u16(w.w2), d, E, P.m.offsets, P.m.tile_offsets, max_tiles, A_cap,
+                        static_cast<std::uint16_t*>(P.y), gp),
+           "down-projection");
+      timer.lap("down_projection");
+    }
     if (S > 0) {
       uniform_offsets(T, S, tile_m, P.s_off, P.s_tiles);
       const std::int64_t s_tiles = S * ((T + tile_m - 1) / tile_m);
@@ -250,7 +258,8 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
       timer.lap("shared_experts");
     }
     if (gp.fused)
-      path = why.empty() ? "fused: sm_90a warp-specialized TMA + wgmma kernels"
+      path = why.empty() ? std::string("fused: sm_90a warp-specialized TMA + wgmma kernels") +
+                               (pair ? ", both projections in one launch" : "")
                          : "fused, partly on the portable grouped kernels (" + why + ")";
   } else {
     std::vector<std::int64_t> offsets = to_host(P.m.offsets, static_cast<std::size_t>(E) + 1);

@@ -254,10 +254,11 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
 
 int grouped_tile_m() { return kBM; }
 
-std::string grouped_up(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13, std::int64_t n, bool gated,
-                       Activation act, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
-                       std::int64_t max_tiles, const std::int32_t* gather, std::uint16_t* a_out,
-                       std::int64_t lda_act, const GroupedPath& path) {
+namespace {
+
+GemmArgs up_args(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13, std::int64_t n, bool gated,
+                 Activation act, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
+                 const std::int32_t* gather, std::uint16_t* a_out, std::int64_t lda_act) {
   GemmArgs g{};
   g.A = reinterpret_cast<const __nv_bfloat16*>(x);
   g.lda = d;
@@ -274,12 +275,12 @@ std::string grouped_up(const std::uint16_t* x, std::int64_t d, const std::uint16
   g.E = E;
   g.C = reinterpret_cast<__nv_bfloat16*>(a_out);
   g.ldc = lda_act;
-  return launch<true>(g, max_tiles, 0, path);
+  return g;
 }
 
-std::string grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::int64_t n, const std::uint16_t* w2,
-                         std::int64_t d, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
-                         std::int64_t max_tiles, std::int64_t a_rows, std::uint16_t* y, const GroupedPath& path) {
+GemmArgs down_args(const std::uint16_t* act, std::int64_t lda_act, std::int64_t n, const std::uint16_t* w2,
+                   std::int64_t d, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
+                   std::uint16_t* y) {
   GemmArgs g{};
   g.A = reinterpret_cast<const __nv_bfloat16*>(act);
   g.lda = lda_act;
@@ -296,7 +297,46 @@ std::string grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::in
   g.E = E;
   g.C = reinterpret_cast<__nv_bfloat16*>(y);
   g.ldc = d;
-  return launch<false>(g, max_tiles, a_rows, path);
+  return g;
+}
+
+}  // namespace
+
+std::string grouped_up(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13, std::int64_t n, bool gated,
+                       Activation act, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
+                       std::int64_t max_tiles, const std::int32_t* gather, std::uint16_t* a_out,
+                       std::int64_t lda_act, const GroupedPath& path) {
+  return launch<true>(up_args(x, d, w13, n, gated, act, E, offsets, tile_offsets, gather, a_out, lda_act), max_tiles, 0,
+                      path);
+}
+
+std::string grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::int64_t n, const std::uint16_t* w2,
+                         std::int64_t d, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
+                         std::int64_t max_tiles, std::int64_t a_rows, std::uint16_t* y, const GroupedPath& path) {
+  return launch<false>(down_args(act, lda_act, n, w2, d, E, offsets, tile_offsets, y), max_tiles, a_rows, path);
+}
+
+bool grouped_up_down(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13, std::int64_t n, bool gated,
+                     Activation act, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
+                     std::int64_t max_tiles, const std::int32_t* gather, std::uint16_t* a_out, std::int64_t lda_act,
+                     const std::uint16_t* w2, std::int64_t a_rows, std::uint16_t* y, const GroupedPath& path_up) {
+  if (!path_up.fused || !path_up.x_stage || !gather || !ws_pair(max_tiles, E) || max_tiles <= 0 ||
+      grouped_kernel_override() != KernelOverride::none || !up_stages_x(d, n, max_tiles, E))
+    return false;
+  GemmArgs up = up_args(x, d, w13, n, gated, act, E, offsets, tile_offsets, gather, a_out, lda_act);
+  if (!ws_refusal(up, true, 0).empty()) return false;
+  // The routed rows staged in sorted order (y, not yet written), then read by TMA.
+  auto* stage = reinterpret_cast<__nv_bfloat16*>(path_up.x_stage);
+  GemmArgs staged = up;
+  staged.A = stage;
+  staged.lda = d;
+  staged.gather = nullptr;
+  staged.a_local = false;
+  const GemmArgs down = down_args(a_out, lda_act, n, w2, d, E, offsets, tile_offsets, y);
+  if (!ws_refusal(staged, true, path_up.x_stage_rows).empty() || !ws_refusal(down, false, a_rows).empty()) return false;
+  gather_rows(up.A, d, up.lda, gather, offsets + E, path_up.x_stage_rows, stage);
+  launch_grouped_ws_pair(staged, down, max_tiles, path_up.x_stage_rows, a_rows, path_up.stages);
+  return true;
 }
 
 }  // namespace tilemoe::detail::gpu

@@ -144,6 +144,13 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles);
 // stages: shared-memory pipeline stages, 0 = ws_stages(), 1 = no overlap (load, then compute).
 std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows);
 void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages);
+// Both projections in one launch (decode sizes, heuristics.hpp ws_pair): the up-projection over
+// contiguous rows (up.gather null: staged rows, by TMA) writing act, then the down-projection
+// reading it, whose tiles wait until their row tile's activations are written, so that SMs out
+// of up-projection tiles go on with the down-projection instead of idling in the up-projection's
+// tail. Both must be accepted by ws_refusal, with the same offsets and tile_offsets.
+void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64_t max_tiles, std::int64_t a_rows_up,
+                            std::int64_t a_rows_down, int stages);
 
 // out [rows, d] = x[index[p]] for p below min(*count, max_rows) (gather_rows.cu): the gathered
 // rows of x copied once, in sorted order, for an up-projection that then reads them by TMA.

@@ -128,6 +128,18 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
   return max_tiles <= 2 * std::int64_t(E) || (n >= 2048 && d <= 2 * n);
 }
 
+// Whether the fused path runs both projections in one launch (sm90/grouped_ws.cu, pair mode: every
+// up-projection tile, then every down-projection tile, each waiting for its row tile's
+// activations) instead of two. At decode sizes (about one row tile per expert or less, as
+// up_stages_x) each up-projection tile streams ~1 MB of weights, so SMs out of tiles idled for
+// most of a tile's time at the up-projection's end (Nsight Compute, H200 run 97: Qwen3-30B-A3B
+// T 64, up-projection 74.5% of peak DRAM throughput over its duration against the
+// down-projection's 80.2%), and the down-projection's first wave started on an idle memory
+// system. TILEMOE_WS_PAIR=0 turns it off (A/B timing, tests).
+inline bool ws_pair(std::int64_t max_tiles, int E) {
+  return !env_is("TILEMOE_WS_PAIR", "0") && max_tiles <= 2 * std::int64_t(E);
+}
+
 // Tokens up to which bf16 router logits come from one CUDA-core kernel (a block per 8 tokens and
 // 8 experts, fp32 dot products) instead of a weight split and a tensor-core GEMM: at decode sizes
 // the GEMM path is launch-bound (H100 run 21: 62 us for Qwen3-30B-A3B at T 64, most of it

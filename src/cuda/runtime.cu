@@ -1,6 +1,7 @@
 // The CUDA runtime seam of the core (cuda_backend.hpp): allocation, copies, device presence;
 // plus the per-thread context (stream, cuBLAS handle, device properties, scratch buffers) and
 // the error reporting behind the check macros.
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <memory>
@@ -169,10 +170,11 @@ DeviceBuffer& scratch(Scratch which) {
   return tctx.scratch[static_cast<int>(which)];
 }
 
-int* tile_counters() {
+int* tile_counters(std::int64_t rows) {
   bind_device();
-  if (!tctx.counters.get()) {
-    tctx.counters.reset(256);
+  const std::size_t bytes = sizeof(int) * static_cast<std::size_t>(kTileCounterHead + std::max<std::int64_t>(rows, 0));
+  if (tctx.counters.size() < bytes) {
+    tctx.counters.reset(bytes);  // (a cudaFree of the smaller one first: no launch still uses it)
     // On the stream (a memset node where this happens inside a graph capture).
     TILEMOE_CUDA_CHECK(cudaMemsetAsync(tctx.counters.get(), 0, tctx.counters.size(), current_stream()));
   }

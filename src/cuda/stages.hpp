@@ -103,6 +103,15 @@ std::string grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::in
                          std::int64_t max_tiles, std::int64_t a_rows, std::uint16_t* y,
                          const GroupedPath& path = {});
 
+// Both projections, what grouped_up then grouped_down compute (the same arguments; y doubles as
+// the up-projection's x_stage), in one launch of the fused kernels where heuristics.hpp ws_pair
+// says so (decode sizes, routed rows staged). Returns false, having launched nothing, where it
+// does not apply: then call the two.
+bool grouped_up_down(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13, std::int64_t n, bool gated,
+                     Activation act, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
+                     std::int64_t max_tiles, const std::int32_t* gather, std::uint16_t* a_out, std::int64_t lda_act,
+                     const std::uint16_t* w2, std::int64_t a_rows, std::uint16_t* y, const GroupedPath& path_up);
+
 // ---- combine (combine.cu) ----
 // out[t] = sum_{a of t} weight[a] * y[slot[a]] + sum_s y_shared[s * T + t], fp32 accumulate,
 // stored as fp32 (out_bf16 false) or bf16. token_offsets null: uniform K (a = t*K .. t*K+K-1).

@@ -207,6 +207,59 @@ TEST(GpuForward, MatchesCpuForward) {
   EXPECT_LT(relative_error(a, std::vector<double>(b.begin(), b.end())), 2e-2);
 }
 
+// Decode sizes (heuristics.hpp ws_pair): the fused path runs both projections in one launch, the
+// down-projection's tiles waiting for their row tile's activations. Against the two launches
+// (TILEMOE_WS_PAIR=0): the same output bit for bit, launch after launch (the kernel resets its
+// counters for the next), and within the bound of the CPU reference. Shapes: k tails and clipped
+// columns in both projections (d 200, n 72), one token, and every token on one expert (a row tile
+// of 128 rows after another, each down tile waiting for its own).
+TEST(GpuForward, DecodePairLaunchMatchesTwoLaunches) {
+  TILEMOE_REQUIRE_GPU();
+  struct PairCase {
+    MoeConfig cfg;
+    std::int64_t T;
+  };
+  std::vector<PairCase> cases;
+  for (std::int64_t T : {1, 64, 256}) cases.push_back({custom("pair", 512, 256, 32, 4), T});
+  for (std::int64_t T : {5, 300}) cases.push_back({custom("pair-tails", 200, 72, 8, 2), T});
+  MoeConfig one = custom("pair-one-expert", 64, 40, 12, 1);
+  one.router = RouterKind::sigmoid_group_topk;
+  one.router_bias = true;
+  cases.push_back({one, 700});
+  for (const PairCase& pc : cases) {
+    const MoeConfig& c = pc.cfg;
+    const std::uint64_t seed = fresh_seed();
+    SCOPED_TRACE(c.name + " T=" + std::to_string(pc.T) + " seed=" + std::to_string(seed));
+    MoeWeights wh = random_weights(c, DType::bf16, seed);
+    if (c.router_bias) {
+      std::vector<float> b(static_cast<std::size_t>(c.num_experts), 0.0f);
+      b[5] = 100.0f;
+      wh.router_bias = Tensor::from_floats({c.num_experts}, b);
+    }
+    const MoeWeights wd = wh.to(Device::cuda);
+    const Tensor xh = random_tokens(pc.T, c.d_model, DType::bf16, seed + 1);
+    const Tensor xd = xh.to(Device::cuda);
+    ForwardOptions opt;
+    opt.algorithm = Algorithm::fused;
+    std::vector<float> two;
+    {
+      const test::ScopedEnv env("TILEMOE_WS_PAIR", "0");
+      ForwardTrace tr;
+      two = moe_forward(c, wd, xd, opt, &tr).to_floats();
+      EXPECT_EQ(tr.path.find("one launch"), std::string::npos) << tr.path;
+    }
+    const test::ScopedEnv env("TILEMOE_WS_PAIR", nullptr);
+    for (int rep = 0; rep < 3; ++rep) {
+      ForwardTrace tr;
+      const Tensor out = moe_forward(c, wd, xd, opt, &tr);
+      if (test::is_hopper()) EXPECT_NE(tr.path.find("both projections in one launch"), std::string::npos) << tr.path;
+      if (c.router_bias) EXPECT_EQ(tr.counts[5], pc.T);
+      EXPECT_EQ(out.to_floats(), two) << "rep " << rep;
+      if (rep == 0) EXPECT_LT(forward_error(c, wh, xh, out, tr.routing), 1e-2);
+    }
+  }
+}
+
 // Many tokens (up to 131072), checked on a sample of them.
 TEST(GpuForward, LargeTokenCounts) {
   TILEMOE_REQUIRE_GPU();

@@ -51,6 +51,22 @@ __device__ __forceinline__ void bulk_wait_group_read_all() { cuda::ptx::cp_async
 // The issuing thread's bulk groups are complete (their global writes performed).
 __device__ __forceinline__ void bulk_wait_group_all() { cuda::ptx::cp_async_bulk_wait_group(cuda::ptx::n32_t<0>{}); }
 
+// Orders this thread's generic-proxy and async-proxy (TMA) accesses to global memory: between a
+// TMA store's completion and the release that publishes it, and between the acquire that finds
+// data published and the TMA loads that read it.
+__device__ __forceinline__ void fence_proxy_async_global() { cuda::ptx::fence_proxy_async(cuda::ptx::space_global); }
+// A load of *p with acquire semantics at GPU scope (a flag another block releases).
+__device__ __forceinline__ int ld_acquire_gpu(const int* p) {
+  int v;
+  asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+// Adds v to *p with release semantics at GPU scope: this thread's earlier writes, and those it
+// has observed (a barrier before it), are visible to whoever acquires the new value.
+__device__ __forceinline__ void red_release_gpu_add(int* p, int v) {
+  asm volatile("red.release.gpu.global.add.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
 // Register reallocation between warpgroups (sm_90a; the kernel needs __launch_bounds__(n, 1)).
 template <int kRegs>
 __device__ __forceinline__ void setmaxnreg_dec() {

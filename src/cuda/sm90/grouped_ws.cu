@@ -92,22 +92,48 @@ constexpr bool panels_fill_output() {  // two warpgroups' rows x a round's 64-co
 static_assert(panels_fill_output<true>() && panels_fill_output<false>(), "the staged output is whole panels");
 static_assert(WsShape<true>::kSmem <= 232448 && WsShape<false>::kSmem <= 232448, "over the sm_90 shared memory");
 
+static_assert(WsShape<true>::kSmem == WsShape<false>::kSmem && WsShape<true>::kStageBytes == WsShape<false>::kStageBytes,
+              "one shared-memory layout for both projections (a pair launch runs both)");
+
 // A tile as the producer hands it to the consumers: its index in the launch's order (>= the
-// tile count: none left), first sorted row, rows, expert and column tile.
+// tile count: none left), first sorted row, rows, expert, column tile and row tile.
 struct TileSlot {
   long long t;
   long long m0;
-  int rows, expert, col;
+  int rows, expert, col, row;
 };
 
-template <bool kUp, Activation kAct>
+// What a launch runs: one projection (up or down), or both in turn (pair, decode sizes): every
+// up-projection tile first, then every down-projection tile, a down tile's loads waiting until
+// the up-projection has written all of its row tile's activations.
+enum WsMode { kModeUp = 0, kModeDown = 1, kModePair = 2 };
+
+// One projection of a launch: its tensor maps (weights, TMA-loaded rows of A, output), its
+// arguments and its column tiles per row tile.
+struct WsPass {
+  CUtensorMap map_b, map_a, map_c;
+  GemmArgs g;
+  int ncol;
+};
+// How a launch walks its tiles. counters (dynamic schedule; null: static): [0] the next tile to
+// claim, [1] blocks done claiming, [2] blocks done; row_done (pair): per row tile, how many
+// (column tile, consumer warpgroup) parts of its up-projection have been written. The last
+// block to finish claiming resets [0] and [1], the last block done resets [2] and row_done,
+// so that every launch finds them zero.
+struct WsCtl {
+  int group_rows, stages;
+  int* counters;
+  int* row_done;
+  bool a_tma, expert_raster;
+};
+
+template <int kMode, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
-    grouped_ws_kernel(const __grid_constant__ CUtensorMap map_b, const __grid_constant__ CUtensorMap map_a,
-                      const __grid_constant__ CUtensorMap map_c, const GemmArgs g, int ncol, int group_rows,
-                      int stages, int* tile_counter, bool a_tma, bool expert_raster) {
+    grouped_ws_kernel(const __grid_constant__ WsPass p0, const __grid_constant__ WsPass p1, const WsCtl ctl) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using Shape = WsShape<kUp>;
+  using Shape = WsShape<true>;  // the layout both projections share
   constexpr int kStages = Shape::kStages;
+  constexpr bool kPair = kMode == kModePair;
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const std::uint32_t raw = static_cast<std::uint32_t>(__cvta_generic_to_shared(smem_raw));
   unsigned char* smem = smem_raw + (((raw + 1023u) & ~1023u) - raw);
@@ -118,22 +144,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   // The producer's first warp finds each tile's expert, rows and column once and its thread 0
   // publishes them in slot q of a two-slot queue (q_full[q] completes when it is written,
   // q_empty[q] when the 8 consumer warps have read it), so the consumers start a tile without
-  // its lookups' memory latency. Dynamic schedule: tile_counter not null.
+  // its lookups' memory latency. Dynamic schedule: ctl.counters not null.
   std::uint64_t* q_full = empty + kStages;
   std::uint64_t* q_empty = q_full + 2;
   volatile TileSlot* tile_q = reinterpret_cast<volatile TileSlot*>(q_empty + 2);
-  const bool dynamic = tile_counter != nullptr;
+  const bool dynamic = ctl.counters != nullptr;
+  const int stages = ctl.stages;
   auto write_slot = [](volatile TileSlot& q, const TileSlot& v) {
     q.t = v.t;
     q.m0 = v.m0;
     q.rows = v.rows;
     q.expert = v.expert;
     q.col = v.col;
+    q.row = v.row;
   };
-  auto read_slot = [](const volatile TileSlot& q) { return TileSlot{q.t, q.m0, q.rows, q.expert, q.col}; };
+  auto read_slot = [](const volatile TileSlot& q) { return TileSlot{q.t, q.m0, q.rows, q.expert, q.col, q.row}; };
   // The up-projection's producer threads gather the x rows with cp.async, unless its rows are
   // contiguous (staged by gather_rows, or a dense pass) and come by TMA like the weights.
-  const bool gather = kUp && !a_tma;
+  const bool gather = kMode == kModeUp && !ctl.a_tma;
   auto stage_a = [&](int s) { return s * Shape::kStageBytes; };  // byte offsets from smem
   auto stage_b = [&](int s) { return s * Shape::kStageBytes + kTileBytesA; };
 
@@ -160,9 +188,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bar);
   };
 
-  const int nrow = g.tile_offsets[g.E];
-  const std::int64_t total = std::int64_t(nrow) * ncol;
-  const int ktiles = static_cast<int>((g.K + kBK - 1) / kBK);
+  // Both projections of a pair share the row tiles (the same offsets and tile_offsets).
+  const int nrow = p0.g.tile_offsets[p0.g.E];
+  const long long total0 = static_cast<long long>(nrow) * p0.ncol;  // p0's tiles
+  const long long total = total0 + (kPair ? static_cast<long long>(nrow) * p1.ncol : 0);
+  // Whether tile t is an up-projection tile, and the projection it belongs to.
+  auto is_up = [&](long long t) { return kMode == kModeUp || (kPair && t < total0); };
+  auto pass_of = [&](long long t) -> const WsPass& { return kPair && t >= total0 ? p1 : p0; };
+  auto ktiles_of = [&](const WsPass& p) { return static_cast<int>((p.g.K + kBK - 1) / kBK); };
 
   if (wg == 0) {
     // ---------------- producer ----------------
@@ -173,17 +206,22 @@ __global__ void __launch_bounds__(kThreads, 1)
     // tile after this one now, so the atomic's latency hides behind this tile's loads.
     auto publish = [&](long long& ticket, int& q, std::uint32_t& qphase) {
       const long long t = dynamic ? __shfl_sync(0xffffffffu, ticket, 0) : ticket;
-      TileSlot cur{t, 0, 0, 0, 0};
+      TileSlot cur{t, 0, 0, 0, 0, 0};
       if (t < total) {
         TileCoord tc;
-        const RowTile rt = tile_at<kBM>(g, t, nrow, ncol, group_rows, expert_raster, tc);
-        cur = {t, rt.m0, rt.rows, rt.expert, tc.col};
+        const WsPass& p = pass_of(t);
+        const RowTile rt = tile_at<kBM>(p.g, t < total0 ? t : t - total0, nrow, p.ncol, ctl.group_rows,
+                                        ctl.expert_raster, tc);
+        cur = {t, rt.m0, rt.rows, rt.expert, tc.col, tc.row};
       }
       if ((tid & 31) == 0) {
         ptx::mbarrier_wait(&q_empty[q], qphase ^ 1);
         write_slot(tile_q[q], cur);
         ptx::mbarrier_arrive(&q_full[q]);  // release: the readers' wait sees the slot
-        if (dynamic && ticket < total) ticket = gridDim.x + static_cast<long long>(atomicAdd(tile_counter, 1));
+        // A pair claims every tile (none is a block's by its index), so that a claimed up tile
+        // always has a running block: a down tile waits only for those.
+        if (dynamic && ticket < total)
+          ticket = (kPair ? 0 : gridDim.x) + static_cast<long long>(atomicAdd(ctl.counters, 1));
       }
       if (!dynamic) ticket += gridDim.x;
       if (++q == 2) q = 0, qphase ^= 1;
@@ -193,34 +231,34 @@ __global__ void __launch_bounds__(kThreads, 1)
     // claiming resets the counters for the next launch on the stream.
     auto reset_counters = [&] {
       __threadfence();
-      if (atomicAdd(tile_counter + 1, 1) == static_cast<int>(gridDim.x) - 1) {
-        tile_counter[0] = 0;
-        tile_counter[1] = 0;
+      if (atomicAdd(ctl.counters + 1, 1) == static_cast<int>(gridDim.x) - 1) {
+        ctl.counters[0] = 0;
+        ctl.counters[1] = 0;
       }
     };
     // Issues the TMA loads of k tile kt of tile rt, column j0, into stage s (thread 0).
-    auto tma_loads = [&](const RowTile& rt, int j0, int kt, int s) {
+    auto tma_loads = [&](bool up, const WsPass& p, const RowTile& rt, int j0, int kt, int s) {
       const int k0 = kt * kBK;
       const int e = rt.expert;
-      if constexpr (kUp) {
-        ptx::mbarrier_arrive_expect_tx(&full[s], a_tma ? kTileBytesA + kTileBytesB : kTileBytesB);
-        if (a_tma)  // staged rows: sorted position p; a dense pass: x row p - offsets[e]
-          ptx::tma_load_2d(smem + stage_a(s), &map_a, k0,
-                           static_cast<int>(g.a_local ? rt.m0 - g.offsets[e] : rt.m0), &full[s]);
-        const int brow = static_cast<int>(e * 2 * g.N) + j0;
-        ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, brow, &full[s]);
-        ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &map_b, k0, brow + static_cast<int>(g.N), &full[s]);
+      if (up) {
+        ptx::mbarrier_arrive_expect_tx(&full[s], ctl.a_tma ? kTileBytesA + kTileBytesB : kTileBytesB);
+        if (ctl.a_tma)  // staged rows: sorted position p; a dense pass: x row p - offsets[e]
+          ptx::tma_load_2d(smem + stage_a(s), &p.map_a, k0,
+                           static_cast<int>(p.g.a_local ? rt.m0 - p.g.offsets[e] : rt.m0), &full[s]);
+        const int brow = static_cast<int>(e * 2 * p.g.N) + j0;
+        ptx::tma_load_2d(smem + stage_b(s), &p.map_b, k0, brow, &full[s]);
+        ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &p.map_b, k0, brow + static_cast<int>(p.g.N), &full[s]);
       } else {
         ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesB);
-        ptx::tma_load_2d(smem + stage_a(s), &map_a, k0, static_cast<int>(rt.m0), &full[s]);
-        ptx::tma_load_2d(smem + stage_b(s), &map_b, k0, static_cast<int>(e * g.N) + j0, &full[s]);
+        ptx::tma_load_2d(smem + stage_a(s), &p.map_a, k0, static_cast<int>(rt.m0), &full[s]);
+        ptx::tma_load_2d(smem + stage_b(s), &p.map_b, k0, static_cast<int>(e * p.g.N) + j0, &full[s]);
       }
     };
     int s = 0;
     std::uint32_t phase = 0;  // parity of the current pass over the stages
     int q = 0;
     std::uint32_t qphase = 0;
-    long long ticket = blockIdx.x;  // every block's first tile is its own; the rest static or claimed
+    long long ticket = blockIdx.x;  // every block's first tile is its own (not in a pair); the rest static or claimed
     if (!gather) {
       // All loads by TMA. Warp 1 schedules: it looks the tiles up (and, dynamic, claims them) and
       // queues them, up to two ahead, so that lookups and claims (device-memory round trips)
@@ -229,6 +267,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // until commit 572c00b, the static schedule measured the same, H200 run 81; the dynamic
       // one, which pays a claim per tile, is the default here since: heuristics.hpp.)
       if (pw == 1) {
+        if (kPair && tid == 32) ticket = atomicAdd(ctl.counters, 1);
         for (;;)
           if (publish(ticket, q, qphase).t >= total) break;
         if (dynamic && tid == 32) reset_counters();
@@ -241,97 +280,111 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::mbarrier_arrive(&q_empty[q]);
         if (++q == 2) q = 0, qphase ^= 1;
         if (cur.t >= total) break;
+        const bool up = is_up(cur.t);
+        const WsPass& p = pass_of(cur.t);
+        if (kPair && !up) {
+          // The row tile's activations: every column tile of the up-projection, both consumer
+          // warpgroups' rows, written (their release), then read by TMA (the async proxy).
+          while (ptx::ld_acquire_gpu(ctl.row_done + cur.row) < 2 * p0.ncol) __nanosleep(64);
+          ptx::fence_proxy_async_global();
+        }
         const RowTile rt{cur.expert, cur.m0, cur.rows};
-        const int j0 = kUp ? cur.col * (kBN / 2) : cur.col * kBN;
+        const int j0 = up ? cur.col * (kBN / 2) : cur.col * kBN;
+        const int ktiles = ktiles_of(p);
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
-          tma_loads(rt, j0, kt, s);
+          tma_loads(up, p, rt, j0, kt, s);
           if (++s == stages) s = 0, phase ^= 1;
         }
       }
       return;
     }
-    // Gathered rows: the 128 producer threads copy the x rows with cp.async; thread 0 also issues
-    // the weights' TMA loads. The tile: static, every warp looks it up itself (no barrier between
-    // them; warp 0 publishes it for the consumers); dynamic, warp 0 looks it up and publishes it,
-    // the other warps read the slot back.
-    const int lr = tid >> 3, lc = tid & 7;  // rows lr + 16 i, 16-byte chunk lc of each k tile
-    // Chunk lc of row r lands at r * 128 + ((lc ^ (r % 8)) << 4) (128-byte swizzle); r % 8 is
-    // lr % 8 for every i.
-    const std::uint32_t dst0 = sbase + lr * 128 + ((lc ^ (lr & 7)) << 4);
-    const int full_k = static_cast<int>(g.K / kBK);  // k tiles wholly inside K
-    const std::uint32_t lda16 = static_cast<std::uint32_t>(g.lda / 8);  // A's row stride in 16-byte chunks
-    for (;;) {
-      TileSlot cur;
-      if (pw == 0) {
-        cur = publish(ticket, q, qphase);
-      } else {
-        long long t = ticket;
-        cur = {t, 0, 0, 0, 0};
-        if (!dynamic) {
-          if (t < total) {
-            TileCoord tc;
-            const RowTile rt = tile_at<kBM>(g, t, nrow, ncol, group_rows, expert_raster, tc);
-            cur = {t, rt.m0, rt.rows, rt.expert, tc.col};
-          }
-          ticket += gridDim.x;
-        }
-        if (++q == 2) q = 0, qphase ^= 1;
-      }
-      if (dynamic) {
-        ptx::named_barrier_sync(3, 128);  // the other producer threads read the slot
-        // thread 0 rewrites it two tiles on, after the next such barrier
-        cur = read_slot(tile_q[q ^ 1]);
-      }
-      if (cur.t >= total) break;
-      const RowTile rt{cur.expert, cur.m0, cur.rows};
-      // The thread's 8 source rows, once per tile: their indices in A (32-bit, which keeps the
-      // producer within its 56 registers) and a bit per row inside the tile's count (rows past it
-      // are not loaded: their outputs are never stored). Per k tile a copy is then one wide
-      // multiply-add for its address and the cp.async (the per-copy row, k-range and address
-      // arithmetic had the producer issuing ~28 instructions a copy, and the consumers waited on
-      // its stages; Nsight Compute, H200 run 83).
-      std::uint32_t src[8];
-      unsigned live = 0;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int r = lr + 16 * i;
-        const std::int64_t p = rt.m0 + r;
-        std::int64_t row = 0;
-        if (r < rt.rows) {
-          live |= 1u << i;
-          row = g.gather ? g.gather[p] : p - g.offsets[rt.expert];
-        }
-        src[i] = static_cast<std::uint32_t>(row);
-      }
-      const int j0 = kUp ? cur.col * (kBN / 2) : cur.col * kBN;
-      for (int kt = 0; kt < ktiles; ++kt) {
-        ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
-        if (tid == 0) tma_loads(rt, j0, kt, s);
-        const std::uint32_t dst = dst0 + stage_a(s);  // row lr + 16 i at + 2048 i (same swizzle)
-        const uint4* a16 = reinterpret_cast<const uint4*>(g.A) + (lc + kt * (kBK / 8));  // row 0's chunk
-        if (kt < full_k) {
-#pragma unroll
-          for (int i = 0; i < 8; ++i)
-            if ((live >> i) & 1u) ptx::cp_async_cg_16(dst + 2048 * i, a16 + std::uint64_t(src[i]) * lda16);
+    if constexpr (kMode == kModeUp) {
+      // Gathered rows: the 128 producer threads copy the x rows with cp.async; thread 0 also
+      // issues the weights' TMA loads. The tile: static, every warp looks it up itself (no barrier
+      // between them; warp 0 publishes it for the consumers); dynamic, warp 0 looks it up and
+      // publishes it, the other warps read the slot back.
+      const GemmArgs& g = p0.g;
+      const int ktiles = ktiles_of(p0);
+      const int lr = tid >> 3, lc = tid & 7;  // rows lr + 16 i, 16-byte chunk lc of each k tile
+      // Chunk lc of row r lands at r * 128 + ((lc ^ (r % 8)) << 4) (128-byte swizzle); r % 8 is
+      // lr % 8 for every i.
+      const std::uint32_t dst0 = sbase + lr * 128 + ((lc ^ (lr & 7)) << 4);
+      const int full_k = static_cast<int>(g.K / kBK);  // k tiles wholly inside K
+      const std::uint32_t lda16 = static_cast<std::uint32_t>(g.lda / 8);  // A's row stride in 16-byte chunks
+      for (;;) {
+        TileSlot cur;
+        if (pw == 0) {
+          cur = publish(ticket, q, qphase);
         } else {
-          // The k tail: chunks past K are zero-filled (K is a multiple of 8: whole chunks), their
-          // address the row's first chunk (no bytes are read from it; a second base pointer for
-          // them cost the producer a register spill).
-          const bool kin = kt * kBK + lc * 8 < g.K;
-          const uint4* a_row0 = reinterpret_cast<const uint4*>(g.A) + (kin ? lc + kt * (kBK / 8) : 0);
-#pragma unroll
-          for (int i = 0; i < 8; ++i)
-            if ((live >> i) & 1u) ptx::cp_async_cg_16(dst + 2048 * i, a_row0 + std::uint64_t(src[i]) * lda16, kin ? 16 : 0);
+          long long t = ticket;
+          cur = {t, 0, 0, 0, 0, 0};
+          if (!dynamic) {
+            if (t < total) {
+              TileCoord tc;
+              const RowTile rt = tile_at<kBM>(g, t, nrow, p0.ncol, ctl.group_rows, ctl.expert_raster, tc);
+              cur = {t, rt.m0, rt.rows, rt.expert, tc.col, tc.row};
+            }
+            ticket += gridDim.x;
+          }
+          if (++q == 2) q = 0, qphase ^= 1;
         }
-        ptx::cp_async_commit_group();
-        // The hardware arrives for this thread once these copies have landed.
-        ptx::cp_async_mbarrier_arrive_noinc(&full[s]);
-        if (++s == stages) s = 0, phase ^= 1;
+        if (dynamic) {
+          ptx::named_barrier_sync(3, 128);  // the other producer threads read the slot
+          // thread 0 rewrites it two tiles on, after the next such barrier
+          cur = read_slot(tile_q[q ^ 1]);
+        }
+        if (cur.t >= total) break;
+        const RowTile rt{cur.expert, cur.m0, cur.rows};
+        // The thread's 8 source rows, once per tile: their indices in A (32-bit, which keeps the
+        // producer within its 56 registers) and a bit per row inside the tile's count (rows past
+        // it are not loaded: their outputs are never stored). Per k tile a copy is then one wide
+        // multiply-add for its address and the cp.async (the per-copy row, k-range and address
+        // arithmetic had the producer issuing ~28 instructions a copy, and the consumers waited
+        // on its stages; Nsight Compute, H200 run 83).
+        std::uint32_t src[8];
+        unsigned live = 0;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const int r = lr + 16 * i;
+          const std::int64_t p = rt.m0 + r;
+          std::int64_t row = 0;
+          if (r < rt.rows) {
+            live |= 1u << i;
+            row = g.gather ? g.gather[p] : p - g.offsets[rt.expert];
+          }
+          src[i] = static_cast<std::uint32_t>(row);
+        }
+        const int j0 = cur.col * (kBN / 2);
+        for (int kt = 0; kt < ktiles; ++kt) {
+          ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
+          if (tid == 0) tma_loads(true, p0, rt, j0, kt, s);
+          const std::uint32_t dst = dst0 + stage_a(s);  // row lr + 16 i at + 2048 i (same swizzle)
+          const uint4* a16 = reinterpret_cast<const uint4*>(g.A) + (lc + kt * (kBK / 8));  // row 0's chunk
+          if (kt < full_k) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+              if ((live >> i) & 1u) ptx::cp_async_cg_16(dst + 2048 * i, a16 + std::uint64_t(src[i]) * lda16);
+          } else {
+            // The k tail: chunks past K are zero-filled (K is a multiple of 8: whole chunks), their
+            // address the row's first chunk (no bytes are read from it; a second base pointer for
+            // them cost the producer a register spill).
+            const bool kin = kt * kBK + lc * 8 < g.K;
+            const uint4* a_row0 = reinterpret_cast<const uint4*>(g.A) + (kin ? lc + kt * (kBK / 8) : 0);
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+              if ((live >> i) & 1u)
+                ptx::cp_async_cg_16(dst + 2048 * i, a_row0 + std::uint64_t(src[i]) * lda16, kin ? 16 : 0);
+          }
+          ptx::cp_async_commit_group();
+          // The hardware arrives for this thread once these copies have landed.
+          ptx::cp_async_mbarrier_arrive_noinc(&full[s]);
+          if (++s == stages) s = 0, phase ^= 1;
+        }
       }
+      if (dynamic && tid == 0) reset_counters();
+      ptx::cp_async_wait_group<0>();  // nothing in flight when the block exits
     }
-    if (dynamic && tid == 0) reset_counters();
-    ptx::cp_async_wait_group<0>();  // nothing in flight when the block exits
   } else {
     // ---------------- consumers ----------------
     ptx::setmaxnreg_inc<224>();
@@ -343,14 +396,93 @@ __global__ void __launch_bounds__(kThreads, 1)
     float acc[kBN / 2];
     int q = 0;
     std::uint32_t qphase = 0;
+    // A pair's up tile: this warpgroup's part of its row tile written (stores complete, then a
+    // release the down tiles' loads acquire).
+    auto publish_rows = [&](const TileSlot& cur) {
+      if constexpr (kPair) {
+        ptx::named_barrier_sync(1 + cw, 128);  // the warpgroup's generic stores, in block order
+        if (tid == 0) {
+          ptx::bulk_wait_group_all();  // its TMA stores written
+          ptx::fence_proxy_async_global();
+          __threadfence();
+          ptx::red_release_gpu_add(ctl.row_done + cur.row, 1);
+        }
+      }
+    };
+    // Epilogue. Accumulator 4 b + 2 h + i of a thread: row 16 w + l / 4 + 8 h, column
+    // 8 b + 2 (l % 4) + i; in the up-projection column c < 128 is a gate, c + 128 its up.
+    // The warpgroup's 64 output rows are staged 128 columns per round as panels of 64 columns
+    // (64 rows x 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8): TMA's 128-byte
+    // swizzle, and no bank conflicts for these writes).
+    auto epilogue = [&](auto up_c, const WsPass& p, const TileSlot& cur) {
+      constexpr bool kUp = decltype(up_c)::value;
+      using Out = WsShape<kUp>;
+      const RowTile rt{cur.expert, cur.m0, cur.rows};
+      const bool whole = cw * 64 + 64 <= rt.rows;  // all 64 rows are this tile's
+#pragma unroll
+      for (int round = 0; round < Out::kRounds; ++round) {
+        // The stores issued from the staged panels (last round or last tile) have read them.
+        if (tid == 0) ptx::bulk_wait_group_read_all();
+        ptx::named_barrier_sync(1 + cw, 128);
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const int rr = 16 * w + (l >> 2) + 8 * h;
+          unsigned char* row = my_out + rr * 128 + (l & 3) * 4;
+#pragma unroll
+          for (int bb = 0; bb < Out::kRoundCols / 8; ++bb) {
+            const int b = round * (Out::kRoundCols / 8) + bb;
+            float v0 = acc[4 * b + 2 * h], v1 = acc[4 * b + 2 * h + 1];
+            if constexpr (kUp) {
+              v0 = activate_gated<kAct>(v0, acc[4 * (b + 16) + 2 * h]);
+              v1 = activate_gated<kAct>(v1, acc[4 * (b + 16) + 2 * h + 1]);
+            }
+            *reinterpret_cast<__nv_bfloat162*>(row + (bb >> 3) * Out::kPanelBytes + (((bb & 7) ^ (rr & 7)) << 4)) =
+                __floats2bfloat162_rn(v0, v1);
+          }
+        }
+        const int j0 = cur.col * Out::kOutCols + round * Out::kRoundCols;
+        if (whole) {
+          // One thread hands the panels to TMA stores, and the warpgroup goes on (to the next
+          // round, or its next tile) while they drain; columns past N are clipped.
+          ptx::fence_proxy_async_shared();
+          ptx::named_barrier_sync(1 + cw, 128);
+          if (tid == 0) {
+#pragma unroll
+            for (int pnl = 0; pnl < Out::kRoundCols / 64; ++pnl)
+              if (j0 + pnl * 64 < p.g.N)
+                ptx::tma_store_2d(&p.map_c, j0 + pnl * 64, static_cast<int>(rt.m0 + cw * 64),
+                                  my_out + pnl * Out::kPanelBytes);
+            ptx::bulk_commit_group();
+          }
+        } else {
+          // Rows past the count belong to the next expert's tile: 16-byte stores with the row
+          // and column predicates.
+          ptx::named_barrier_sync(1 + cw, 128);
+          constexpr int kChunks = Out::kRoundCols / 8;  // 16-byte chunks per row
+#pragma unroll 4
+          for (int qq = tid; qq < 64 * kChunks; qq += 128) {
+            const int rr = qq / kChunks, c = qq % kChunks;
+            const int r = cw * 64 + rr;
+            const std::int64_t j = std::int64_t(j0) + c * 8;
+            if (r < rt.rows && j < p.g.N) {
+              const uint4 v = *reinterpret_cast<const uint4*>(my_out + (c >> 3) * Out::kPanelBytes + rr * 128 +
+                                                              (((c & 7) ^ (rr & 7)) << 4));
+              *reinterpret_cast<uint4*>(p.g.C + (rt.m0 + r) * p.g.ldc + j) = v;
+            }
+          }
+        }
+      }
+    };
     for (;;) {
       ptx::mbarrier_wait(&q_full[q], qphase);
       const TileSlot cur = read_slot(tile_q[q]);
       arrive(&q_empty[q]);  // after the warp's reads of the slot
       if (++q == 2) q = 0, qphase ^= 1;
       if (cur.t >= total) break;
-      const RowTile rt{cur.expert, cur.m0, cur.rows};
-      if (cw * 64 >= rt.rows) {
+      const bool up = is_up(cur.t);
+      const WsPass& p = pass_of(cur.t);
+      const int ktiles = ktiles_of(p);
+      if (cw * 64 >= cur.rows) {
         // All 64 of this warpgroup's rows are past the tile's count (an expert's last tile; most
         // tiles at decode sizes): no wgmma and no epilogue, only the stage hand-back, so the
         // tensor-core work of a few-row tile halves.
@@ -359,6 +491,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           arrive(&empty[s]);
           if (++s == stages) s = 0, phase ^= 1;
         }
+        if (up) publish_rows(cur);
         continue;
       }
 #pragma unroll
@@ -386,68 +519,30 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       ptx::wgmma_wait_group<0>();
       if (stages > 1) arrive(&empty[prev]);
-
-      // Epilogue. Accumulator 4 b + 2 h + i of a thread: row 16 w + l / 4 + 8 h, column
-      // 8 b + 2 (l % 4) + i; in the up-projection column c < 128 is a gate, c + 128 its up.
-      // The warpgroup's 64 output rows are staged 128 columns per round as panels of 64 columns
-      // (64 rows x 128 bytes, 16-byte chunk c of row r at chunk c ^ (r % 8): TMA's 128-byte
-      // swizzle, and no bank conflicts for these writes).
-      const bool whole = cw * 64 + 64 <= rt.rows;  // all 64 rows are this tile's
-#pragma unroll
-      for (int round = 0; round < Shape::kRounds; ++round) {
-        // The stores issued from the staged panels (last round or last tile) have read them.
-        if (tid == 0) ptx::bulk_wait_group_read_all();
-        ptx::named_barrier_sync(1 + cw, 128);
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const int rr = 16 * w + (l >> 2) + 8 * h;
-          unsigned char* row = my_out + rr * 128 + (l & 3) * 4;
-#pragma unroll
-          for (int bb = 0; bb < Shape::kRoundCols / 8; ++bb) {
-            const int b = round * (Shape::kRoundCols / 8) + bb;
-            float v0 = acc[4 * b + 2 * h], v1 = acc[4 * b + 2 * h + 1];
-            if constexpr (kUp) {
-              v0 = activate_gated<kAct>(v0, acc[4 * (b + 16) + 2 * h]);
-              v1 = activate_gated<kAct>(v1, acc[4 * (b + 16) + 2 * h + 1]);
-            }
-            *reinterpret_cast<__nv_bfloat162*>(row + (bb >> 3) * Shape::kPanelBytes + (((bb & 7) ^ (rr & 7)) << 4)) =
-                __floats2bfloat162_rn(v0, v1);
-          }
-        }
-        const int j0 = cur.col * Shape::kOutCols + round * Shape::kRoundCols;
-        if (whole) {
-          // One thread hands the panels to TMA stores, and the warpgroup goes on (to the next
-          // round, or its next tile) while they drain; columns past N are clipped.
-          ptx::fence_proxy_async_shared();
-          ptx::named_barrier_sync(1 + cw, 128);
-          if (tid == 0) {
-#pragma unroll
-            for (int pnl = 0; pnl < Shape::kRoundCols / 64; ++pnl)
-              if (j0 + pnl * 64 < g.N)
-                ptx::tma_store_2d(&map_c, j0 + pnl * 64, static_cast<int>(rt.m0 + cw * 64),
-                                  my_out + pnl * Shape::kPanelBytes);
-            ptx::bulk_commit_group();
-          }
-        } else {
-          // Rows past the count belong to the next expert's tile: 16-byte stores with the row
-          // and column predicates.
-          ptx::named_barrier_sync(1 + cw, 128);
-          constexpr int kChunks = Shape::kRoundCols / 8;  // 16-byte chunks per row
-#pragma unroll 4
-          for (int q = tid; q < 64 * kChunks; q += 128) {
-            const int rr = q / kChunks, c = q % kChunks;
-            const int r = cw * 64 + rr;
-            const std::int64_t j = std::int64_t(j0) + c * 8;
-            if (r < rt.rows && j < g.N) {
-              const uint4 v = *reinterpret_cast<const uint4*>(my_out + (c >> 3) * Shape::kPanelBytes + rr * 128 +
-                                                              (((c & 7) ^ (rr & 7)) << 4));
-              *reinterpret_cast<uint4*>(g.C + (rt.m0 + r) * g.ldc + j) = v;
-            }
-          }
+      if constexpr (kMode != kModeDown) {
+        if (up) {
+          epilogue(std::true_type{}, p, cur);
+          publish_rows(cur);
+          continue;
         }
       }
+      if constexpr (kMode != kModeUp) epilogue(std::false_type{}, p, cur);
     }
     if (tid == 0) ptx::bulk_wait_group_all();  // the block's last stores are done before it exits
+    if (kPair) ptx::named_barrier_sync(4, 256);  // both consumer warpgroups past their last tile
+    if (kPair && cw == 0 && w == 0) {
+      // The last block done (no loads or stores of the launch left) zeroes the row counts.
+      int last = 0;
+      if (l == 0) {
+        __threadfence();
+        last = atomicAdd(ctl.counters + 2, 1) == static_cast<int>(gridDim.x) - 1;
+      }
+      if (__shfl_sync(0xffffffffu, last, 0)) {
+        __threadfence();
+        for (int r = l; r < nrow; r += 32) ctl.row_done[r] = 0;
+        if (l == 0) ctl.counters[2] = 0;
+      }
+    }
   }
 #else
   if (threadIdx.x == 0 && blockIdx.x == 0)
@@ -458,27 +553,38 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0; }
 
-template <bool kUp, Activation kAct>
-void run(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
-  using Shape = WsShape<kUp>;
-  const std::int64_t rows_b = kUp ? 2 * g.N : g.N;
-  const bool a_tma = !kUp || !g.gather;  // rows of A contiguous: a TMA box per k tile
-  const CUtensorMap map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, kUp ? kBN / 2 : kBN);
-  const CUtensorMap map_a = a_tma ? make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM) : map_b;
+// The tensor maps and column tiles of one projection (a_tma: A's rows read by TMA, a_rows of them).
+WsPass make_pass(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, bool a_tma) {
+  WsPass p{};
+  const std::int64_t rows_b = up ? 2 * g.N : g.N;
+  p.map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, up ? kBN / 2 : kBN);
+  p.map_a = a_tma ? make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM) : p.map_b;
   // The output's TMA stores take whole 64-row blocks of a tile, all below offsets[E]. Its extent:
   // the down-projection's y has a_rows rows; for the up-projection's act, max_tiles * kBM bounds
   // offsets[E] (no store reaches past the real rows either way).
-  const CUtensorMap map_c = make_tensor_map_bf16(g.C, kUp ? max_tiles * kBM : a_rows, g.N, g.ldc, 64);
-  const int ncol = static_cast<int>((g.N + Shape::kOutCols - 1) / Shape::kOutCols);
-  const std::int64_t tiles = max_tiles * ncol;
+  p.map_c = make_tensor_map_bf16(g.C, up ? max_tiles * kBM : a_rows, g.N, g.ldc, 64);
+  p.g = g;
+  const int cols = up ? WsShape<true>::kOutCols : WsShape<false>::kOutCols;
+  p.ncol = static_cast<int>((g.N + cols - 1) / cols);
+  return p;
+}
+
+template <int kMode, Activation kAct>
+void run(const WsPass& p0, const WsPass& p1, std::int64_t tiles, const WsCtl& ctl) {
+  constexpr int smem = WsShape<true>::kSmem;
   const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
-  stages = std::clamp(stages <= 0 ? ws_stages() : stages, 1, Shape::kStages);
-  auto kernel = grouped_ws_kernel<kUp, kAct>;
-  TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Shape::kSmem));
-  int* counter = ws_dynamic_tiles(max_tiles, g.E, a_tma) ? tile_counters() : nullptr;
-  kernel<<<grid, kThreads, Shape::kSmem, current_stream()>>>(map_b, map_a, map_c, g, ncol, kRasterRows, stages,
-                                                               counter, a_tma, expert_raster());
+  auto kernel = grouped_ws_kernel<kMode, kAct>;
+  TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  kernel<<<grid, kThreads, smem, current_stream()>>>(p0, p1, ctl);
   TILEMOE_CHECK_LAUNCH();
+}
+
+template <int kMode>
+void run_act(Activation act, const WsPass& p0, const WsPass& p1, std::int64_t tiles, const WsCtl& ctl) {
+  if constexpr (kMode == kModeDown) run<kMode, Activation::relu>(p0, p1, tiles, ctl);  // no activation
+  else if (act == Activation::swiglu) run<kMode, Activation::swiglu>(p0, p1, tiles, ctl);
+  else if (act == Activation::geglu) run<kMode, Activation::geglu>(p0, p1, tiles, ctl);
+  else run<kMode, Activation::clamped_swiglu>(p0, p1, tiles, ctl);
 }
 
 }  // namespace
@@ -503,10 +609,25 @@ std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows) {
 
 void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
   if (max_tiles <= 0 || g.N <= 0) return;
-  if (!up) run<false, Activation::relu>(g, max_tiles, a_rows, stages);
-  else if (g.act == Activation::swiglu) run<true, Activation::swiglu>(g, max_tiles, a_rows, stages);
-  else if (g.act == Activation::geglu) run<true, Activation::geglu>(g, max_tiles, a_rows, stages);
-  else run<true, Activation::clamped_swiglu>(g, max_tiles, a_rows, stages);
+  const bool a_tma = !up || !g.gather;  // rows of A contiguous: a TMA box per k tile
+  const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma);
+  WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
+            a_tma, expert_raster()};
+  if (ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
+  const std::int64_t tiles = max_tiles * p.ncol;
+  if (up) run_act<kModeUp>(g.act, p, p, tiles, ctl);
+  else run_act<kModeDown>(g.act, p, p, tiles, ctl);
+}
+
+void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64_t max_tiles, std::int64_t a_rows_up,
+                            std::int64_t a_rows_down, int stages) {
+  if (max_tiles <= 0 || up.N <= 0) return;
+  const WsPass p0 = make_pass(up, true, max_tiles, a_rows_up, true);
+  const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
+  int* counters = tile_counters(max_tiles);
+  const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
+                  counters + kTileCounterHead, true, expert_raster()};
+  run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 
 }  // namespace tilemoe::detail::gpu

@@ -125,6 +125,7 @@ struct WsCtl {
   int* counters;
   int* row_done;
   bool a_tma, expert_raster;
+  int debug;  // TEMPORARY racecheck experiment
 };
 
 template <int kMode, Activation kAct>
@@ -215,6 +216,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         cur = {t, rt.m0, rt.rows, rt.expert, tc.col, tc.row};
       }
       if ((tid & 31) == 0) {
+        if (kPair && (ctl.debug & 4) && t < total && t >= total0) {
+          while (ptx::ld_acquire_gpu(ctl.row_done + cur.row) < 2 * p0.ncol) __nanosleep(64);
+          ptx::fence_proxy_async_global();
+        }
         ptx::mbarrier_wait(&q_empty[q], qphase ^ 1);
         write_slot(tile_q[q], cur);
         ptx::mbarrier_arrive(&q_full[q]);  // release: the readers' wait sees the slot
@@ -285,8 +290,15 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (kPair && !up) {
           // The row tile's activations: every column tile of the up-projection, both consumer
           // warpgroups' rows, written (their release), then read by TMA (the async proxy).
-          while (ptx::ld_acquire_gpu(ctl.row_done + cur.row) < 2 * p0.ncol) __nanosleep(64);
-          ptx::fence_proxy_async_global();
+          if (!(ctl.debug & 4)) {
+            if (ctl.debug & 1) {
+              while (ptx::ld_acquire_gpu(ctl.row_done + cur.row) < 2 * p0.ncol) {
+              }
+            } else {
+              while (ptx::ld_acquire_gpu(ctl.row_done + cur.row) < 2 * p0.ncol) __nanosleep(64);
+            }
+          }
+          if (!(ctl.debug & 2)) ptx::fence_proxy_async_global();
         }
         const RowTile rt{cur.expert, cur.m0, cur.rows};
         const int j0 = up ? cur.col * (kBN / 2) : cur.col * kBN;
@@ -612,7 +624,7 @@ void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::
   const bool a_tma = !up || !g.gather;  // rows of A contiguous: a TMA box per k tile
   const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma);
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
-            a_tma, expert_raster()};
+            a_tma, expert_raster(), 0};
   if (ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
   const std::int64_t tiles = max_tiles * p.ncol;
   if (up) run_act<kModeUp>(g.act, p, p, tiles, ctl);
@@ -626,7 +638,7 @@ void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64
   const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
   int* counters = tile_counters(max_tiles);
   const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
-                  counters + kTileCounterHead, true, expert_raster()};
+                  counters + kTileCounterHead, true, expert_raster(), env_int("TILEMOE_WS_PAIR_DEBUG", 0, 7)};
   run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 

@@ -216,17 +216,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         cur = {t, rt.m0, rt.rows, rt.expert, tc.col, tc.row};
       }
       if ((tid & 31) == 0) {
-        if (kPair && (ctl.debug & 4) && t < total && t >= total0) {
-          while (ptx::ld_acquire_gpu(ctl.row_done + cur.row) < 2 * p0.ncol) __nanosleep(64);
-          ptx::fence_proxy_async_global();
-        }
         ptx::mbarrier_wait(&q_empty[q], qphase ^ 1);
         write_slot(tile_q[q], cur);
         ptx::mbarrier_arrive(&q_full[q]);  // release: the readers' wait sees the slot
         // A pair claims every tile (none is a block's by its index), so that a claimed up tile
         // always has a running block: a down tile waits only for those.
         if (dynamic && ticket < total)
-          ticket = (kPair ? 0 : gridDim.x) + static_cast<long long>(atomicAdd(ctl.counters, 1));
+          ticket = (kPair && !(ctl.debug & 32) ? 0 : gridDim.x) + static_cast<long long>(atomicAdd(ctl.counters, 1));
       }
       if (!dynamic) ticket += gridDim.x;
       if (++q == 2) q = 0, qphase ^= 1;
@@ -272,7 +268,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // until commit 572c00b, the static schedule measured the same, H200 run 81; the dynamic
       // one, which pays a claim per tile, is the default here since: heuristics.hpp.)
       if (pw == 1) {
-        if (kPair && tid == 32) ticket = atomicAdd(ctl.counters, 1);
+        if (kPair && tid == 32 && !(ctl.debug & 32)) ticket = atomicAdd(ctl.counters, 1);
         for (;;)
           if (publish(ticket, q, qphase).t >= total) break;
         if (dynamic && tid == 32) reset_counters();
@@ -290,15 +286,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (kPair && !up) {
           // The row tile's activations: every column tile of the up-projection, both consumer
           // warpgroups' rows, written (their release), then read by TMA (the async proxy).
-          if (!(ctl.debug & 4)) {
-            if (ctl.debug & 1) {
-              while (ptx::ld_acquire_gpu(ctl.row_done + cur.row) < 2 * p0.ncol) {
-              }
-            } else {
-              while (ptx::ld_acquire_gpu(ctl.row_done + cur.row) < 2 * p0.ncol) __nanosleep(64);
-            }
-          }
-          if (!(ctl.debug & 2)) ptx::fence_proxy_async_global();
+          while (ptx::ld_acquire_gpu(ctl.row_done + cur.row) < 8 * p0.ncol) __nanosleep(64);
+          ptx::fence_proxy_async_global();
         }
         const RowTile rt{cur.expert, cur.m0, cur.rows};
         const int j0 = up ? cur.col * (kBN / 2) : cur.col * kBN;
@@ -408,14 +397,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     float acc[kBN / 2];
     int q = 0;
     std::uint32_t qphase = 0;
-    // A pair's up tile: this warpgroup's part of its row tile written (stores complete, then a
-    // release the down tiles' loads acquire).
+    // A pair's up tile: this warp's part of its row tile written, then a release that the down
+    // tiles' loads acquire (8 per column tile: every consumer warp's). The warpgroup's TMA stores
+    // are its thread 0's, which waits for them first.
     auto publish_rows = [&](const TileSlot& cur) {
       if constexpr (kPair) {
-        ptx::named_barrier_sync(1 + cw, 128);  // the warpgroup's generic stores, in block order
-        if (tid == 0) {
-          ptx::bulk_wait_group_all();  // its TMA stores written
-          ptx::fence_proxy_async_global();
+        __syncwarp();  // the warp's generic stores before its lane 0's release
+        if (l == 0) {
+          if (w == 0) {
+            ptx::bulk_wait_group_all();  // the warpgroup's TMA stores written
+            ptx::fence_proxy_async_global();
+          }
           __threadfence();
           ptx::red_release_gpu_add(ctl.row_done + cur.row, 1);
         }
@@ -541,13 +533,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       if constexpr (kMode != kModeUp) epilogue(std::false_type{}, p, cur);
     }
     if (tid == 0) ptx::bulk_wait_group_all();  // the block's last stores are done before it exits
-    if (kPair) ptx::named_barrier_sync(4, 256);  // both consumer warpgroups past their last tile
-    if (kPair && cw == 0 && w == 0) {
-      // The last block done (no loads or stores of the launch left) zeroes the row counts.
+    if (kPair) {
+      // The last consumer warp done (every tile's loads and stores behind it) zeroes the row
+      // counts for the next launch.
       int last = 0;
       if (l == 0) {
         __threadfence();
-        last = atomicAdd(ctl.counters + 2, 1) == static_cast<int>(gridDim.x) - 1;
+        last = atomicAdd(ctl.counters + 2, 1) == 8 * static_cast<int>(gridDim.x) - 1;
       }
       if (__shfl_sync(0xffffffffu, last, 0)) {
         __threadfence();

@@ -163,6 +163,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // The up-projection's producer threads gather the x rows with cp.async, unless its rows are
   // contiguous (staged by gather_rows, or a dense pass) and come by TMA like the weights.
   const bool gather = kMode == kModeUp && !ctl.a_tma;
+  const bool loader_publishes = kPair && !(ctl.debug & 64);
   auto stage_a = [&](int s) { return s * Shape::kStageBytes; };  // byte offsets from smem
   auto stage_b = [&](int s) { return s * Shape::kStageBytes + kTileBytesA; };
 
@@ -176,7 +177,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     for (int q = 0; q < 2; ++q) {
       ptx::mbarrier_init(&q_full[q], 1);
-      ptx::mbarrier_init(&q_empty[q], gather ? 8 : 8 + 1);  // + the TMA thread, which reads it too
+      ptx::mbarrier_init(&q_empty[q], gather || loader_publishes ? 8 : 8 + 1);  // + the TMA thread, where it reads it too
     }
     ptx::fence_barrier_init();
   }
@@ -267,6 +268,39 @@ __global__ void __launch_bounds__(kThreads, 1)
       // consumers and issues the loads; the rest exit. (With the lookups in the loading warp, as
       // until commit 572c00b, the static schedule measured the same, H200 run 81; the dynamic
       // one, which pays a claim per tile, is the default here since: heuristics.hpp.)
+      // Issues the loads of tile cur (thread 0); a pair's down tile first waits for its row tile.
+      auto load_tile = [&](const TileSlot& cur) {
+        const bool up = is_up(cur.t);
+        const WsPass& p = pass_of(cur.t);
+        if (kPair && !up) {
+          // The row tile's activations: every column tile of the up-projection, every consumer
+          // warp's rows, written (their releases), then read by TMA (the async proxy).
+          while (ptx::ld_acquire_gpu(ctl.row_done + cur.row) < 8 * p0.ncol) __nanosleep(64);
+          ptx::fence_proxy_async_global();
+        }
+        const RowTile rt{cur.expert, cur.m0, cur.rows};
+        const int j0 = up ? cur.col * (kBN / 2) : cur.col * kBN;
+        const int ktiles = ktiles_of(p);
+        for (int kt = 0; kt < ktiles; ++kt) {
+          ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
+          tma_loads(up, p, rt, j0, kt, s);
+          if (++s == stages) s = 0, phase ^= 1;
+        }
+      };
+      if (loader_publishes) {
+        // A pair: warp 0 looks the tiles up, claims and queues them for the consumers, and its
+        // lane 0 loads them; the other producer warps exit.
+        if (pw != 0) return;
+        if (tid == 0) ticket = atomicAdd(ctl.counters, 1);
+        for (;;) {
+          const TileSlot cur = publish(ticket, q, qphase);
+          if (cur.t >= total) break;
+          if (tid == 0) load_tile(cur);
+          __syncwarp();
+        }
+        if (tid == 0) reset_counters();
+        return;
+      }
       if (pw == 1) {
         if (kPair && tid == 32 && !(ctl.debug & 32)) ticket = atomicAdd(ctl.counters, 1);
         for (;;)
@@ -281,22 +315,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::mbarrier_arrive(&q_empty[q]);
         if (++q == 2) q = 0, qphase ^= 1;
         if (cur.t >= total) break;
-        const bool up = is_up(cur.t);
-        const WsPass& p = pass_of(cur.t);
-        if (kPair && !up) {
-          // The row tile's activations: every column tile of the up-projection, both consumer
-          // warpgroups' rows, written (their release), then read by TMA (the async proxy).
-          while (ptx::ld_acquire_gpu(ctl.row_done + cur.row) < 8 * p0.ncol) __nanosleep(64);
-          ptx::fence_proxy_async_global();
-        }
-        const RowTile rt{cur.expert, cur.m0, cur.rows};
-        const int j0 = up ? cur.col * (kBN / 2) : cur.col * kBN;
-        const int ktiles = ktiles_of(p);
-        for (int kt = 0; kt < ktiles; ++kt) {
-          ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
-          tma_loads(up, p, rt, j0, kt, s);
-          if (++s == stages) s = 0, phase ^= 1;
-        }
+        load_tile(cur);
       }
       return;
     }

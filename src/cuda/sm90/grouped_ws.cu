@@ -125,7 +125,6 @@ struct WsCtl {
   int* counters;
   int* row_done;
   bool a_tma, expert_raster;
-  int debug;  // TEMPORARY racecheck experiment
 };
 
 template <int kMode, Activation kAct>
@@ -163,7 +162,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   // The up-projection's producer threads gather the x rows with cp.async, unless its rows are
   // contiguous (staged by gather_rows, or a dense pass) and come by TMA like the weights.
   const bool gather = kMode == kModeUp && !ctl.a_tma;
-  const bool loader_publishes = kPair && !(ctl.debug & 64);
   auto stage_a = [&](int s) { return s * Shape::kStageBytes; };  // byte offsets from smem
   auto stage_b = [&](int s) { return s * Shape::kStageBytes + kTileBytesA; };
 
@@ -177,7 +175,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     for (int q = 0; q < 2; ++q) {
       ptx::mbarrier_init(&q_full[q], 1);
-      ptx::mbarrier_init(&q_empty[q], gather || loader_publishes ? 8 : 8 + 1);  // + the TMA thread, where it reads it too
+      // The consumers' arrivals: one per warp, or in a pair one per thread (below); + the TMA
+      // thread's, which reads the slots too where the scheduler is a warp of its own.
+      ptx::mbarrier_init(&q_empty[q], (kPair ? 256 : 8) + (gather ? 0 : 1));
     }
     ptx::fence_barrier_init();
   }
@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // A pair claims every tile (none is a block's by its index), so that a claimed up tile
         // always has a running block: a down tile waits only for those.
         if (dynamic && ticket < total)
-          ticket = (kPair && !(ctl.debug & 32) ? 0 : gridDim.x) + static_cast<long long>(atomicAdd(ctl.counters, 1));
+          ticket = (kPair ? 0 : gridDim.x) + static_cast<long long>(atomicAdd(ctl.counters, 1));
       }
       if (!dynamic) ticket += gridDim.x;
       if (++q == 2) q = 0, qphase ^= 1;
@@ -287,22 +287,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           if (++s == stages) s = 0, phase ^= 1;
         }
       };
-      if (loader_publishes) {
-        // A pair: warp 0 looks the tiles up, claims and queues them for the consumers, and its
-        // lane 0 loads them; the other producer warps exit.
-        if (pw != 0) return;
-        if (tid == 0) ticket = atomicAdd(ctl.counters, 1);
-        for (;;) {
-          const TileSlot cur = publish(ticket, q, qphase);
-          if (cur.t >= total) break;
-          if (tid == 0) load_tile(cur);
-          __syncwarp();
-        }
-        if (tid == 0) reset_counters();
-        return;
-      }
       if (pw == 1) {
-        if (kPair && tid == 32 && !(ctl.debug & 32)) ticket = atomicAdd(ctl.counters, 1);
+        if (kPair && tid == 32) ticket = atomicAdd(ctl.counters, 1);
         for (;;)
           if (publish(ticket, q, qphase).t >= total) break;
         if (dynamic && tid == 32) reset_counters();
@@ -499,7 +485,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (;;) {
       ptx::mbarrier_wait(&q_full[q], qphase);
       const TileSlot cur = read_slot(tile_q[q]);
-      arrive(&q_empty[q]);  // after the warp's reads of the slot
+      // After the warp's reads of the slot. In a pair every thread arrives for its own reads
+      // (compute-sanitizer's racecheck reported the slot's rewrite racing with the reads of the
+      // lanes whose warp's lane 0 had arrived for them, in this mode only: H200 runs 98-101).
+      if (kPair) ptx::mbarrier_arrive(&q_empty[q]);
+      else arrive(&q_empty[q]);
       if (++q == 2) q = 0, qphase ^= 1;
       if (cur.t >= total) break;
       const bool up = is_up(cur.t);
@@ -635,7 +625,7 @@ void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::
   const bool a_tma = !up || !g.gather;  // rows of A contiguous: a TMA box per k tile
   const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma);
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
-            a_tma, expert_raster(), 0};
+            a_tma, expert_raster()};
   if (ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
   const std::int64_t tiles = max_tiles * p.ncol;
   if (up) run_act<kModeUp>(g.act, p, p, tiles, ctl);
@@ -649,7 +639,7 @@ void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64
   const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
   int* counters = tile_counters(max_tiles);
   const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
-                  counters + kTileCounterHead, true, expert_raster(), env_int("TILEMOE_WS_PAIR_DEBUG", 0, 7)};
+                  counters + kTileCounterHead, true, expert_raster()};
   run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 

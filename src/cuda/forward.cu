@@ -3,7 +3,7 @@
 // grouped and fused: no host synchronization unless a trace or stage times are asked for
 // (token rounding included: it runs on the device too), so a warmed-up forward can be captured
 // in a CUDA graph. Scratch memory comes from a per-thread grow-only buffer; only the output is
-// allocated per call.
+// allocated per call, from tilemoe's stream-ordered pool (runtime.cu cuda_alloc).
 // dtypes: grouped and fused run bf16 only (fp32 throws InvalidArgument, pointing at
 // sequential); sequential runs bf16 and fp32 through cuBLAS.
 #include <algorithm>

@@ -135,7 +135,10 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
 // most of a tile's time at the up-projection's end (Nsight Compute, H200 run 97: Qwen3-30B-A3B
 // T 64, up-projection 74.5% of peak DRAM throughput over its duration against the
 // down-projection's 80.2%), and the down-projection's first wave started on an idle memory
-// system. TILEMOE_WS_PAIR=0 turns it off (A/B timing, tests).
+// system. One launch: Qwen3-30B-A3B T 64 graph-replayed layer 0.336-0.338 -> 0.315-0.317 ms,
+// OLMoE T 256 0.258-0.261 -> 0.246-0.248 (H200 runs 98, 100; sm90/grouped_ws.cu). Larger
+// layers keep two launches (one is not measured there; their tails are a smaller share).
+// TILEMOE_WS_PAIR=0 turns it off (A/B timing, tests).
 inline bool ws_pair(std::int64_t max_tiles, int E) {
   return !env_is("TILEMOE_WS_PAIR", "0") && max_tiles <= 2 * std::int64_t(E);
 }

@@ -47,6 +47,20 @@
 //   next tile) while they drain, and waits for them only before it stages again. A warpgroup with rows past
 //   an expert's count (they belong to the next expert's tile) stores 16-byte chunks itself, with
 //   the row and column predicates.
+// - Pair mode (decode sizes, heuristics.hpp ws_pair): one launch runs both projections, every
+//   up-projection tile (staged rows by TMA, writing act) and then every down-projection tile
+//   (reading act), all claimed from the device counter. Each consumer warp releases a count per
+//   row tile once its part of an up tile is written (its stores, and thread 0's TMA stores waited
+//   for); the loading thread acquires that count (8 per column tile) before a down tile's loads,
+//   then fences for the async proxy. A down tile thus waits only for up tiles claimed before it
+//   by running blocks (no tile belongs to a block by its index in this mode), and the SMs that
+//   ran out of up tiles go on with down tiles instead of idling through the up-projection's last
+//   ~1 MB tiles. Graph-replayed layer, two launches -> one (H200, same-run A/B): Qwen3-30B-A3B
+//   T 64 0.336-0.338 -> 0.315-0.317 ms (runs 98, 100), 0.337 -> 0.328-0.329 (run 101); OLMoE
+//   T 256 0.258-0.261 -> 0.246-0.248 (runs 98, 100), 0.260 -> 0.250-0.251 (run 101).
+//   The consumers arrive on the tile queue per thread in this mode: with one arrival per warp
+//   after __syncwarp (as the other modes do), racecheck reported the slot's rewrite racing with
+//   the lanes' reads of it (runs 98-101; clean since, run 102).
 // The launcher takes it where it applies (H100/H200, K, N, strides multiples of 8, 16-byte
 // aligned operands; up-projections gated); everything else goes to grouped_gemm.cu.
 #include <cuda_bf16.h>
@@ -116,10 +130,10 @@ struct WsPass {
   int ncol;
 };
 // How a launch walks its tiles. counters (dynamic schedule; null: static): [0] the next tile to
-// claim, [1] blocks done claiming, [2] blocks done; row_done (pair): per row tile, how many
-// (column tile, consumer warpgroup) parts of its up-projection have been written. The last
-// block to finish claiming resets [0] and [1], the last block done resets [2] and row_done,
-// so that every launch finds them zero.
+// claim, [1] blocks done claiming, [2] consumer warps done (pair); row_done (pair): per row
+// tile, how many (column tile, consumer warp) parts of its up-projection have been written. The
+// last block to finish claiming resets [0] and [1], the last consumer warp done resets [2] and
+// row_done, so that every launch finds them zero.
 struct WsCtl {
   int group_rows, stages;
   int* counters;
@@ -404,7 +418,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     std::uint32_t qphase = 0;
     // A pair's up tile: this warp's part of its row tile written, then a release that the down
     // tiles' loads acquire (8 per column tile: every consumer warp's). The warpgroup's TMA stores
-    // are its thread 0's, which waits for them first.
+    // are its thread 0's, which waits for them first. (Releases per warp instead of a warpgroup
+    // barrier and one release: the same time, H200 runs 98 and 100.)
     auto publish_rows = [&](const TileSlot& cur) {
       if constexpr (kPair) {
         __syncwarp();  // the warp's generic stores before its lane 0's release
@@ -486,8 +501,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       ptx::mbarrier_wait(&q_full[q], qphase);
       const TileSlot cur = read_slot(tile_q[q]);
       // After the warp's reads of the slot. In a pair every thread arrives for its own reads
-      // (compute-sanitizer's racecheck reported the slot's rewrite racing with the reads of the
-      // lanes whose warp's lane 0 had arrived for them, in this mode only: H200 runs 98-101).
+      // (racecheck reported the slot's rewrite racing with the reads of the lanes whose warp's
+      // lane 0 had arrived for them, in this mode only: H200 runs 98-101).
       if (kPair) ptx::mbarrier_arrive(&q_empty[q]);
       else arrive(&q_empty[q]);
       if (++q == 2) q = 0, qphase ^= 1;

@@ -60,7 +60,8 @@ if has sanitize; then
   # runs and the fp32 cuBLAS matrix are left to the plain run. racecheck is far slower than
   # memcheck, so it takes the suites whose kernels use shared memory, minus the graph replays.
   F_MEM='-GpuForward.LargeTokenCounts:GpuForward.DeepSeekV3SizedLayer:GpuForward.SequentialFp32ShapeMatrix'
-  F_RACE='GpuRouter.*:GpuMetadata.*:GpuCombine.*:GpuGroupedGemm.*:GpuRounding.MatchesCpuRoundRouting:GpuForward.OneExpertTakesEveryToken:GpuForward.DecodePairLaunchMatchesTwoLaunches'
+  F_RACE='GpuRouter.*:GpuMetadata.*:GpuCombine.*:GpuGroupedGemm.*:GpuRounding.MatchesCpuRoundRouting'
+  F_RACE+=':GpuForward.OneExpertTakesEveryToken:GpuForward.DecodePairLaunchMatchesTwoLaunches'
   for tool in ${SANITIZE_TOOLS-memcheck racecheck synccheck}; do
     start=$SECONDS
     F=$F_MEM; [ $tool != memcheck ] && F=$F_RACE

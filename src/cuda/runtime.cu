@@ -65,11 +65,12 @@ cudaMemPool_t tensor_pool(int dev) {
 // and every eager forward a device synchronization when it was dropped (H200 run 95,
 // docs/hopper.md). Eager fused layer, the cudaMalloc build (f1b72a2) against this one in one run
 // (H200 run 97): sonic-7b T 24576 1.239 -> 1.111 ms, d 4096 / n 512 T 32768 6.499 -> 5.841,
-// Qwen3-30B-A3B T 16384 2.279 -> 2.213, gpt-oss-120b T 8192 3.476 -> 3.293. The memory is ready in the allocating thread's stream order, which every
-// stage of the library runs on; a tensor handed to other streams needs the usual
-// synchronization, as with any stream-ordered allocator. While the stream is being captured into
-// a CUDA graph, plain cudaMalloc and cudaFree (an allocation node would keep the graph from being
-// replayed while the tensor lives).
+// Qwen3-30B-A3B T 16384 2.279 -> 2.213, gpt-oss-120b T 8192 3.476 -> 3.293.
+// The memory is ready in the allocating thread's stream order, which every stage of the library
+// runs on; a tensor handed to other streams needs the usual synchronization, as with any
+// stream-ordered allocator. While the stream is being captured into a CUDA graph, plain
+// cudaMalloc and cudaFree (an allocation node would keep the graph from being replayed while the
+// tensor lives).
 std::shared_ptr<void> cuda_alloc(std::size_t bytes) {
   cudaStream_t s = current_stream();
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;

@@ -106,7 +106,8 @@ constexpr bool panels_fill_output() {  // two warpgroups' rows x a round's 64-co
 static_assert(panels_fill_output<true>() && panels_fill_output<false>(), "the staged output is whole panels");
 static_assert(WsShape<true>::kSmem <= 232448 && WsShape<false>::kSmem <= 232448, "over the sm_90 shared memory");
 
-static_assert(WsShape<true>::kSmem == WsShape<false>::kSmem && WsShape<true>::kStageBytes == WsShape<false>::kStageBytes,
+static_assert(WsShape<true>::kSmem == WsShape<false>::kSmem &&
+                  WsShape<true>::kStageBytes == WsShape<false>::kStageBytes,
               "one shared-memory layout for both projections (a pair launch runs both)");
 
 // A tile as the producer hands it to the consumers: its index in the launch's order (>= the

@@ -199,6 +199,21 @@ __global__ void __launch_bounds__(kThreads, Tiles::kMinBlocks) grouped_gemm_kern
 
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0; }
 
+// The up-projection g (routed rows by g.gather) over its rows copied once, in sorted order, into
+// path.x_stage: staged gets the arguments over the copy, and the copy is enqueued. False, with
+// nothing enqueued, where the fused kernels cannot take those arguments.
+bool stage_up_rows(const GemmArgs& g, const GroupedPath& path, GemmArgs& staged) {
+  auto* stage = reinterpret_cast<__nv_bfloat16*>(path.x_stage);
+  staged = g;
+  staged.A = stage;
+  staged.lda = g.K;
+  staged.gather = nullptr;
+  staged.a_local = false;
+  if (!ws_refusal(staged, true, path.x_stage_rows).empty()) return false;
+  gather_rows(g.A, g.K, g.lda, g.gather, g.offsets + g.E, path.x_stage_rows, stage);
+  return true;
+}
+
 // The fused path's kernels where asked for and able (else the reason goes back to the caller),
 // then the Hopper wgmma kernel, then mma.sync.
 template <bool kUp>
@@ -213,15 +228,9 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
     }
     if (refusal.empty() && kUp && g.gather && path.x_stage && up_stages_x(g.K, g.N, max_tiles, g.E)) {
       // The routed rows copied once in sorted order, then by TMA.
-      auto* stage = reinterpret_cast<__nv_bfloat16*>(path.x_stage);
-      GemmArgs s = g;
-      s.A = stage;
-      s.lda = g.K;
-      s.gather = nullptr;
-      s.a_local = false;
-      if (ws_refusal(s, true, path.x_stage_rows).empty()) {
-        gather_rows(g.A, g.K, g.lda, g.gather, g.offsets + g.E, path.x_stage_rows, stage);
-        launch_grouped_ws(s, true, max_tiles, path.x_stage_rows, path.stages);
+      GemmArgs staged;
+      if (stage_up_rows(g, path, staged)) {
+        launch_grouped_ws(staged, true, max_tiles, path.x_stage_rows, path.stages);
         return {};
       }
     }
@@ -323,18 +332,12 @@ bool grouped_up_down(const std::uint16_t* x, std::int64_t d, const std::uint16_t
   if (!path_up.fused || !path_up.x_stage || !gather || !ws_pair(max_tiles, E) || max_tiles <= 0 ||
       grouped_kernel_override() != KernelOverride::none || !up_stages_x(d, n, max_tiles, E))
     return false;
-  GemmArgs up = up_args(x, d, w13, n, gated, act, E, offsets, tile_offsets, gather, a_out, lda_act);
-  if (!ws_refusal(up, true, 0).empty()) return false;
-  // The routed rows staged in sorted order (y, not yet written), then read by TMA.
-  auto* stage = reinterpret_cast<__nv_bfloat16*>(path_up.x_stage);
-  GemmArgs staged = up;
-  staged.A = stage;
-  staged.lda = d;
-  staged.gather = nullptr;
-  staged.a_local = false;
+  const GemmArgs up = up_args(x, d, w13, n, gated, act, E, offsets, tile_offsets, gather, a_out, lda_act);
   const GemmArgs down = down_args(a_out, lda_act, n, w2, d, E, offsets, tile_offsets, y);
-  if (!ws_refusal(staged, true, path_up.x_stage_rows).empty() || !ws_refusal(down, false, a_rows).empty()) return false;
-  gather_rows(up.A, d, up.lda, gather, offsets + E, path_up.x_stage_rows, stage);
+  if (!ws_refusal(up, true, 0).empty() || !ws_refusal(down, false, a_rows).empty()) return false;
+  // The routed rows staged in sorted order (in y, not yet written), then read by TMA.
+  GemmArgs staged;
+  if (!stage_up_rows(up, path_up, staged)) return false;
   launch_grouped_ws_pair(staged, down, max_tiles, path_up.x_stage_rows, a_rows, path_up.stages);
   return true;
 }

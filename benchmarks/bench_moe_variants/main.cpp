@@ -58,6 +58,7 @@ struct Args {
   std::uint64_t seed = 1234;
   bool sequential = true;
   bool stages = false;
+  DType router_dtype = DType::f32;  // bf16: the router weights as checkpoints store them (one bf16 GEMM)
   std::vector<std::string> variants;  // empty: all of ours
   // What to run, from configs and tokens: an entry "spec@T" at token count T only (the issue's
   // layers each have their own T), a plain entry at every --tokens count.
@@ -77,7 +78,7 @@ void usage() {
       "usage: bench_moe_variants [--configs a,b:E256:K4,c:d4096:n512@32768] [--tokens 4096,24576] [--reps N] [--warmup N]\n"
       "                          [--json out.json] [--dump dir --torch peers/torch_pipeline.py [--python python3]]\n"
       "                          [--scattermoe peers/scattermoe_pipeline.py] [--sonicmoe peers/sonicmoe_pipeline.py] (with --dump)\n"
-      "                          [--no-sequential] [--stages] [--seed S]\n"
+      "                          [--no-sequential] [--stages] [--seed S] [--router-dtype f32|bf16]\n"
       "                          [--variants grouped,fused,...] (ours to time; default all: sequential, grouped,\n"
       "                           grouped+rounding, fused, fused_1stage, fused_4stage, fused+rounding, fused_graph,\n"
       "                           dense_cublas)");
@@ -109,6 +110,11 @@ Args parse(int argc, char** argv) {
     else if (k == "--no-sequential") a.sequential = false;
     else if (k == "--stages") a.stages = true;
     else if (k == "--variants") a.variants = split(val());
+    else if (k == "--router-dtype") {
+      const std::string v = val();
+      if (v != "f32" && v != "bf16") throw InvalidArgument("--router-dtype = '" + v + "': expected f32 or bf16");
+      a.router_dtype = v == "bf16" ? DType::bf16 : DType::f32;
+    }
     else if (k == "--help" || k == "-h") { usage(); std::exit(0); }
     else throw InvalidArgument("argument '" + k + "': unknown (see --help)");
   }
@@ -249,14 +255,14 @@ double graph_ms(Timer& timer, const Args& a, Fwd&& forward) {
 
 // Bytes a forward must move at least: the weights of the experts that received tokens, the shared
 // experts' and the router's, x in and out.
-double layer_bytes(const MoeConfig& c, std::int64_t T, const std::vector<std::int64_t>& counts) {
+double layer_bytes(const MoeConfig& c, std::int64_t T, const std::vector<std::int64_t>& counts, double router_es) {
   const double d = static_cast<double>(c.d_model), n = static_cast<double>(c.d_expert);
   const double rows = is_gated(c.activation) ? 2 * n : n;
   double touched = 0;
   for (auto k : counts) touched += k > 0 ? 1 : 0;
   const double ns = static_cast<double>(c.d_shared), srows = is_gated(c.activation) ? 2 * ns : ns;
   return 2.0 * touched * (rows * d + d * n) + 2.0 * c.num_shared * (srows * d + d * ns) +
-         4.0 * c.num_experts * d + 2.0 * 2.0 * static_cast<double>(T) * d;
+         router_es * c.num_experts * d + 2.0 * 2.0 * static_cast<double>(T) * d;
 }
 
 // The upper bound: dense GEMM pairs with the routed (M = T*K) and shared (M = T*S) shapes.
@@ -340,7 +346,8 @@ int main(int argc, char** argv) {
         };
         const std::uint64_t seed = a.seed + static_cast<std::uint64_t>(T);
         const std::int64_t d = c.d_model, n = c.d_expert, rows = is_gated(c.activation) ? 2 * n : n;
-        const MoeWeights wh = random_weights(c, DType::bf16, seed);
+        MoeWeights wh = random_weights(c, DType::bf16, seed);
+        if (a.router_dtype == DType::bf16) wh.router = wh.router.to(DType::bf16);
         const Tensor xh = random_tokens(T, c.d_model, DType::bf16, seed + 7);
         MoeWeights w = wh.to(Device::cuda);
         const Tensor x = xh.to(Device::cuda);
@@ -349,7 +356,7 @@ int main(int argc, char** argv) {
         og.algorithm = Algorithm::grouped;
         ForwardTrace tr;
         (void)moe_forward(c, w, x, og, &tr);  // the routing, for the dump and the roofline
-        mem_ms = layer_bytes(c, T, tr.counts) / (copy_bw * 1e12) * 1e3;
+        mem_ms = layer_bytes(c, T, tr.counts, a.router_dtype == DType::bf16 ? 2.0 : 4.0) / (copy_bw * 1e12) * 1e3;
         auto want = [&](const char* v) {
           if (std::string(v) == "sequential" && !a.sequential) return false;
           return a.variants.empty() || std::find(a.variants.begin(), a.variants.end(), v) != a.variants.end();
@@ -441,7 +448,8 @@ int main(int argc, char** argv) {
           const std::int64_t wbytes = static_cast<std::int64_t>(wh.w13.nbytes() + wh.w2.nbytes());
           const bool dump_weights = wbytes <= (std::int64_t(4) << 30);
           write_file(dir + "/x.bin", xh.raw(), xh.nbytes());
-          write_file(dir + "/router.bin", wh.router.raw(), wh.router.nbytes());
+          const Tensor wr = wh.router.to(DType::f32);  // the peers read fp32 (a bf16 router's values exactly)
+          write_file(dir + "/router.bin", wr.raw(), wr.nbytes());
           if (c.router_bias) write_file(dir + "/router_bias.bin", wh.router_bias.raw(), wh.router_bias.nbytes());
           write_file(dir + "/ids.bin", tr.routing.expert.data(), tr.routing.expert.size() * 4);
           write_file(dir + "/weights.bin", tr.routing.weight.data(), tr.routing.weight.size() * 4);
@@ -457,6 +465,7 @@ int main(int argc, char** argv) {
           m << "{\"config\": \"" << c.name << "\", \"tokens\": " << T << ", \"d\": " << d << ", \"n\": " << n
             << ", \"experts\": " << c.num_experts << ", \"topk\": " << c.top_k << ", \"shared\": " << c.num_shared
             << ", \"d_shared\": " << c.d_shared << ", \"router\": \"" << to_string(c.router)
+            << "\", \"router_dtype\": \"" << (a.router_dtype == DType::bf16 ? "bf16" : "f32")
             << "\", \"renormalize\": " << (c.renormalize ? "true" : "false")
             << ", \"gated\": " << (is_gated(c.activation) ? "true" : "false")
             << ", \"weights_dumped\": " << (dump_weights ? "true" : "false") << ", \"flops\": " << flops
@@ -541,6 +550,7 @@ int main(int argc, char** argv) {
       std::ofstream f(a.json);
       f << "{\"card\": \"" << card << "\", \"date\": \"" << now_utc() << "\", \"commit\": \"" << commit
         << "\", \"reps\": " << a.reps << ", \"warmup\": " << a.warmup << ", \"copy_tbps\": " << copy_bw
+        << ", \"router_dtype\": \"" << (a.router_dtype == DType::bf16 ? "bf16" : "f32") << "\""
         << ",\n \"results\": [\n";
       for (std::size_t i = 0; i < results.size(); ++i) {
         const auto& r = results[i];

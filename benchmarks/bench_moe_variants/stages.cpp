@@ -24,8 +24,9 @@ void time_stages(const MoeConfig& c, const MoeWeights& w, const Tensor& x, int r
   const int E = c.num_experts, K = c.top_k, tile = g::grouped_tile_m();
   const std::int64_t lda = g::act_row_stride(n);
   auto dev = [](std::int64_t count, DType t) { return Tensor::empty({std::max<std::int64_t>(count, 1)}, t, Device::cuda); };
-  const int parts = g::router_logit_parts(T, true);
-  Tensor logits = dev(T * E * parts, DType::f32), xf = dev(static_cast<std::int64_t>(g::router_scratch_bytes(T, d, E, true)), DType::i32), ids = dev(A, DType::i32), wts = dev(A, DType::f32);
+  const bool wr_bf = w.router.dtype() == DType::bf16;
+  const int parts = g::router_logit_parts(T, true, wr_bf);
+  Tensor logits = dev(T * E * parts, DType::f32), xf = dev(static_cast<std::int64_t>(g::router_scratch_bytes(T, d, E, true, wr_bf)), DType::i32), ids = dev(A, DType::i32), wts = dev(A, DType::f32);
   Tensor counts = dev(E, DType::i32), offs = dev(E + 1, DType::i64), tiles = dev(E + 1, DType::i32);
   Tensor sorted = dev(A, DType::i32), slot = dev(A, DType::i32), stok = dev(A, DType::i32);
   const std::size_t sb = g::metadata_scratch_bytes(A, E);
@@ -45,7 +46,7 @@ void time_stages(const MoeConfig& c, const MoeWeights& w, const Tensor& x, int r
   struct Stage { const char* name; std::function<void()> fn; double flops; };
   const double up_flops = 2.0 * A * d * (is_gated(c.activation) ? 2 * n : n), down_flops = 2.0 * A * d * n;
   std::vector<Stage> stages{
-      {"router_logits", [&] { g::router_logits(x.raw(), true, w.router.data<float>(), T, d, E, logits.data<float>(), xf.raw()); }, 2.0 * T * E * d},
+      {"router_logits", [&] { g::router_logits(x.raw(), true, w.router.raw(), wr_bf, T, d, E, logits.data<float>(), xf.raw()); }, 2.0 * T * E * d},
       {"router_topk", [&] { g::router_topk(rc, logits.data<float>(), bias, T, ids.data<std::int32_t>(), wts.data<float>(), parts); }, 0},
       {"metadata", [&] { g::build_metadata(ids.data<std::int32_t>(), nullptr, K, A, E, tile, m, scratch.raw(), sb); }, 0},
       {"grouped_up", [&] { g::grouped_up(u16(x), d, u16(w.w13), n, is_gated(c.activation), c.activation, E, m.offsets, m.tile_offsets, max_tiles, m.sorted_token, static_cast<std::uint16_t*>(act.raw()), lda); }, up_flops},

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from torch_pipeline import extra_bytes, load_case, median_ms, report, route  # noqa: E402
+from torch_pipeline import extra_bytes, load_case, median_ms, report, route, router_logits_fn  # noqa: E402
 
 SCATTERMOE_PATH = os.environ.get("SCATTERMOE_PATH", os.path.join(HERE, "..", "..", ".peers", "scattermoe"))
 TOL = 2e-2
@@ -107,10 +107,11 @@ def main():
         bf = torch.bfloat16
         w13_t = w13.permute(0, 2, 1)  # [E, d, 2n]: ParallelExperts passes weight.permute(0, 2, 1)
         w2_t = w2.permute(0, 2, 1)    # [E, n, d]
+        router_logits = router_logits_fn(c)
 
         @torch.no_grad()
         def forward():
-            logits = x.float() @ wr.t()
+            logits = router_logits()
             route(logits, meta, bias)  # the router's work; the dumped routing is used below
             sei, ssi, offs = sort_count(ids, E)
             h = parallel_linear(x, w13_t, K, sei, ssi, offs, grouped_out=True)  # [T*K, 2n], grouped

@@ -35,7 +35,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from scattermoe_pipeline import check_rows  # noqa: E402
-from torch_pipeline import extra_bytes, load_case, median_ms, report, route  # noqa: E402
+from torch_pipeline import extra_bytes, load_case, median_ms, report, route, router_logits_fn  # noqa: E402
 
 
 def swiglu_shared(x, sw13, sw2, ns):
@@ -78,6 +78,7 @@ def main():
         w1 = torch.stack((w13[:, :n], w13[:, n:]), dim=2).reshape(E, 2 * n, d).permute(1, 2, 0)
         w2s = w2.permute(1, 2, 0)
         wr_bf = wr.to(bf)
+        router_logits = router_logits_fn(c)
 
         def shared_out(out):
             for s in range(S):
@@ -89,7 +90,7 @@ def main():
         @torch.no_grad()
         def forward_general(route_too=True):
             if route_too:
-                route(x.float() @ wr.t(), meta, bias)  # the router's work; the dumped routing is used below
+                route(router_logits(), meta, bias)  # the router's work; the dumped routing is used below
             o, _ = moe_general_routing_inputs(x, wts.reshape(-1), tok_idx, ids.reshape(-1), w1, None, w2s, None, E,
                                               stream, swiglu, True)
             return shared_out(o)

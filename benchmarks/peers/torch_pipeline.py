@@ -33,6 +33,16 @@ def load(path, dtype, shape, device="cuda"):
     return t.to(device)
 
 
+def router_logits_fn(c):
+    """The router logits as the case's router dtype has them computed: fp32 weights, an fp32 GEMM
+    of x widened (fp32-accurate, as tilemoe's); bf16 weights (--router-dtype bf16), one bf16 GEMM
+    (a bf16 nn.Linear, as PyTorch users run it), its output widened. The conversion is done here, outside the timing."""
+    if c.meta.get("router_dtype", "f32") == "bf16":
+        wr_bf = c.wr.to(torch.bfloat16)
+        return lambda: (c.x @ wr_bf.t()).float()
+    return lambda: c.x.float() @ c.wr.t()
+
+
 def load_case(case, device="cuda"):
     """One case bench_moe_variants dumped: meta.json's sizes, x [T, d] bf16, the fp32 router
     [E, d] and bias [E] (or None), the routing ids [T, K] int32 and weights [T, K] fp32, and the
@@ -149,9 +159,10 @@ def main():
         bf = torch.bfloat16
         w13_t = w13.transpose(1, 2)  # [E, d, 2n], the layout torch._grouped_mm wants for B
         w2_t = w2.transpose(1, 2)    # [E, n, d]
+        router_logits = router_logits_fn(c)
 
         def forward():
-            logits = x.float() @ wr.t()
+            logits = router_logits()
             route(logits, meta, bias)  # the router's work; the dumped routing is used below
             flat = ids.reshape(-1)
             order = torch.argsort(flat, stable=True)

@@ -16,7 +16,7 @@ namespace tilemoe {
 
 // Weights in checkpoint layout (a linear layer's weight is [out, in]).
 struct MoeWeights {
-  Tensor router;       // [E, d] f32
+  Tensor router;       // [E, d] f32, or bf16 as many checkpoints store it (one bf16 GEMM on the GPU)
   Tensor router_bias;  // [E] f32, DeepSeek-V3's correction bias (chooses, never weighs); may be empty
   Tensor w13;          // [E, 2n, d] gate rows then up rows (gated), or [E, n, d]
   Tensor w2;           // [E, d, n]
@@ -25,8 +25,8 @@ struct MoeWeights {
 
   DType dtype() const { return w13.dtype(); }
   Device device() const { return w13.device(); }
-  MoeWeights to(Device device) const;  // router weights stay fp32
-  MoeWeights to(DType dtype) const;    // converts the expert weights (CPU)
+  MoeWeights to(Device device) const;  // router weights keep their dtype
+  MoeWeights to(DType dtype) const;    // converts the expert weights (CPU), not the router's
   void validate(const MoeConfig& cfg) const;  // shapes, dtypes, one device
 };
 
@@ -80,7 +80,7 @@ Tensor moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,
                    const ForwardOptions& opt = {}, ForwardTrace* trace = nullptr);
 
 // ---- the stages, exposed for teaching and tests (CPU tensors) ----
-// logits [T, E] fp32 = x . router^T
+// logits [T, E] fp32 = x . router^T (in fp32 from the stored x and router, f32 or bf16)
 Tensor router_logits(const MoeWeights& w, const Tensor& x);
 // y [A, d] fp32, row i for sorted position i, of the routed experts only.
 Tensor experts_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,

@@ -51,7 +51,7 @@ void MoeWeights::validate(const MoeConfig& cfg) const {
   const std::int64_t E = cfg.num_experts, d = cfg.d_model, n = cfg.d_expert;
   const std::int64_t rows = is_gated(cfg.activation) ? 2 * n : n;
   check_shape(router, "router", {E, d});
-  check_dtype(router, "router", {DType::f32});
+  check_dtype(router, "router", {DType::f32, DType::bf16});
   check_shape(w13, "w13", {E, rows, d});
   check_dtype(w13, "w13", {DType::f32, DType::bf16});
   check_shape(w2, "w2", {E, d, n});
@@ -84,7 +84,8 @@ Tensor router_logits(const MoeWeights& w, const Tensor& x) {
   const std::int64_t T = x.dim(0), d = x.dim(1), E = w.router.dim(0);
   Tensor logits = Tensor::empty({T, E}, DType::f32);
   Tensor xf = x.dtype() == DType::f32 ? x : x.to(DType::f32);
-  detail::gemm_nt(T, E, d, xf.data<float>(), d, w.router.data<float>(), d, logits.data<float>(), E);
+  Tensor wf = w.router.dtype() == DType::f32 ? w.router : w.router.to(DType::f32);  // bf16 is exact in f32
+  detail::gemm_nt(T, E, d, xf.data<float>(), d, wf.data<float>(), d, logits.data<float>(), E);
   return logits;
 }
 

@@ -135,6 +135,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   const bool gated = is_gated(cfg.activation);
   const int tile_m = grouped_tile_m();
   const std::size_t es = bf ? 2 : 4;
+  const bool wr_bf = w.router.dtype() == DType::bf16;
 
   // One scratch layout for every stage (sized for the rounded routing when rounding is on).
   std::int64_t A = T * K;
@@ -148,8 +149,8 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
       float* probs; std::int32_t* r_expert; float* r_weight; std::int32_t* r_tok; std::int64_t* r_off;
       std::int32_t* target; void* r_scratch; std::size_t r_bytes; Metadata m0;
     } p{};
-    p.logits = c.take<float>(static_cast<std::size_t>(T * E * router_logit_parts(T, bf)));
-    p.rscratch = c.take<unsigned char>(router_scratch_bytes(T, d, E, bf));
+    p.logits = c.take<float>(static_cast<std::size_t>(T * E * router_logit_parts(T, bf, wr_bf)));
+    p.rscratch = c.take<unsigned char>(router_scratch_bytes(T, d, E, bf, wr_bf));
     p.ids = c.take<std::int32_t>(static_cast<std::size_t>(A));
     if (opt.rounding) {
       p.probs = c.take<float>(static_cast<std::size_t>(T * E));
@@ -186,7 +187,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   const auto P = layout(carver);
 
   // Router.
-  const int parts = router_logits(x.raw(), bf, w.router.data<float>(), T, d, E, P.logits, P.rscratch);
+  const int parts = router_logits(x.raw(), bf, w.router.raw(), wr_bf, T, d, E, P.logits, P.rscratch);
   const float* bias = cfg.router_bias && w.router_bias.numel() > 0 ? w.router_bias.data<float>() : nullptr;
   timer.lap("router_logits");
   // With rounding, the top-k pass also writes the probabilities the rounding ranks tokens by.

@@ -1,14 +1,16 @@
-// Router on the GPU. Logits in fp32 accuracy: fp32 x by one fp32 cuBLAS GEMM; bf16 x either
-// (decode sizes) by one CUDA-core kernel of fp32 dot products, or by one bf16 tensor-core GEMM
-// over a hi/mid/lo split of the fp32 router weights stacked as [3E, d], whose three partial
-// logits per expert the next kernels add in a fixed order. Then one fused kernel for scores,
-// top-k and weights of every RouterKind: a warp per token, the token's E scores in shared
+// Router on the GPU. Logits in fp32 accuracy from the stored inputs: fp32 x by one fp32 cuBLAS
+// GEMM (a bf16 router first widened to fp32); bf16 x either (decode sizes) by one CUDA-core kernel
+// of fp32 dot products, or by one bf16 tensor-core GEMM: against the router itself where it is
+// bf16, else over a hi/mid/lo split of the fp32 router weights stacked as [3E, d], whose three
+// partial logits per expert the next kernels add in a fixed order. Then one fused kernel for
+// scores, top-k and weights of every RouterKind: a warp per token, the token's E scores in shared
 // memory, K rounds of a warp arg-max over (score, -index) so that ties go to the lower index,
 // as on the CPU. E up to 4096 (shared memory permitting), K up to E.
 #include <algorithm>
 #include <cfloat>
 #include <climits>
 #include <cuda_bf16.h>
+#include <type_traits>
 
 #include "context.cuh"
 #include "heuristics.hpp"
@@ -30,6 +32,13 @@ __global__ void split_bf16x3_kernel(const float* __restrict__ w, std::int64_t n,
     parts[n + i] = mid;
     parts[2 * n + i] = __float2bfloat16_rn(r2);
   }
+}
+
+// A bf16 router widened to fp32 (exact), for the fp32 GEMM of fp32 x.
+__global__ void widen_bf16_kernel(const __nv_bfloat16* __restrict__ w, std::int64_t n, float* __restrict__ out) {
+  for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += std::int64_t(gridDim.x) * blockDim.x)
+    out[i] = __bfloat162float(w[i]);
 }
 
 // (v, i) beats (bv, bi) when larger, or equal with a lower index.
@@ -105,14 +114,15 @@ __device__ __forceinline__ float logit(const float* l, int E, int parts, int e) 
 // (8 tokens, 8 experts). Its threads stride d together in granules of kV elements (kV = 4: 8-byte
 // x and 16-byte w loads, where d and the pointers allow; else 1), each holding the 8 x 8 partial
 // dot products in registers, so every x and w element is loaded once per block. Then a fixed-order
-// reduction: warp shuffles, then the 8 warps in order (deterministic). One launch, no split of
+// reduction: warp shuffles, then the 8 warps in order (deterministic). W: the router's element
+// type (float, or __nv_bfloat16: 8-byte loads of 4). One launch, no split of
 // the weights. It replaced a block per (8 tokens, expert) with scalar loads, which reread x per
 // expert: the router_logits stage (kernel plus the host's launch gap) on DeepSeek-V3 at T 64
 // went from 0.074-0.080 ms (H100 run 40) to 0.031-0.040 (runs 41, 42; docs/gpu.md).
 constexpr int kSmallTok = 8, kSmallExp = 8, kSmallThreads = 256;
-template <int kV>
+template <int kV, class W>
 __global__ void __launch_bounds__(kSmallThreads) logits_small_kernel(const __nv_bfloat16* __restrict__ x,
-                                                                   const float* __restrict__ w, std::int64_t T,
+                                                                   const W* __restrict__ w, std::int64_t T,
                                                                    std::int64_t d, int E, float* __restrict__ logits) {
   __shared__ float red[kSmallThreads / 32][kSmallTok * kSmallExp];
   const std::int64_t t0 = std::int64_t(blockIdx.x) * kSmallTok;
@@ -140,13 +150,18 @@ __global__ void __launch_bounds__(kSmallThreads) logits_small_kernel(const __nv_
     }
 #pragma unroll
     for (int j = 0; j < kSmallExp; ++j) {
-      const float* wr = w + std::int64_t(e0 + (j < ne ? j : 0)) * d + k;
+      const W* wr = w + std::int64_t(e0 + (j < ne ? j : 0)) * d + k;
       float wv[kV];
-      if constexpr (kV == 4) {
+      if constexpr (kV == 4 && std::is_same_v<W, float>) {
         const float4 f = *reinterpret_cast<const float4*>(wr);
         wv[0] = f.x, wv[1] = f.y, wv[2] = f.z, wv[3] = f.w;
+      } else if constexpr (kV == 4) {
+        const uint2 u = *reinterpret_cast<const uint2*>(wr);
+        const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.x));
+        const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
+        wv[0] = a.x, wv[1] = a.y, wv[2] = b.x, wv[3] = b.y;
       } else {
-        wv[0] = *wr;
+        wv[0] = static_cast<float>(*wr);
       }
 #pragma unroll
       for (int i = 0; i < kSmallTok; ++i)
@@ -401,46 +416,74 @@ int grid_for(std::int64_t items, int per_block) {
 
 }  // namespace
 
-int router_logit_parts(std::int64_t T, bool x_bf16) {
-  return x_bf16 && T > router_small_tokens() ? 3 : 1;
+int router_logit_parts(std::int64_t T, bool x_bf16, bool w_bf16) {
+  return x_bf16 && !w_bf16 && T > router_small_tokens() ? 3 : 1;
 }
 
-std::size_t router_scratch_bytes(std::int64_t T, std::int64_t d, int E, bool x_bf16) {
-  return router_logit_parts(T, x_bf16) == 3 ? static_cast<std::size_t>(3 * E * d) * sizeof(__nv_bfloat16) : 0;
+std::size_t router_scratch_bytes(std::int64_t T, std::int64_t d, int E, bool x_bf16, bool w_bf16) {
+  const auto n = static_cast<std::size_t>(std::int64_t(E) * d);
+  if (router_logit_parts(T, x_bf16, w_bf16) == 3) return 3 * n * sizeof(__nv_bfloat16);
+  return !x_bf16 && w_bf16 ? n * sizeof(float) : 0;
 }
 
-int router_logits(const void* x, bool x_bf16, const float* w, std::int64_t T, std::int64_t d, int E, float* logits,
-                  void* scratch) {
+namespace {
+
+template <class W>
+void launch_logits_small(const __nv_bfloat16* x, const W* w, std::int64_t T, std::int64_t d, int E, float* logits) {
+  const dim3 grid(static_cast<unsigned>((T + kSmallTok - 1) / kSmallTok),
+                  static_cast<unsigned>((E + kSmallExp - 1) / kSmallExp));
+  const bool vec = d % 4 == 0 && reinterpret_cast<std::uintptr_t>(x) % 8 == 0 &&
+                   reinterpret_cast<std::uintptr_t>(w) % (4 * sizeof(W)) == 0;
+  if (vec) logits_small_kernel<4, W><<<grid, kSmallThreads, 0, current_stream()>>>(x, w, T, d, E, logits);
+  else logits_small_kernel<1, W><<<grid, kSmallThreads, 0, current_stream()>>>(x, w, T, d, E, logits);
+  TILEMOE_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+int router_logits(const void* x, bool x_bf16, const void* w, bool w_bf16, std::int64_t T, std::int64_t d, int E,
+                  float* logits, void* scratch) {
   const float one = 1.0f, zero = 0.0f;
   cublasHandle_t h = cublas_handle();
-  if (T == 0) return router_logit_parts(T, x_bf16);
+  const int parts = router_logit_parts(T, x_bf16, w_bf16);
+  if (T == 0) return parts;
+  const std::int64_t n = std::int64_t(E) * d;
   if (!x_bf16) {
+    const float* wf = static_cast<const float*>(w);
+    if (w_bf16) {
+      float* wide = static_cast<float*>(scratch);
+      widen_bf16_kernel<<<grid_for(n, 256 * 4), 256, 0, current_stream()>>>(static_cast<const __nv_bfloat16*>(w), n,
+                                                                            wide);
+      TILEMOE_CHECK_LAUNCH();
+      wf = wide;
+    }
     // Row-major logits [T, E] is column-major [E, T] = w (col-major [d, E])^T . x (col-major [d, T]).
     TILEMOE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, E, static_cast<int>(T), static_cast<int>(d), &one,
-                                      w, CUDA_R_32F, static_cast<int>(d), x, CUDA_R_32F, static_cast<int>(d), &zero,
+                                      wf, CUDA_R_32F, static_cast<int>(d), x, CUDA_R_32F, static_cast<int>(d), &zero,
                                       logits, CUDA_R_32F, E, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 1;
   }
-  if (router_logit_parts(T, x_bf16) == 1) {
-    const dim3 grid(static_cast<unsigned>((T + kSmallTok - 1) / kSmallTok),
-                    static_cast<unsigned>((E + kSmallExp - 1) / kSmallExp));
-    const auto* xb = static_cast<const __nv_bfloat16*>(x);
-    const bool vec = d % 4 == 0 && reinterpret_cast<std::uintptr_t>(x) % 8 == 0 &&
-                     reinterpret_cast<std::uintptr_t>(w) % 16 == 0;
-    if (vec) logits_small_kernel<4><<<grid, kSmallThreads, 0, current_stream()>>>(xb, w, T, d, E, logits);
-    else logits_small_kernel<1><<<grid, kSmallThreads, 0, current_stream()>>>(xb, w, T, d, E, logits);
-    TILEMOE_CHECK_LAUNCH();
+  const auto* xb = static_cast<const __nv_bfloat16*>(x);
+  if (T <= router_small_tokens()) {
+    if (w_bf16) launch_logits_small(xb, static_cast<const __nv_bfloat16*>(w), T, d, E, logits);
+    else launch_logits_small(xb, static_cast<const float*>(w), T, d, E, logits);
+    return 1;
+  }
+  if (w_bf16) {
+    // bf16 x and router: products exact in fp32, one bf16 tensor-core GEMM accumulating in fp32.
+    TILEMOE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, E, static_cast<int>(T), static_cast<int>(d), &one,
+                                      w, CUDA_R_16BF, static_cast<int>(d), x, CUDA_R_16BF, static_cast<int>(d), &zero,
+                                      logits, CUDA_R_32F, E, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 1;
   }
   // x is exact in bf16; w = hi + mid + lo in bf16 to within fp32 rounding, so one bf16 tensor-core
   // GEMM against the stacked parts [3E, d], accumulating in fp32, gives fp32-accurate logits
   // once the parts are added (topk_kernel, probs_kernel): x is read once, not three times.
-  __nv_bfloat16* parts = static_cast<__nv_bfloat16*>(scratch);
-  const std::int64_t n = std::int64_t(E) * d;
-  split_bf16x3_kernel<<<grid_for(n, 256 * 4), 256, 0, current_stream()>>>(w, n, parts);
+  __nv_bfloat16* split = static_cast<__nv_bfloat16*>(scratch);
+  split_bf16x3_kernel<<<grid_for(n, 256 * 4), 256, 0, current_stream()>>>(static_cast<const float*>(w), n, split);
   TILEMOE_CHECK_LAUNCH();
   TILEMOE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, 3 * E, static_cast<int>(T), static_cast<int>(d), &one,
-                                    parts, CUDA_R_16BF, static_cast<int>(d), x, CUDA_R_16BF, static_cast<int>(d), &zero,
+                                    split, CUDA_R_16BF, static_cast<int>(d), x, CUDA_R_16BF, static_cast<int>(d), &zero,
                                     logits, CUDA_R_32F, 3 * E, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   return 3;
 }

@@ -14,16 +14,17 @@
 namespace tilemoe::detail::gpu {
 
 // ---- router (router.cu) ----
-// Logits with fp32 accuracy of x [T, d] . w [E, d]^T, written as `parts` fp32 partial logits
-// per token: logits [T, parts * E], token t's logit for expert e being l[e] for parts 1 and
-// (l[e] + l[E + e]) + l[2E + e] for parts 3, l = logits + t * parts * E. x is fp32 (one fp32
-// GEMM, parts 1) or bf16: up to router_small_tokens() tokens one CUDA-core kernel (parts 1),
-// above that w split into three bf16 parts in scratch and one bf16 GEMM against them (parts 3).
-// router_logits returns the parts it wrote, router_logit_parts(T, x_bf16) tells it beforehand.
-int router_logit_parts(std::int64_t T, bool x_bf16);
-std::size_t router_scratch_bytes(std::int64_t T, std::int64_t d, int E, bool x_bf16);
-int router_logits(const void* x, bool x_bf16, const float* w, std::int64_t T, std::int64_t d, int E, float* logits,
-                  void* scratch);
+// Logits with fp32 accuracy of x [T, d] . w [E, d]^T (w fp32, or bf16 where w_bf16), written as
+// `parts` fp32 partial logits per token: logits [T, parts * E], token t's logit for expert e being
+// l[e] for parts 1 and (l[e] + l[E + e]) + l[2E + e] for parts 3, l = logits + t * parts * E. x is
+// fp32 (one fp32 GEMM, parts 1; a bf16 w widened in scratch first) or bf16: up to
+// router_small_tokens() tokens one CUDA-core kernel (parts 1), above that one bf16 GEMM (parts 1)
+// against a bf16 w, or against an fp32 w split into three bf16 parts in scratch (parts 3).
+// router_logits returns the parts it wrote, router_logit_parts tells it beforehand.
+int router_logit_parts(std::int64_t T, bool x_bf16, bool w_bf16 = false);
+std::size_t router_scratch_bytes(std::int64_t T, std::int64_t d, int E, bool x_bf16, bool w_bf16 = false);
+int router_logits(const void* x, bool x_bf16, const void* w, bool w_bf16, std::int64_t T, std::int64_t d, int E,
+                  float* logits, void* scratch);
 // The fused scores + top-k + weights of every RouterKind, the CPU's tie rule (lower index wins):
 // ids [T, K] int32 and weights [T, K] fp32 from logits [T, parts * E]; bias [E] may be null.
 // probs, where given: [T, E], what router_probs writes, bit for bit, in the same pass.

@@ -89,6 +89,25 @@ TEST(Forward, OneExpertTakesEveryToken) {
   EXPECT_LT(relative_error(out.to_floats(), reference_forward(c, w, x, tr.routing)), 1e-5);
 }
 
+// A bf16 router (as checkpoints store it): the logits and the forward are those of an fp32 router
+// holding the same values, bit for bit; other dtypes are refused by name.
+TEST(Forward, Bf16RouterWeights) {
+  const MoeConfig& c = preset("small");
+  MoeWeights wb = random_weights(c, DType::f32, 31);
+  wb.router = wb.router.to(DType::bf16);
+  MoeWeights wf = wb;
+  wf.router = wb.router.to(DType::f32);
+  EXPECT_NE(wf.router.to_floats(), random_weights(c, DType::f32, 31).router.to_floats());  // rounded
+  const Tensor x = random_tokens(97, c.d_model, DType::f32, 32);
+  EXPECT_EQ(router_logits(wb, x).to_floats(), router_logits(wf, x).to_floats());
+  ForwardTrace tb, tf;
+  EXPECT_EQ(moe_forward(c, wb, x, {}, &tb).to_floats(), moe_forward(c, wf, x, {}, &tf).to_floats());
+  EXPECT_EQ(tb.routing.expert, tf.routing.expert);
+  MoeWeights bad = wb;
+  bad.router = Tensor::zeros({c.num_experts, c.d_model}, DType::i32);
+  expect_invalid([&] { moe_forward(c, bad, x); }, "router");
+}
+
 TEST(Forward, SequentialAndGroupedAgree) {
   const MoeConfig& c = preset("small");
   MoeWeights w = random_weights(c, DType::f32, 9);

@@ -207,6 +207,33 @@ TEST(GpuForward, MatchesCpuForward) {
   EXPECT_LT(relative_error(a, std::vector<double>(b.begin(), b.end())), 2e-2);
 }
 
+// A bf16 router on the GPU (one bf16 GEMM above the decode sizes, the CUDA-core kernel reading
+// bf16 below): the routing the CPU computes from the same weights, for grouped and fused, at a
+// decode size and above, and the output within the CPU reference's bound.
+TEST(GpuForward, Bf16RouterMatchesCpu) {
+  TILEMOE_REQUIRE_GPU();
+  const MoeConfig& c = preset("small");
+  for (std::int64_t T : {std::int64_t(40), std::int64_t(1500)})
+    for (Algorithm alg : {Algorithm::grouped, Algorithm::fused}) {
+      const std::uint64_t seed = fresh_seed();
+      SCOPED_TRACE("T=" + std::to_string(T) + " " + to_string(alg) + " seed=" + std::to_string(seed));
+      MoeWeights wh = random_weights(c, DType::bf16, seed);
+      wh.router = wh.router.to(DType::bf16);
+      const Tensor xh = random_tokens(T, c.d_model, DType::bf16, seed + 1);
+      ForwardTrace tc, tg;
+      (void)moe_forward(c, wh, xh, {}, &tc);
+      ForwardOptions opt;
+      opt.algorithm = alg;
+      const MoeWeights wd = wh.to(Device::cuda);
+      EXPECT_EQ(wd.router.dtype(), DType::bf16);
+      const Tensor og = moe_forward(c, wd, xh.to(Device::cuda), opt, &tg);
+      std::int64_t same = 0;
+      for (std::size_t i = 0; i < tc.routing.expert.size(); ++i) same += tc.routing.expert[i] == tg.routing.expert[i];
+      EXPECT_GE(same, static_cast<std::int64_t>(tc.routing.expert.size()) * 99 / 100);
+      EXPECT_LT(forward_error(c, wh, xh, og, tg.routing), 1e-2);
+    }
+}
+
 // Decode sizes (heuristics.hpp ws_pair): the fused path runs both projections in one launch, the
 // down-projection's tiles waiting for their row tile's activations. Against the two launches
 // (TILEMOE_WS_PAIR=0): the same output bit for bit, launch after launch (the kernel resets its

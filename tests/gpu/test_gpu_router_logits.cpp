@@ -1,8 +1,9 @@
 // The GPU router logits (router.cu) against a float64 reference: both paths for bf16 x (the
 // CUDA-core kernel up to router_small_tokens() tokens, vectorized where d % 4 == 0 and scalar
-// otherwise (d 201), the split-weight tensor-core GEMM with
-// three partial logits above), and the top-k and probabilities read from the partial logits
-// against the same kernels fed the summed logits.
+// otherwise (d 201), the split-weight tensor-core GEMM with three partial logits above), for fp32
+// and bf16 router weights (one bf16 GEMM above; and fp32 x with a bf16 router, widened first), and
+// the top-k and probabilities read from the partial logits against the same kernels fed the
+// summed logits.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -55,43 +56,59 @@ TEST(GpuRouter, LogitsMatchFloat64Reference) {
   TILEMOE_REQUIRE_GPU();
   const std::int64_t small = g::router_small_tokens();
   for (auto [T, d, E] : {std::tuple<std::int64_t, std::int64_t, int>{1, 64, 8}, {7, 200, 37}, {5, 201, 9}, {64, 2048, 128},
-                         {small, 72, 256}, {small + 1, 72, 256}, {2000, 1536, 128}, {300, 7168, 64}}) {
-    if (test::sanitizing() && T * d * E > (1 << 24)) continue;
-    const std::uint64_t seed = test::fresh_seed();
-    SCOPED_TRACE("T=" + std::to_string(T) + " d=" + std::to_string(d) + " E=" + std::to_string(E) +
-                 " seed=" + std::to_string(seed));
-    MoeConfig c = layer(d, E, 1);
-    const MoeWeights w = random_weights(c, DType::bf16, seed);  // the router stays fp32
-    const Tensor x = random_tokens(T, d, DType::bf16, seed + 1);
-    const auto xf = x.to_floats();
-    const float* wr = w.router.data<float>();
+                         {small, 72, 256}, {small + 1, 72, 256}, {2000, 1536, 128}, {300, 7168, 64}})
+    for (bool w_bf16 : {false, true})
+      for (bool x_bf16 : {true, false}) {
+        if (!x_bf16 && !w_bf16) continue;  // the fp32 cuBLAS GEMM alone: the forward tests' fp32 path
+        if (test::sanitizing() && T * d * E > (1 << 24)) continue;
+        const std::uint64_t seed = test::fresh_seed();
+        SCOPED_TRACE("T=" + std::to_string(T) + " d=" + std::to_string(d) + " E=" + std::to_string(E) +
+                     " w_bf16=" + std::to_string(w_bf16) + " x_bf16=" + std::to_string(x_bf16) +
+                     " seed=" + std::to_string(seed));
+        MoeConfig c = layer(d, E, 1);
+        MoeWeights w = random_weights(c, DType::bf16, seed);  // the router stays fp32
+        if (w_bf16) w.router = w.router.to(DType::bf16);
+        const Tensor x = random_tokens(T, d, x_bf16 ? DType::bf16 : DType::f32, seed + 1);
+        const auto xf = x.to_floats();
+        const auto wr = w.router.to_floats();
 
-    const MoeWeights wd = w.to(Device::cuda);
-    const Tensor xd = x.to(Device::cuda);
-    const int parts = g::router_logit_parts(T, true);
-    EXPECT_EQ(parts, T <= small ? 1 : 3);
-    Tensor logits = Tensor::empty({T * E * parts}, DType::f32, Device::cuda);
-    Tensor scratch = Tensor::empty({std::max<std::int64_t>(1, static_cast<std::int64_t>(g::router_scratch_bytes(T, d, E, true)))},
-                                   DType::i32, Device::cuda);
-    ASSERT_EQ(g::router_logits(xd.raw(), true, wd.router.data<float>(), T, d, E, logits.data<float>(), scratch.raw()),
-              parts);
-    const auto got = summed(host<float>(logits), T, E, parts);
+        const MoeWeights wd = w.to(Device::cuda);
+        const Tensor xd = x.to(Device::cuda);
+        const int parts = g::router_logit_parts(T, x_bf16, w_bf16);
+        EXPECT_EQ(parts, T <= small || w_bf16 || !x_bf16 ? 1 : 3);
+        Tensor logits = Tensor::empty({T * E * parts}, DType::f32, Device::cuda);
+        const auto sb = static_cast<std::int64_t>(g::router_scratch_bytes(T, d, E, x_bf16, w_bf16));
+        Tensor scratch = Tensor::empty({std::max<std::int64_t>(1, sb)}, DType::i32, Device::cuda);
+        ASSERT_EQ(g::router_logits(xd.raw(), x_bf16, wd.router.raw(), w_bf16, T, d, E, logits.data<float>(),
+                                   scratch.raw()),
+                  parts);
+        const auto got = summed(host<float>(logits), T, E, parts);
 
-    double worst = 0;
-    for (std::int64_t t = 0; t < T; ++t)
-      for (int e = 0; e < E; ++e) {
-        double ref = 0, mag = 0;
-        for (std::int64_t k = 0; k < d; ++k) {
-          const double p = double(xf[t * d + k]) * double(wr[e * d + k]);
-          ref += p;
-          mag += std::abs(p);
+        double worst = 0;
+        for (std::int64_t t = 0; t < T; ++t)
+          for (int e = 0; e < E; ++e) {
+            double ref = 0, mag = 0;
+            for (std::int64_t k = 0; k < d; ++k) {
+              const double p = double(xf[t * d + k]) * double(wr[e * d + k]);
+              ref += p;
+              mag += std::abs(p);
+            }
+            // fp32 accumulation over d terms: a few units of 2^-24 relative to sum |x w|.
+            const double err = std::abs(double(got[t * E + e]) - ref) / (mag + 1e-30);
+            worst = std::max(worst, err);
+          }
+        EXPECT_LT(worst, 2e-6) << "largest error relative to sum |x w|";
+
+        // Decode sizes, bf16 x: the kernel reading a bf16 router computes what it computes from
+        // an fp32 router holding the same values, bit for bit (the same fp32 operations in order).
+        if (w_bf16 && x_bf16 && T <= small) {
+          const Tensor wide = w.router.to(DType::f32).to(Device::cuda);
+          Tensor lf = Tensor::empty({T * E}, DType::f32, Device::cuda);
+          ASSERT_EQ(g::router_logits(xd.raw(), true, wide.raw(), false, T, d, E, lf.data<float>(), scratch.raw()), 1);
+          const auto a = host<float>(logits), b = host<float>(lf);
+          EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
         }
-        // fp32 accumulation over d terms: a few units of 2^-24 relative to sum |x w| times sqrt-ish growth.
-        const double err = std::abs(double(got[t * E + e]) - ref) / (mag + 1e-30);
-        worst = std::max(worst, err);
       }
-    EXPECT_LT(worst, 2e-6) << "largest error relative to sum |x w|";
-  }
 }
 
 TEST(GpuRouter, TopkAndProbsReadPartialLogits) {
@@ -115,7 +132,7 @@ TEST(GpuRouter, TopkAndProbsReadPartialLogits) {
     Tensor lp = Tensor::empty({T * E * parts}, DType::f32, Device::cuda);
     Tensor scratch = Tensor::empty({static_cast<std::int64_t>(g::router_scratch_bytes(T, c.d_model, E, true))}, DType::i32,
                                    Device::cuda);
-    g::router_logits(x.raw(), true, w.router.data<float>(), T, c.d_model, E, lp.data<float>(), scratch.raw());
+    g::router_logits(x.raw(), true, w.router.raw(), false, T, c.d_model, E, lp.data<float>(), scratch.raw());
     const auto sum = summed(host<float>(lp), T, E, parts);
     Tensor ls = Tensor::from_floats({T * E}, sum).to(Device::cuda);
     const float* bias = c.router_bias ? w.router_bias.data<float>() : nullptr;

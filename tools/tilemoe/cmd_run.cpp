@@ -16,6 +16,7 @@ int cmd_run(int argc, char** argv) {
              {"device", "cpu or cuda", default_device() == Device::cuda ? "cuda" : "cpu"},
              {"algorithm", "sequential, grouped or fused", "grouped"},
              {"dtype", "fp32 or bf16", "bf16"},
+             {"router-dtype", "the router weights: fp32 (fp32-accurate logits) or bf16 (as checkpoints store them)", "fp32"},
              {"rounding", "token rounding rule: none, nearest, up, down, stochastic, balanced", "none"},
              {"tile", "token rounding tile size", "128"},
              {"pipeline-stages", "fused on the GPU: load pipeline stages, 0 = the heuristic's, 1 = no overlap", "0"},
@@ -32,6 +33,10 @@ int cmd_run(int argc, char** argv) {
   if (device == Device::cuda && !cuda_available())
     throw InvalidArgument("--device = cuda: no CUDA GPU is available here (use --device cpu)");
   const DType dtype = parse_dtype(args.get("dtype"));
+  const std::string rd = args.get("router-dtype");
+  if (rd != "fp32" && rd != "f32" && rd != "bf16")
+    throw InvalidArgument("--router-dtype = '" + rd + "': expected fp32 or bf16");
+  const DType router_dtype = parse_dtype(rd);
   ForwardOptions opt;
   opt.algorithm = parse_algorithm(args.get("algorithm"));
   opt.num_threads = static_cast<int>(args.get_int("threads"));
@@ -54,6 +59,7 @@ int cmd_run(int argc, char** argv) {
   const bool json = args.has("json");
   if (!json) std::fprintf(stderr, "building %s (%s) weights...\n", cfg.name.c_str(), to_string(dtype));
   MoeWeights w = random_weights(cfg, dtype, seed);
+  if (router_dtype == DType::bf16) w.router = w.router.to(DType::bf16);
   Tensor x = random_tokens(T, cfg.d_model, dtype, seed + 1);
   if (device == Device::cuda) {
     w = w.to(Device::cuda);

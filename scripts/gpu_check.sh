@@ -11,7 +11,8 @@
 # tests, sanitize: also rerun the fast-path tests under each setting of TEST_ENVS ("A=1 B=2;C=3");
 # SANITIZE_TOOLS="" skips the full sanitizer runs (the TEST_ENVS ones still run).
 # ab: the fused layer's stage medians under each setting of AB_ENVS ("base" = none; "old" runs
-# .old/bench_moe_variants, an older commit's build carried along) on AB_CONFIGS,
+# .old/bench_moe_variants, an older commit's build carried along; "args:--flag value" passes
+# benchmark flags instead of an environment) on AB_CONFIGS,
 # an A/B of kernel variants chosen by environment variables, all in one run on one card
 # (AB_VARIANTS: the benchmark's variants, default fused,dense_cublas).
 set -u
@@ -176,8 +177,9 @@ if has ab; then
   for e in "${ENVS[@]}"; do
     start=$SECONDS
     ev=$e; [ "$e" = base ] && ev=
+    args=; [[ $e == args:* ]] && args=${e#args:} ev=
     B=$BUILD/bin/bench_moe_variants; [ "$e" = old ] && B=.old/bench_moe_variants ev=  # an older build, carried
-    env $ev timeout 300 $B --configs "${AB_CONFIGS:-sonic-7b@24576,qwen3-30b-a3b@16384,mixtral-8x7b@4096}" --no-sequential \
+    env $ev timeout 300 $B $args --configs "${AB_CONFIGS:-sonic-7b@24576,qwen3-30b-a3b@16384,mixtral-8x7b@4096}" --no-sequential \
       --variants "${AB_VARIANTS:-fused,dense_cublas}" > "$OUT/ab.log" 2>&1
     note "ab [$e] rc=$? ($((SECONDS - start)) s)"
     grep -E "^  fused:|up_projection|host:|T=.*(fused|fused_graph|dense_cublas) " "$OUT/ab.log" | grep -v "^  fused:" | sed 's/^ */  /'

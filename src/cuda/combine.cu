@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cuda_bf16.h>
 
-#include "combine.cuh"
 #include "context.cuh"
 #include "stages.hpp"
 
@@ -13,6 +12,17 @@ namespace {
 
 __device__ __forceinline__ float ld(const __nv_bfloat16* p) { return __bfloat162float(*p); }
 __device__ __forceinline__ float ld(const float* p) { return *p; }
+
+// acc[i] += w * (8 bf16 values packed in v)[i].
+__device__ __forceinline__ void add_bf16x8(float (&acc)[8], const uint4& v, float w) {
+  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 f = __bfloat1622float2(h[i]);
+    acc[2 * i] += w * f.x;
+    acc[2 * i + 1] += w * f.y;
+  }
+}
 
 template <class Y, bool kVec>
 __device__ __forceinline__ void add_row(float (&acc)[8], const Y* row, std::int64_t c0, std::int64_t d, float w) {
@@ -64,7 +74,11 @@ __global__ void combine_kernel(const Y* __restrict__ y, const Y* __restrict__ ys
     if (out_bf16) {
       __nv_bfloat16* o = static_cast<__nv_bfloat16*>(out) + t * d + c0;
       if (kVec) {
-        *reinterpret_cast<uint4*>(o) = pack_bf16x8(acc);
+        uint4 v;
+        __nv_bfloat162* h = reinterpret_cast<__nv_bfloat162*>(&v);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) h[j] = __floats2bfloat162_rn(acc[2 * j], acc[2 * j + 1]);
+        *reinterpret_cast<uint4*>(o) = v;
       } else {
 #pragma unroll
         for (int j = 0; j < 8; ++j)

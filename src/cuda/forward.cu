@@ -182,8 +182,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   DeviceBuffer& buf = scratch(Scratch::forward);
   buf.reserve(sizer.bytes());
   const std::int64_t max_tiles = (A_cap + std::int64_t(E) * (tile_m - 1)) / tile_m + 1;
-  // Allocated here, ahead of any graph capture: the row tiles' counts and the pair combine's.
-  if (one_launch) (void)tile_counters(ws_pair_counter_rows(max_tiles, T, d));
+  if (one_launch) (void)tile_counters(max_tiles);  // allocated here, ahead of any graph capture
   Carver carver(buf.get());
   const auto P = layout(carver);
 
@@ -220,8 +219,6 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   timer.lap("metadata");
 
   // Experts.
-  Tensor out = Tensor::empty({T, d}, x.dtype(), Device::cuda);
-  bool combined = false;  // the pair launch did the combine
   std::string path = to_string(opt.algorithm);
   if (one_launch) {
     const GroupedPath gp{opt.algorithm == Algorithm::fused, opt.pipeline_stages};
@@ -233,15 +230,11 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
     gp_up.x_stage = static_cast<std::uint16_t*>(P.y);
     gp_up.x_stage_rows = A_cap;
     // Decode sizes: both projections in one launch, except where stage times are asked for
-    // (those time the two launches), and the combine in it where it applies.
-    PairCombine pc;
-    if (ws_pair_combine(opt.rounding.has_value(), S))
-      pc = {P.m.slot, P.m.sorted_token, weight, static_cast<std::uint16_t*>(out.raw()), T, K};
+    // (those time the two launches).
     const bool pair = !opt.time_stages &&
                       grouped_up_down(u16(x), d, u16(w.w13), n, gated, cfg.activation, E, P.m.offsets,
                                       P.m.tile_offsets, max_tiles, P.m.sorted_token, P.act, lda, u16(w.w2), A_cap,
-                                      static_cast<std::uint16_t*>(P.y), gp_up, pc);
-    combined = pair && pc.out != nullptr;
+                                      static_cast<std::uint16_t*>(P.y), gp_up);
     if (!pair) {
       note(grouped_up(u16(x), d, u16(w.w13), n, gated, cfg.activation, E, P.m.offsets, P.m.tile_offsets, max_tiles,
                       P.m.sorted_token, P.act, lda, gp_up),
@@ -267,8 +260,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
     }
     if (gp.fused)
       path = why.empty() ? std::string("fused: sm_90a warp-specialized TMA + wgmma kernels") +
-                               (pair ? ", both projections in one launch" : "") +
-                               (combined ? ", the combine in its epilogue" : "")
+                               (pair ? ", both projections in one launch" : "")
                          : "fused, partly on the portable grouped kernels (" + why + ")";
   } else {
     std::vector<std::int64_t> offsets = to_host(P.m.offsets, static_cast<std::size_t>(E) + 1);
@@ -283,7 +275,8 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
     timer.lap("experts");
   }
 
-  if (!combined) combine(P.y, bf, S > 0 ? P.ys : nullptr, S, weight, P.m.slot, token_offsets, K, T, d, out.raw(), bf);
+  Tensor out = Tensor::empty({T, d}, x.dtype(), Device::cuda);
+  combine(P.y, bf, S > 0 ? P.ys : nullptr, S, weight, P.m.slot, token_offsets, K, T, d, out.raw(), bf);
   timer.lap("combine");
 
   if (trace) {

@@ -328,8 +328,7 @@ std::string grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::in
 bool grouped_up_down(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13, std::int64_t n, bool gated,
                      Activation act, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
                      std::int64_t max_tiles, const std::int32_t* gather, std::uint16_t* a_out, std::int64_t lda_act,
-                     const std::uint16_t* w2, std::int64_t a_rows, std::uint16_t* y, const GroupedPath& path_up,
-                     const PairCombine& comb) {
+                     const std::uint16_t* w2, std::int64_t a_rows, std::uint16_t* y, const GroupedPath& path_up) {
   if (!path_up.fused || !path_up.x_stage || !gather || !ws_pair(max_tiles, E) || max_tiles <= 0 ||
       grouped_kernel_override() != KernelOverride::none || !up_stages_x(d, n, max_tiles, E))
     return false;
@@ -339,7 +338,7 @@ bool grouped_up_down(const std::uint16_t* x, std::int64_t d, const std::uint16_t
   // The routed rows staged in sorted order (in y, not yet written), then read by TMA.
   GemmArgs staged;
   if (!stage_up_rows(up, path_up, staged)) return false;
-  launch_grouped_ws_pair(staged, down, max_tiles, path_up.x_stage_rows, a_rows, path_up.stages, comb);
+  launch_grouped_ws_pair(staged, down, max_tiles, path_up.x_stage_rows, a_rows, path_up.stages);
   return true;
 }
 

@@ -9,8 +9,6 @@
 
 namespace tilemoe::detail::gpu {
 
-struct PairCombine;  // stages.hpp
-
 struct GemmArgs {
   const __nv_bfloat16* A;         // rows of K elements, stride lda
   std::int64_t lda;
@@ -152,7 +150,7 @@ void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::
 // of up-projection tiles go on with the down-projection instead of idling in the up-projection's
 // tail. Both must be accepted by ws_refusal, with the same offsets and tile_offsets.
 void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64_t max_tiles, std::int64_t a_rows_up,
-                            std::int64_t a_rows_down, int stages, const PairCombine& comb);
+                            std::int64_t a_rows_down, int stages);
 
 // out [rows, d] = x[index[p]] for p below min(*count, max_rows) (gather_rows.cu): the gathered
 // rows of x copied once, in sorted order, for an up-projection that then reads them by TMA.

@@ -143,15 +143,6 @@ inline bool ws_pair(std::int64_t max_tiles, int E) {
   return !env_is("TILEMOE_WS_PAIR", "0") && max_tiles <= 2 * std::int64_t(E);
 }
 
-// Whether a pair launch also does the combine (stages.hpp PairCombine): every down-projection
-// row written counts towards its token and column tile, and the warp whose row completes a
-// token's K gathers the K rows (from L2, just written) into out, where a kernel of its own ran
-// after the launch. Uniform K (no token rounding) and no shared experts (their pass runs after
-// the pair). TILEMOE_PAIR_COMBINE=0 turns it off (A/B timing, tests).
-inline bool ws_pair_combine(bool rounding, int shared) {
-  return !rounding && shared == 0 && !env_is("TILEMOE_PAIR_COMBINE", "0");
-}
-
 // Tokens up to which bf16 router logits come from one CUDA-core kernel (a block per 8 tokens and
 // 8 experts, fp32 dot products) instead of a weight split and a tensor-core GEMM: at decode sizes
 // the GEMM path is launch-bound (H100 run 21: 62 us for Qwen3-30B-A3B at T 64, most of it

@@ -104,30 +104,14 @@ std::string grouped_down(const std::uint16_t* act, std::int64_t lda_act, std::in
                          std::int64_t max_tiles, std::int64_t a_rows, std::uint16_t* y,
                          const GroupedPath& path = {});
 
-// The combine done by a pair launch's down-projection tiles (out not null): combine()'s
-// out[t] = sum_k weight[t K + k] y[slot[t K + k]] for uniform K and no shared experts, bf16 out,
-// the same sums bit for bit, each token's 256-column slice as soon as its K rows are written.
-struct PairCombine {
-  const std::int32_t* slot = nullptr;
-  const std::int32_t* sorted_token = nullptr;
-  const float* weight = nullptr;
-  std::uint16_t* out = nullptr;
-  std::int64_t tokens = 0;
-  int K = 0;
-};
-// The int32 counters (context.cuh tile_counters' rows) a pair launch needs: its row tiles' and,
-// with the combine, a count per token and down-projection column tile.
-std::int64_t ws_pair_counter_rows(std::int64_t max_tiles, std::int64_t tokens, std::int64_t d);
 // Both projections, what grouped_up then grouped_down compute (the same arguments; y doubles as
 // the up-projection's x_stage), in one launch of the fused kernels where heuristics.hpp ws_pair
 // says so (decode sizes, routed rows staged). Returns false, having launched nothing, where it
-// does not apply: then call the two. comb.out not null (heuristics.hpp ws_pair_combine): the
-// launch combines too, and the caller does not.
+// does not apply: then call the two.
 bool grouped_up_down(const std::uint16_t* x, std::int64_t d, const std::uint16_t* w13, std::int64_t n, bool gated,
                      Activation act, int E, const std::int64_t* offsets, const std::int32_t* tile_offsets,
                      std::int64_t max_tiles, const std::int32_t* gather, std::uint16_t* a_out, std::int64_t lda_act,
-                     const std::uint16_t* w2, std::int64_t a_rows, std::uint16_t* y, const GroupedPath& path_up,
-                     const PairCombine& comb = {});
+                     const std::uint16_t* w2, std::int64_t a_rows, std::uint16_t* y, const GroupedPath& path_up);
 
 // ---- combine (combine.cu) ----
 // out[t] = sum_{a of t} weight[a] * y[slot[a]] + sum_s y_shared[s * T + t], fp32 accumulate,

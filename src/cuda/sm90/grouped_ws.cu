@@ -69,14 +69,12 @@
 #include <string>
 
 #include "../activation.cuh"
-#include "../combine.cuh"
 #include "../context.cuh"
 #include "../grouped_gemm.cuh"
 #include "../heuristics.hpp"
 #include "../ptx/cp_async.cuh"
 #include "../ptx/pipeline.cuh"
 #include "../ptx/wgmma.cuh"
-#include "../stages.hpp"
 #include "../tensor_map.cuh"
 
 namespace tilemoe::detail::gpu {
@@ -137,15 +135,11 @@ struct WsPass {
 // tile, how many (column tile, consumer warp) parts of its up-projection have been written. The
 // last block to finish claiming resets [0] and [1], the last consumer warp done resets [2] and
 // row_done, so that every launch finds them zero.
-// comb (pair, out not null): the combine in the down-projection's epilogue, comb_count its
-// count per (token, down column tile) of rows written, which the warp that completes one resets.
 struct WsCtl {
   int group_rows, stages;
   int* counters;
   int* row_done;
   bool a_tma, expert_raster;
-  PairCombine comb;
-  int* comb_count;
 };
 
 template <int kMode, Activation kAct>
@@ -440,47 +434,6 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
     };
-    // A pair's down tile with the combine: each of the warpgroup's rows, once written (thread 0's
-    // TMA stores waited for and made visible to generic loads, the others' stores before the
-    // barrier), counts towards its (token, column tile); the warp holding the row that makes it
-    // K sums the token's K rows of that slice, in order, as combine.cu's kernel does (the same
-    // bits), from L2 where the other rows were just written. Rows go to lanes 0-15 of each warp,
-    // one each.
-    auto combine_rows = [&](const WsPass& p, const TileSlot& cur) {
-      if constexpr (kPair) {
-        const PairCombine& cb = ctl.comb;
-        if (tid == 0) {
-          ptx::bulk_wait_group_all();
-          ptx::fence_proxy_async_global();
-        }
-        ptx::named_barrier_sync(1 + cw, 128);
-        const int r = cw * 64 + 16 * w + l;
-        int t = 0;
-        bool last = false;
-        if (l < 16 && r < cur.rows) {
-          t = cb.sorted_token[cur.m0 + r];
-          int* count = ctl.comb_count + static_cast<long long>(t) * p.ncol + cur.col;
-          __threadfence();
-          last = atomicAdd(count, 1) == cb.K - 1;
-          if (last) {
-            *count = 0;  // for the next launch: no other row of this launch counts here
-            __threadfence();
-          }
-        }
-        const long long c0 = static_cast<long long>(cur.col) * kBN + 8 * l;
-        for (unsigned m = __ballot_sync(0xffffffffu, last); m != 0; m &= m - 1) {
-          const long long tt = __shfl_sync(0xffffffffu, t, __ffs(m) - 1);
-          if (c0 >= p.g.N) continue;
-          float sum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-          const long long a0 = tt * cb.K;
-          for (int k = 0; k < cb.K; ++k) {
-            const uint4 v = __ldcg(reinterpret_cast<const uint4*>(p.g.C + cb.slot[a0 + k] * p.g.ldc + c0));
-            add_bf16x8(sum, v, cb.weight[a0 + k]);
-          }
-          *reinterpret_cast<uint4*>(cb.out + tt * p.g.N + c0) = pack_bf16x8(sum);
-        }
-      }
-    };
     // Epilogue. Accumulator 4 b + 2 h + i of a thread: row 16 w + l / 4 + 8 h, column
     // 8 b + 2 (l % 4) + i; in the up-projection column c < 128 is a gate, c + 128 its up.
     // The warpgroup's 64 output rows are staged 128 columns per round as panels of 64 columns
@@ -603,7 +556,6 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
       }
       if constexpr (kMode != kModeUp) epilogue(std::false_type{}, p, cur);
-      if (kPair && ctl.comb.out) combine_rows(p, cur);
     }
     if (tid == 0) ptx::bulk_wait_group_all();  // the block's last stores are done before it exits
     if (kPair) {
@@ -689,26 +641,21 @@ void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::
   const bool a_tma = !up || !g.gather;  // rows of A contiguous: a TMA box per k tile
   const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma);
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
-            a_tma, expert_raster(), {}, nullptr};
+            a_tma, expert_raster()};
   if (ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
   const std::int64_t tiles = max_tiles * p.ncol;
   if (up) run_act<kModeUp>(g.act, p, p, tiles, ctl);
   else run_act<kModeDown>(g.act, p, p, tiles, ctl);
 }
 
-std::int64_t ws_pair_counter_rows(std::int64_t max_tiles, std::int64_t tokens, std::int64_t d) {
-  return max_tiles + tokens * ((d + kBN - 1) / kBN);
-}
-
 void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64_t max_tiles, std::int64_t a_rows_up,
-                            std::int64_t a_rows_down, int stages, const PairCombine& comb) {
+                            std::int64_t a_rows_down, int stages) {
   if (max_tiles <= 0 || up.N <= 0) return;
   const WsPass p0 = make_pass(up, true, max_tiles, a_rows_up, true);
   const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
-  int* counters = tile_counters(ws_pair_counter_rows(max_tiles, comb.out ? comb.tokens : 0, down.N));
+  int* counters = tile_counters(max_tiles);
   const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
-                  counters + kTileCounterHead, true, expert_raster(), comb,
-                  counters + kTileCounterHead + max_tiles};
+                  counters + kTileCounterHead, true, expert_raster()};
   run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 

@@ -155,6 +155,12 @@ constexpr std::int64_t router_small_tokens() { return 512; }
 // (E + 1) int32 in shared memory (131 KB at E = 1024), bound E.
 constexpr std::int64_t metadata_one_block_max_assignments() { return 16384; }
 constexpr int metadata_one_block_max_experts() { return 1024; }
+// Its block: 256 threads up to 2048 assignments (decode sizes: a quarter of the per-expert passes
+// over the warps' counters, narrower scans and barriers), else 1024. TILEMOE_META_SMALL256=0
+// keeps 1024 (A/B timing).
+inline int metadata_one_block_threads(std::int64_t A) {
+  return A <= 2048 && !env_is("TILEMOE_META_SMALL256", "0") ? 256 : 1024;
+}
 
 // Row stride (elements) of the bf16 activation between the two GEMMs: a multiple of 8 so that
 // its rows stay 16-byte aligned for cp.async.

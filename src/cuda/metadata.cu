@@ -98,10 +98,18 @@ __global__ void uniform_offsets_kernel(std::int64_t rows, int E, int tile_m, std
   }
 }
 
-constexpr int kSmallThreads = 1024, kSmallWarps = kSmallThreads / 32;
-constexpr int kSmallChunks = static_cast<int>(kSmallMaxAssignments / kSmallThreads);  // per warp, of 32
-constexpr int kSmallCols = (kSmallMaxExperts + 1 + kSmallThreads - 1) / kSmallThreads;  // per thread
-using SmallScan = cub::BlockScan<int, kSmallThreads, cub::BLOCK_SCAN_WARP_SCANS>;
+// The one-block kernel's shape: kThreads threads for up to kMaxA assignments (chunks of 32 per
+// warp: kChunks; experts per thread in the scans: kCols); heuristics.hpp
+// metadata_one_block_threads picks one.
+template <int kThreads, int kMaxA>
+struct SmallShape {
+  static constexpr int kWarps = kThreads / 32;
+  static constexpr int kChunks = kMaxA / kThreads;
+  static constexpr int kCols = (kSmallMaxExperts + 1 + kThreads - 1) / kThreads;
+  using Scan = cub::BlockScan<int, kThreads, cub::BLOCK_SCAN_WARP_SCANS>;
+};
+using SmallBig = SmallShape<1024, static_cast<int>(kSmallMaxAssignments)>;
+using SmallLittle = SmallShape<256, 2048>;
 
 // The whole metadata in one block, as a stable counting sort. Warp w takes a contiguous segment of
 // the assignments, 32 at a time; __match_any_sync groups a chunk's lanes by expert, so that the
@@ -109,9 +117,13 @@ using SmallScan = cub::BlockScan<int, kSmallThreads, cub::BLOCK_SCAN_WARP_SCANS>
 // rank is the number of its peers below it. Segments, chunks and lanes in order: stable. Column E
 // counts the unused slots (expert id E), which thus follow offsets[E] in their order, as the
 // general path's sort puts them (key E is the largest).
-__global__ void __launch_bounds__(kSmallThreads) small_metadata_kernel(const std::int32_t* __restrict__ expert,
-                                                                      const std::int32_t* __restrict__ token_of,
-                                                                      int K, int A, int E, int tile_m, Metadata m) {
+template <class Sh>
+__global__ void __launch_bounds__(Sh::kWarps * 32) small_metadata_kernel(const std::int32_t* __restrict__ expert,
+                                                                        const std::int32_t* __restrict__ token_of,
+                                                                        int K, int A, int E, int tile_m, Metadata m) {
+  constexpr int kSmallThreads = Sh::kWarps * 32, kSmallWarps = Sh::kWarps, kSmallChunks = Sh::kChunks,
+                kSmallCols = Sh::kCols;
+  using SmallScan = typename Sh::Scan;
   extern __shared__ int c[];  // [kSmallWarps][E + 1]: warp w's count of expert e, then its next position
   __shared__ typename SmallScan::TempStorage t_rows, t_tiles;
   const int cols = E + 1, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -186,12 +198,25 @@ __global__ void __launch_bounds__(kSmallThreads) small_metadata_kernel(const std
   }
 }
 
-std::size_t small_smem_bytes(int E) { return sizeof(int) * kSmallWarps * (static_cast<std::size_t>(E) + 1); }
+template <class Sh>
+std::size_t small_smem_bytes(int E) { return sizeof(int) * Sh::kWarps * (static_cast<std::size_t>(E) + 1); }
 
 // The one-block path applies: small A, and the counters fit the device's shared memory.
 bool small_path(std::int64_t A, int E) {
   return A <= kSmallMaxAssignments && E <= kSmallMaxExperts &&
-         small_smem_bytes(E) + 2 * sizeof(SmallScan::TempStorage) <= device_props().smem_optin;
+         small_smem_bytes<SmallBig>(E) + 2 * sizeof(SmallBig::Scan::TempStorage) <= device_props().smem_optin;
+}
+
+template <class Sh>
+void launch_small(const std::int32_t* expert, const std::int32_t* token_of, int K, std::int64_t A, int E, int tile_m,
+                  const Metadata& m) {
+  const std::size_t smem = small_smem_bytes<Sh>(E);
+  if (smem > 48 * 1024)
+    TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(small_metadata_kernel<Sh>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(smem)));
+  small_metadata_kernel<Sh><<<1, Sh::kWarps * 32, smem, current_stream()>>>(expert, token_of, K, static_cast<int>(A), E,
+                                                                            tile_m, m);
+  TILEMOE_CHECK_LAUNCH();
 }
 
 // Bits of the sort keys: experts 0..E-1 and the unused-slot marker E.
@@ -244,12 +269,9 @@ void build_metadata(const std::int32_t* expert, const std::int32_t* token_of, in
             "metadata_scratch_bytes(A, E)");
   cudaStream_t st = current_stream();
   if (small_path(A, E)) {
-    const std::size_t smem = small_smem_bytes(E);
-    if (smem > 48 * 1024)
-      TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(small_metadata_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(smem)));
-    small_metadata_kernel<<<1, kSmallThreads, smem, st>>>(expert, token_of, K, static_cast<int>(A), E, tile_m, m);
-    TILEMOE_CHECK_LAUNCH();
+    static_assert(SmallLittle::kChunks * 256 == 2048, "the 256-thread block takes what the heuristic gives it");
+    if (metadata_one_block_threads(A) == 256) launch_small<SmallLittle>(expert, token_of, K, A, E, tile_m, m);
+    else launch_small<SmallBig>(expert, token_of, K, A, E, tile_m, m);
     return;
   }
   TILEMOE_CUDA_CHECK(cudaMemsetAsync(m.counts, 0, sizeof(std::int32_t) * E, st));

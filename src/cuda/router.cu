@@ -110,16 +110,35 @@ __device__ __forceinline__ float logit(const float* l, int E, int parts, int e) 
   return parts == 1 ? l[e] : (l[e] + l[E + e]) + l[2 * E + e];
 }
 
+constexpr int kSmallTok = 8, kSmallExp = 8, kSmallThreads = 256;
+static_assert(kSmallTok * kSmallExp == 64, "the warp reduction below halves 64 values to 2 per lane");
+
+// One step of a warp's reduction of 64 values per lane to 2 per lane: with v[0, N) live, a lane
+// keeps one half (the upper where its lane bit N / 4 is set), adds its partner's copy of that half
+// (lane ^ N / 4) and moves it to v[0, N / 2). After N = 64, 32, ..., 4 (offsets 16 .. 1), lane L
+// holds the warp's sums of values 2L and 2L + 1: 62 shuffles where a butterfly per value takes
+// 320. Fixed order: deterministic.
+template <int N>
+__device__ __forceinline__ void halve_over_warp(float (&v)[64], int lane) {
+  constexpr int kHalf = N / 2, kOff = N / 4;
+  const bool upper = (lane & kOff) != 0;
+#pragma unroll
+  for (int i = 0; i < kHalf; ++i) {
+    const float send = upper ? v[i] : v[i + kHalf];
+    const float keep = upper ? v[i + kHalf] : v[i];
+    v[i] = keep + __shfl_xor_sync(0xffffffffu, send, kOff);
+  }
+}
+
 // Decode-size logits (up to router_small_tokens(), heuristics.hpp): a block of 256 threads per
 // (8 tokens, 8 experts). Its threads stride d together in granules of kV elements (kV = 4: 8-byte
 // x and 16-byte w loads, where d and the pointers allow; else 1), each holding the 8 x 8 partial
 // dot products in registers, so every x and w element is loaded once per block. Then a fixed-order
-// reduction: warp shuffles, then the 8 warps in order (deterministic). W: the router's element
-// type (float, or __nv_bfloat16: 8-byte loads of 4). One launch, no split of
-// the weights. It replaced a block per (8 tokens, expert) with scalar loads, which reread x per
-// expert: the router_logits stage (kernel plus the host's launch gap) on DeepSeek-V3 at T 64
+// reduction: over each warp by halving (halve_over_warp), then the 8 warps in order
+// (deterministic). W: the router's element type (float, or __nv_bfloat16: 8-byte loads of 4). One
+// launch, no split of the weights. It replaced a block per (8 tokens, expert) with scalar loads,
+// which reread x per expert: the router_logits stage (kernel plus the host's launch gap) on DeepSeek-V3 at T 64
 // went from 0.074-0.080 ms (H100 run 40) to 0.031-0.040 (runs 41, 42; docs/gpu.md).
-constexpr int kSmallTok = 8, kSmallExp = 8, kSmallThreads = 256;
 template <int kV, class W>
 __global__ void __launch_bounds__(kSmallThreads) logits_small_kernel(const __nv_bfloat16* __restrict__ x,
                                                                    const W* __restrict__ w, std::int64_t T,
@@ -129,11 +148,9 @@ __global__ void __launch_bounds__(kSmallThreads) logits_small_kernel(const __nv_
   const int e0 = blockIdx.y * kSmallExp;
   const int nt = static_cast<int>(T - t0 < kSmallTok ? T - t0 : kSmallTok);
   const int ne = E - e0 < kSmallExp ? E - e0 : kSmallExp;
-  float acc[kSmallTok][kSmallExp];
+  float acc[kSmallTok * kSmallExp];  // token i, expert j at i * kSmallExp + j
 #pragma unroll
-  for (int i = 0; i < kSmallTok; ++i)
-#pragma unroll
-    for (int j = 0; j < kSmallExp; ++j) acc[i][j] = 0.0f;
+  for (int i = 0; i < kSmallTok * kSmallExp; ++i) acc[i] = 0.0f;
   for (std::int64_t k = std::int64_t(threadIdx.x) * kV; k < d; k += kSmallThreads * kV) {
     float xv[kSmallTok][kV];
 #pragma unroll
@@ -166,18 +183,16 @@ __global__ void __launch_bounds__(kSmallThreads) logits_small_kernel(const __nv_
 #pragma unroll
       for (int i = 0; i < kSmallTok; ++i)
 #pragma unroll
-        for (int v = 0; v < kV; ++v) acc[i][j] = fmaf(xv[i][v], wv[v], acc[i][j]);
+        for (int v = 0; v < kV; ++v) acc[i * kSmallExp + j] = fmaf(xv[i][v], wv[v], acc[i * kSmallExp + j]);
     }
   }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-  for (int i = 0; i < kSmallTok; ++i)
-#pragma unroll
-    for (int j = 0; j < kSmallExp; ++j) {
-      float v = acc[i][j];
-      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-      if (lane == 0) red[warp][i * kSmallExp + j] = v;
-    }
+  halve_over_warp<64>(acc, lane);
+  halve_over_warp<32>(acc, lane);
+  halve_over_warp<16>(acc, lane);
+  halve_over_warp<8>(acc, lane);
+  halve_over_warp<4>(acc, lane);
+  *reinterpret_cast<float2*>(&red[warp][2 * lane]) = make_float2(acc[0], acc[1]);
   __syncthreads();
   if (threadIdx.x < kSmallTok * kSmallExp) {
     const int i = threadIdx.x / kSmallExp, j = threadIdx.x % kSmallExp;

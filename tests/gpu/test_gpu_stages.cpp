@@ -294,6 +294,8 @@ void check_metadata(const std::vector<std::int32_t>& expert, const std::vector<s
 // The one-block path of small A (decode) and the general path on either side of its limits
 // (src/cuda/metadata.cu: A <= 16384, E <= 1024 where shared memory allows), on shapes the
 // router's output does not give: empty experts, one expert, runs across chunks, unused slots.
+// The one-block path's 256-thread block (A <= 2048) and its 1024-thread block on both sides of
+// that limit, and again for A <= 2048 with the 1024-thread block (TILEMOE_META_SMALL256=0).
 TEST(GpuMetadata, SmallPathMatchesReference) {
   TILEMOE_REQUIRE_GPU();
   namespace g = detail::gpu;
@@ -312,13 +314,17 @@ TEST(GpuMetadata, SmallPathMatchesReference) {
                      C{3000, 5, 3, runs}, C{4096, 1024, 8, random}, C{4096, 1024, 8, unused}, C{300, 32, 3, all_unused},
                      C{kSmall, 1024, 16, unused}, C{kSmall, 7, 2, runs}, C{kSmall - 1, 128, 1, one_expert},
                      C{kSmall + 1, 1024, 16, unused}, C{kSmall + 1, 64, 1, runs}, C{2048, 1025, 8, unused},
-                     C{2048, 4096, 2, random}})
+                     C{2048, 4096, 2, random}, C{2048, 1024, 8, unused}, C{2048, 128, 8, runs},
+                     C{2049, 64, 8, random}, C{1500, 1024, 1, even_only}})
+    for (const char* env : {static_cast<const char*>(nullptr), "0"})
     for (bool with_token_of : {false, true})
       for (int tile : {g::grouped_tile_m(), 3}) {
+        if (env && c.A > 2048) continue;
+        const test::ScopedEnv block("TILEMOE_META_SMALL256", env);
         const std::uint64_t seed = fresh_seed();
         SCOPED_TRACE("A=" + std::to_string(c.A) + " E=" + std::to_string(c.E) + " K=" + std::to_string(c.K) + " " +
                      names[c.fill] + (with_token_of ? " token_of" : "") + " tile=" + std::to_string(tile) +
-                     " seed=" + std::to_string(seed));
+                     (env ? " 1024 threads" : "") + " seed=" + std::to_string(seed));
         std::mt19937_64 gen(seed);
         std::vector<std::int32_t> expert(c.A), token_of;
         for (std::int64_t a = 0; a < c.A; ++a) {

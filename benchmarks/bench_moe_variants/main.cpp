@@ -78,7 +78,7 @@ void usage() {
       "usage: bench_moe_variants [--configs a,b:E256:K4,c:d4096:n512@32768] [--tokens 4096,24576] [--reps N] [--warmup N]\n"
       "                          [--json out.json] [--dump dir --torch peers/torch_pipeline.py [--python python3]]\n"
       "                          [--scattermoe peers/scattermoe_pipeline.py] [--sonicmoe peers/sonicmoe_pipeline.py] (with --dump)\n"
-      "                          [--no-sequential] [--stages] [--seed S] [--router-dtype f32|bf16]\n"
+      "                          [--no-sequential] [--stages] [--seed S] [--router-dtype fp32|bf16]\n"
       "                          [--variants grouped,fused,...] (ours to time; default all: sequential, grouped,\n"
       "                           grouped+rounding, fused, fused_1stage, fused_4stage, fused+rounding, fused_graph,\n"
       "                           dense_cublas)");
@@ -112,8 +112,9 @@ Args parse(int argc, char** argv) {
     else if (k == "--variants") a.variants = split(val());
     else if (k == "--router-dtype") {
       const std::string v = val();
-      if (v != "f32" && v != "bf16") throw InvalidArgument("--router-dtype = '" + v + "': expected f32 or bf16");
-      a.router_dtype = v == "bf16" ? DType::bf16 : DType::f32;
+      if (v != "fp32" && v != "f32" && v != "bf16")
+        throw InvalidArgument("--router-dtype = '" + v + "': expected fp32 or bf16");
+      a.router_dtype = parse_dtype(v);
     }
     else if (k == "--help" || k == "-h") { usage(); std::exit(0); }
     else throw InvalidArgument("argument '" + k + "': unknown (see --help)");
@@ -356,7 +357,7 @@ int main(int argc, char** argv) {
         og.algorithm = Algorithm::grouped;
         ForwardTrace tr;
         (void)moe_forward(c, w, x, og, &tr);  // the routing, for the dump and the roofline
-        mem_ms = layer_bytes(c, T, tr.counts, a.router_dtype == DType::bf16 ? 2.0 : 4.0) / (copy_bw * 1e12) * 1e3;
+        mem_ms = layer_bytes(c, T, tr.counts, double(dtype_size(a.router_dtype))) / (copy_bw * 1e12) * 1e3;
         auto want = [&](const char* v) {
           if (std::string(v) == "sequential" && !a.sequential) return false;
           return a.variants.empty() || std::find(a.variants.begin(), a.variants.end(), v) != a.variants.end();
@@ -465,7 +466,7 @@ int main(int argc, char** argv) {
           m << "{\"config\": \"" << c.name << "\", \"tokens\": " << T << ", \"d\": " << d << ", \"n\": " << n
             << ", \"experts\": " << c.num_experts << ", \"topk\": " << c.top_k << ", \"shared\": " << c.num_shared
             << ", \"d_shared\": " << c.d_shared << ", \"router\": \"" << to_string(c.router)
-            << "\", \"router_dtype\": \"" << (a.router_dtype == DType::bf16 ? "bf16" : "f32")
+            << "\", \"router_dtype\": \"" << to_string(a.router_dtype)
             << "\", \"renormalize\": " << (c.renormalize ? "true" : "false")
             << ", \"gated\": " << (is_gated(c.activation) ? "true" : "false")
             << ", \"weights_dumped\": " << (dump_weights ? "true" : "false") << ", \"flops\": " << flops
@@ -550,7 +551,7 @@ int main(int argc, char** argv) {
       std::ofstream f(a.json);
       f << "{\"card\": \"" << card << "\", \"date\": \"" << now_utc() << "\", \"commit\": \"" << commit
         << "\", \"reps\": " << a.reps << ", \"warmup\": " << a.warmup << ", \"copy_tbps\": " << copy_bw
-        << ", \"router_dtype\": \"" << (a.router_dtype == DType::bf16 ? "bf16" : "f32") << "\""
+        << ", \"router_dtype\": \"" << to_string(a.router_dtype) << "\""
         << ",\n \"results\": [\n";
       for (std::size_t i = 0; i < results.size(); ++i) {
         const auto& r = results[i];

@@ -37,7 +37,7 @@ def router_logits_fn(c):
     """The router logits as the case's router dtype has them computed: fp32 weights, an fp32 GEMM
     of x widened (fp32-accurate, as tilemoe's); bf16 weights (--router-dtype bf16), one bf16 GEMM
     (a bf16 nn.Linear, as PyTorch users run it), its output widened. The conversion is done here, outside the timing."""
-    if c.meta.get("router_dtype", "f32") == "bf16":
+    if c.meta.get("router_dtype", "fp32") == "bf16":
         wr_bf = c.wr.to(torch.bfloat16)
         return lambda: (c.x @ wr_bf.t()).float()
     return lambda: c.x.float() @ c.wr.t()

@@ -443,6 +443,17 @@ std::size_t router_scratch_bytes(std::int64_t T, std::int64_t d, int E, bool x_b
 
 namespace {
 
+// logits [T, rows] fp32 (row-major; column-major [rows, T]) = w [rows, d] . x [T, d]^T, one cuBLAS
+// GEMM accumulating in fp32; w and x both fp32 or both bf16 (type).
+void logits_gemm(int rows, std::int64_t T, std::int64_t d, const void* w, const void* x, cudaDataType type,
+                 float* logits) {
+  const float one = 1.0f, zero = 0.0f;
+  TILEMOE_CUBLAS_CHECK(cublasGemmEx(cublas_handle(), CUBLAS_OP_T, CUBLAS_OP_N, rows, static_cast<int>(T),
+                                    static_cast<int>(d), &one, w, type, static_cast<int>(d), x, type,
+                                    static_cast<int>(d), &zero, logits, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F,
+                                    CUBLAS_GEMM_DEFAULT));
+}
+
 template <class W>
 void launch_logits_small(const __nv_bfloat16* x, const W* w, std::int64_t T, std::int64_t d, int E, float* logits) {
   const dim3 grid(static_cast<unsigned>((T + kSmallTok - 1) / kSmallTok),
@@ -458,8 +469,6 @@ void launch_logits_small(const __nv_bfloat16* x, const W* w, std::int64_t T, std
 
 int router_logits(const void* x, bool x_bf16, const void* w, bool w_bf16, std::int64_t T, std::int64_t d, int E,
                   float* logits, void* scratch) {
-  const float one = 1.0f, zero = 0.0f;
-  cublasHandle_t h = cublas_handle();
   const int parts = router_logit_parts(T, x_bf16, w_bf16);
   if (T == 0) return parts;
   const std::int64_t n = std::int64_t(E) * d;
@@ -472,10 +481,7 @@ int router_logits(const void* x, bool x_bf16, const void* w, bool w_bf16, std::i
       TILEMOE_CHECK_LAUNCH();
       wf = wide;
     }
-    // Row-major logits [T, E] is column-major [E, T] = w (col-major [d, E])^T . x (col-major [d, T]).
-    TILEMOE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, E, static_cast<int>(T), static_cast<int>(d), &one,
-                                      wf, CUDA_R_32F, static_cast<int>(d), x, CUDA_R_32F, static_cast<int>(d), &zero,
-                                      logits, CUDA_R_32F, E, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    logits_gemm(E, T, d, wf, x, CUDA_R_32F, logits);
     return 1;
   }
   const auto* xb = static_cast<const __nv_bfloat16*>(x);
@@ -486,9 +492,7 @@ int router_logits(const void* x, bool x_bf16, const void* w, bool w_bf16, std::i
   }
   if (w_bf16) {
     // bf16 x and router: products exact in fp32, one bf16 tensor-core GEMM accumulating in fp32.
-    TILEMOE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, E, static_cast<int>(T), static_cast<int>(d), &one,
-                                      w, CUDA_R_16BF, static_cast<int>(d), x, CUDA_R_16BF, static_cast<int>(d), &zero,
-                                      logits, CUDA_R_32F, E, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    logits_gemm(E, T, d, w, x, CUDA_R_16BF, logits);
     return 1;
   }
   // x is exact in bf16; w = hi + mid + lo in bf16 to within fp32 rounding, so one bf16 tensor-core
@@ -497,9 +501,7 @@ int router_logits(const void* x, bool x_bf16, const void* w, bool w_bf16, std::i
   __nv_bfloat16* split = static_cast<__nv_bfloat16*>(scratch);
   split_bf16x3_kernel<<<grid_for(n, 256 * 4), 256, 0, current_stream()>>>(static_cast<const float*>(w), n, split);
   TILEMOE_CHECK_LAUNCH();
-  TILEMOE_CUBLAS_CHECK(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, 3 * E, static_cast<int>(T), static_cast<int>(d), &one,
-                                    split, CUDA_R_16BF, static_cast<int>(d), x, CUDA_R_16BF, static_cast<int>(d), &zero,
-                                    logits, CUDA_R_32F, 3 * E, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  logits_gemm(3 * E, T, d, split, x, CUDA_R_16BF, logits);
   return 3;
 }
 

@@ -128,6 +128,17 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
   return max_tiles <= 2 * std::int64_t(E) || (n >= 2048 && d <= 2 * n);
 }
 
+// Whether the fused path's warp-specialized kernels run in clusters of two blocks (sm90/
+// grouped_ws.cu): the blocks of a cluster take two row tiles of the same column tile, and where
+// both rows tiles are one expert's, each loads half of the weight tile into both blocks (TMA
+// multicast): a third less traffic from L2 per block (the weight tile is 32 of a stage's 48 KiB),
+// where Nsight Compute had the up-projection's consumers waiting on their loads (H200 run 112,
+// d 4096 / n 1024). Static schedule over the pairs. Off by default until measured:
+// TILEMOE_WS_CLUSTER=1 turns it on, above decode sizes.
+inline bool ws_cluster(std::int64_t max_tiles, int E) {
+  return env_is("TILEMOE_WS_CLUSTER", "1") && max_tiles > 2 * std::int64_t(E);
+}
+
 // Whether the fused path runs both projections in one launch (sm90/grouped_ws.cu, pair mode: every
 // up-projection tile, then every down-projection tile, each waiting for its row tile's
 // activations) instead of two. At decode sizes (about one row tile per expert or less, as

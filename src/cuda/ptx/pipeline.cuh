@@ -36,6 +36,36 @@ __device__ __forceinline__ void tma_load_2d(void* dst, const void* tensor_map, i
   cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, dst, tensor_map, coords, bar);
 }
 
+// The same load into the shared memory of every block of the cluster in cta_mask (bit r: rank
+// r), at dst's offset in each, completing on the barrier at bar's offset in each (sm_90a).
+__device__ __forceinline__ void tma_load_2d_multicast(void* dst, const void* tensor_map, int inner, int outer,
+                                                      std::uint64_t* bar, std::uint16_t cta_mask) {
+  const std::int32_t coords[2] = {inner, outer};
+  cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_cluster, cuda::ptx::space_global, dst, tensor_map, coords, bar,
+                                  cta_mask);
+}
+
+// Thread block clusters (sm_90): this block's rank in its cluster, the cluster's index and the
+// clusters in the grid (x), a barrier over all threads of the cluster (arrive with release, wait
+// with acquire; exited threads count as arrived), and an arrival on a barrier in another block's
+// shared memory (its address in that block: mapa).
+__device__ __forceinline__ std::uint32_t cluster_ctarank() {
+  std::uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+__device__ __forceinline__ std::uint32_t cluster_id_x() { return cuda::ptx::get_sreg_clusterid_x(); }
+__device__ __forceinline__ std::uint32_t cluster_count_x() { return cuda::ptx::get_sreg_nclusterid_x(); }
+__device__ __forceinline__ void cluster_sync() {
+  asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive_remote(std::uint64_t* bar, std::uint32_t rank) {
+  const std::uint32_t local = static_cast<std::uint32_t>(__cvta_generic_to_shared(bar));
+  std::uint32_t remote;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(rank));
+  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+}
+
 // TMA store: the box at (inner, outer) of a 2-D tensor map from shared memory at src (laid out
 // as the map's swizzle says); elements outside the tensor are not written. Asynchronous: it joins
 // the thread's current bulk group (bulk_commit_group), and src may be rewritten once

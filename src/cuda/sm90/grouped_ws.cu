@@ -83,6 +83,15 @@ namespace {
 constexpr int kBM = 128, kBN = 256, kBK = 64, kThreads = 384;
 constexpr int kTileBytesA = kBM * kBK * 2, kTileBytesB = kBN * kBK * 2;
 
+// A tile as the producer hands it to the consumers: its index in the launch's order (>= the
+// tile count: none left), first sorted row, rows, expert, column tile and row tile; in a cluster
+// launch whether the two blocks' row tiles share the expert (its weight tile multicast).
+struct TileSlot {
+  long long t;
+  long long m0;
+  int rows, expert, col, row, shared;
+};
+
 template <bool kUp>
 struct WsShape {
   static constexpr int kStages = 4;  // at most
@@ -96,7 +105,8 @@ struct WsShape {
   static constexpr int kOutBytes = kBM * kRoundCols * 2;
   // + full and empty barriers per stage, the tile queue's two full and two empty barriers and
   // its two slots
-  static constexpr int kSmem = 1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8 + 4 * 8 + 2 * 32;
+  static constexpr int kSmem =
+      1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8 + 4 * 8 + 2 * static_cast<int>(sizeof(TileSlot));
 };
 template <bool kUp>
 constexpr bool panels_fill_output() {  // two warpgroups' rows x a round's 64-column panels
@@ -109,14 +119,6 @@ static_assert(WsShape<true>::kSmem <= 232448 && WsShape<false>::kSmem <= 232448,
 static_assert(WsShape<true>::kSmem == WsShape<false>::kSmem &&
                   WsShape<true>::kStageBytes == WsShape<false>::kStageBytes,
               "one shared-memory layout for both projections (a pair launch runs both)");
-
-// A tile as the producer hands it to the consumers: its index in the launch's order (>= the
-// tile count: none left), first sorted row, rows, expert, column tile and row tile.
-struct TileSlot {
-  long long t;
-  long long m0;
-  int rows, expert, col, row;
-};
 
 // What a launch runs: one projection (up or down), or both in turn (pair, decode sizes): every
 // up-projection tile first, then every down-projection tile, a down tile's loads waiting until
@@ -135,11 +137,12 @@ struct WsPass {
 // tile, how many (column tile, consumer warp) parts of its up-projection have been written. The
 // last block to finish claiming resets [0] and [1], the last consumer warp done resets [2] and
 // row_done, so that every launch finds them zero.
+// cluster: the blocks run in clusters of two over pairs of row tiles (static schedule; below).
 struct WsCtl {
   int group_rows, stages;
   int* counters;
   int* row_done;
-  bool a_tma, expert_raster;
+  bool a_tma, expert_raster, cluster;
 };
 
 template <int kMode, Activation kAct>
@@ -172,8 +175,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     q.expert = v.expert;
     q.col = v.col;
     q.row = v.row;
+    q.shared = v.shared;
   };
-  auto read_slot = [](const volatile TileSlot& q) { return TileSlot{q.t, q.m0, q.rows, q.expert, q.col, q.row}; };
+  auto read_slot = [](const volatile TileSlot& q) {
+    return TileSlot{q.t, q.m0, q.rows, q.expert, q.col, q.row, q.shared};
+  };
   // The up-projection's producer threads gather the x rows with cp.async, unless its rows are
   // contiguous (staged by gather_rows, or a dense pass) and come by TMA like the weights.
   const bool gather = kMode == kModeUp && !ctl.a_tma;
@@ -186,7 +192,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       // Gathered up-projection: the TMA thread's expect_tx arrival + one per producer thread (its
       // copies landed); else the TMA thread's alone. One arrival per consumer warp frees a stage.
       ptx::mbarrier_init(&full[s], gather ? 1 + 128 : 1);
-      ptx::mbarrier_init(&empty[s], 8);
+      // In a cluster the partner block's consumer warps arrive too: its producer writes half of
+      // this block's weight tile (multicast) and this one half of its.
+      ptx::mbarrier_init(&empty[s], ctl.cluster ? 16 : 8);
     }
     for (int q = 0; q < 2; ++q) {
       ptx::mbarrier_init(&q_full[q], 1);
@@ -197,6 +205,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     ptx::fence_barrier_init();
   }
   __syncthreads();
+  // A cluster's blocks: both have initialized their barriers before either signals the other's.
+  const bool cl = ctl.cluster;
+  const std::uint32_t crank = cl ? ptx::cluster_ctarank() : 0;
+  if (cl) ptx::cluster_sync();
 
   // One arrival per consumer warp, once all its lanes got there (__syncwarp orders their wgmma
   // reads before lane 0's release). Per thread measured the same (H100, session 4).
@@ -204,16 +216,50 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncwarp();
     if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bar);
   };
+  // A consumer warp hands stage st back: to this block's producer and, in a cluster, to the
+  // partner's, which multicasts into it.
+  auto release = [&](int st) {
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) {
+      ptx::mbarrier_arrive(&empty[st]);
+      if (cl) ptx::mbarrier_arrive_remote(&empty[st], crank ^ 1u);
+    }
+  };
 
   // Both projections of a pair share the row tiles (the same offsets and tile_offsets).
   const int nrow = p0.g.tile_offsets[p0.g.E];
-  const long long total0 = static_cast<long long>(nrow) * p0.ncol;  // p0's tiles
+  // A cluster launch walks pairs of row tiles (2j, 2j + 1), one per block, in raster_tile's
+  // order: its tiles are the pairs' (not a pair launch).
+  const int nunit = cl ? (nrow + 1) / 2 : nrow;
+  const long long total0 = static_cast<long long>(nunit) * p0.ncol;  // p0's tiles
   const long long total = total0 + (kPair ? static_cast<long long>(nrow) * p1.ncol : 0);
+  // The static schedule's first tile and stride: by block, or by cluster.
+  const long long first_tile = cl ? ptx::cluster_id_x() : blockIdx.x;
+  const long long tile_stride = cl ? ptx::cluster_count_x() : gridDim.x;
+
   // Whether tile t is an up-projection tile, and the projection it belongs to.
   auto is_up = [&](long long t) { return kMode == kModeUp || (kPair && t < total0); };
   auto pass_of = [&](long long t) -> const WsPass& { return kPair && t >= total0 ? p1 : p0; };
   auto ktiles_of = [&](const WsPass& p) { return static_cast<int>((p.g.K + kBK - 1) / kBK); };
-
+  // Tile t of the launch: its rows, expert and column (a whole warp: the lookups are ballots). In
+  // a cluster, this block's row tile of pair t; past the last row tile (an odd count), none of its
+  // own (0 rows) but the partner's expert, whose weight tile it helps load.
+  auto lookup = [&](long long t) -> TileSlot {
+    const WsPass& p = pass_of(t);
+    TileCoord tc;
+    if (!cl) {
+      const RowTile rt = tile_at<kBM>(p.g, t < total0 ? t : t - total0, nrow, p.ncol, ctl.group_rows,
+                                      ctl.expert_raster, tc);
+      return {t, rt.m0, rt.rows, rt.expert, tc.col, tc.row, 0};
+    }
+    tc = raster_tile(t, nunit, p.ncol, ctl.group_rows > 1 ? ctl.group_rows / 2 : 1);
+    const int r0 = 2 * tc.row, r1 = r0 + 1;
+    const RowTile a = find_row_tile_warp<kBM>(p.g, r0);
+    const RowTile b = r1 < nrow ? find_row_tile_warp<kBM>(p.g, r1) : RowTile{a.expert, a.m0, 0};
+    const int shared = b.expert == a.expert ? 1 : 0;
+    const RowTile& mine = crank == 0 ? a : b;
+    return {t, mine.m0, mine.rows, mine.expert, tc.col, crank == 0 || r1 >= nrow ? r0 : r1, shared};
+  };
   if (wg == 0) {
     // ---------------- producer ----------------
     ptx::setmaxnreg_dec<56>();
@@ -223,14 +269,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // tile after this one now, so the atomic's latency hides behind this tile's loads.
     auto publish = [&](long long& ticket, int& q, std::uint32_t& qphase) {
       const long long t = dynamic ? __shfl_sync(0xffffffffu, ticket, 0) : ticket;
-      TileSlot cur{t, 0, 0, 0, 0, 0};
-      if (t < total) {
-        TileCoord tc;
-        const WsPass& p = pass_of(t);
-        const RowTile rt = tile_at<kBM>(p.g, t < total0 ? t : t - total0, nrow, p.ncol, ctl.group_rows,
-                                        ctl.expert_raster, tc);
-        cur = {t, rt.m0, rt.rows, rt.expert, tc.col, tc.row};
-      }
+      TileSlot cur{t, 0, 0, 0, 0, 0, 0};
+      if (t < total) cur = lookup(t);
       if ((tid & 31) == 0) {
         ptx::mbarrier_wait(&q_empty[q], qphase ^ 1);
         write_slot(tile_q[q], cur);
@@ -240,7 +280,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (dynamic && ticket < total)
           ticket = (kPair ? 0 : gridDim.x) + static_cast<long long>(atomicAdd(ctl.counters, 1));
       }
-      if (!dynamic) ticket += gridDim.x;
+      if (!dynamic) ticket += tile_stride;
       if (++q == 2) q = 0, qphase ^= 1;
       return cur;
     };
@@ -253,8 +293,22 @@ __global__ void __launch_bounds__(kThreads, 1)
         ctl.counters[1] = 0;
       }
     };
+    // The weight tile's two halves (the gate rows and the up rows of the up-projection, the
+    // first and last 128 output rows of the down-projection): b0 and b1, rows of p.map_b. Not in
+    // a cluster, or where the partner's row tile has another expert: both, into this block. Else
+    // this block's half (rank r: half r) into both blocks (multicast), the partner sending the
+    // other: each block's "full" barrier counts the whole tile either way.
+    auto load_b = [&](const WsPass& p, int k0, int b0, int b1, int shared, int s) {
+      if (cl && shared) {
+        ptx::tma_load_2d_multicast(smem + stage_b(s) + crank * (kTileBytesB / 2), &p.map_b, k0, crank ? b1 : b0,
+                                   &full[s], 0x3);
+      } else {
+        ptx::tma_load_2d(smem + stage_b(s), &p.map_b, k0, b0, &full[s]);
+        ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &p.map_b, k0, b1, &full[s]);
+      }
+    };
     // Issues the TMA loads of k tile kt of tile rt, column j0, into stage s (thread 0).
-    auto tma_loads = [&](bool up, const WsPass& p, const RowTile& rt, int j0, int kt, int s) {
+    auto tma_loads = [&](bool up, const WsPass& p, const RowTile& rt, int j0, int kt, int s, int shared) {
       const int k0 = kt * kBK;
       const int e = rt.expert;
       if (up) {
@@ -263,19 +317,20 @@ __global__ void __launch_bounds__(kThreads, 1)
           ptx::tma_load_2d(smem + stage_a(s), &p.map_a, k0,
                            static_cast<int>(p.g.a_local ? rt.m0 - p.g.offsets[e] : rt.m0), &full[s]);
         const int brow = static_cast<int>(e * 2 * p.g.N) + j0;
-        ptx::tma_load_2d(smem + stage_b(s), &p.map_b, k0, brow, &full[s]);
-        ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &p.map_b, k0, brow + static_cast<int>(p.g.N), &full[s]);
+        load_b(p, k0, brow, brow + static_cast<int>(p.g.N), shared, s);
       } else {
         ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesB);
         ptx::tma_load_2d(smem + stage_a(s), &p.map_a, k0, static_cast<int>(rt.m0), &full[s]);
-        ptx::tma_load_2d(smem + stage_b(s), &p.map_b, k0, static_cast<int>(e * p.g.N) + j0, &full[s]);
+        const int brow = static_cast<int>(e * p.g.N) + j0;
+        if (cl) load_b(p, k0, brow, brow + kBN / 2, shared, s);  // map_b's box: 128 rows
+        else ptx::tma_load_2d(smem + stage_b(s), &p.map_b, k0, brow, &full[s]);
       }
     };
     int s = 0;
     std::uint32_t phase = 0;  // parity of the current pass over the stages
     int q = 0;
     std::uint32_t qphase = 0;
-    long long ticket = blockIdx.x;  // every block's first tile is its own (not in a pair); the rest static or claimed
+    long long ticket = first_tile;  // every block's first tile is its own (not in a pair); the rest static or claimed
     if (!gather) {
       // All loads by TMA. Warp 1 schedules: it looks the tiles up (and, dynamic, claims them) and
       // queues them, up to two ahead, so that lookups and claims (device-memory round trips)
@@ -298,7 +353,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int ktiles = ktiles_of(p);
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
-          tma_loads(up, p, rt, j0, kt, s);
+          tma_loads(up, p, rt, j0, kt, s, cur.shared);
           if (++s == stages) s = 0, phase ^= 1;
         }
       };
@@ -339,14 +394,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           cur = publish(ticket, q, qphase);
         } else {
           long long t = ticket;
-          cur = {t, 0, 0, 0, 0, 0};
+          cur = {t, 0, 0, 0, 0, 0, 0};
           if (!dynamic) {
-            if (t < total) {
-              TileCoord tc;
-              const RowTile rt = tile_at<kBM>(g, t, nrow, p0.ncol, ctl.group_rows, ctl.expert_raster, tc);
-              cur = {t, rt.m0, rt.rows, rt.expert, tc.col, tc.row};
-            }
-            ticket += gridDim.x;
+            if (t < total) cur = lookup(t);
+            ticket += tile_stride;
           }
           if (++q == 2) q = 0, qphase ^= 1;
         }
@@ -379,7 +430,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int j0 = cur.col * (kBN / 2);
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
-          if (tid == 0) tma_loads(true, p0, rt, j0, kt, s);
+          if (tid == 0) tma_loads(true, p0, rt, j0, kt, s, cur.shared);
           const std::uint32_t dst = dst0 + stage_a(s);  // row lr + 16 i at + 2048 i (same swizzle)
           const uint4* a16 = reinterpret_cast<const uint4*>(g.A) + (lc + kt * (kBK / 8));  // row 0's chunk
           if (kt < full_k) {
@@ -517,7 +568,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         // tensor-core work of a few-row tile halves.
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&full[s], phase);
-          arrive(&empty[s]);
+          release(s);
           if (++s == stages) s = 0, phase ^= 1;
         }
         if (up) publish_rows(cur);
@@ -538,16 +589,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::wgmma_commit_group();
         if (stages > 1) {  // one batch stays in flight; the stage before it is free
           ptx::wgmma_wait_group<1>();
-          if (kt > 0) arrive(&empty[prev]);
+          if (kt > 0) release(prev);
         } else {           // one stage: load, then compute, then load again
           ptx::wgmma_wait_group<0>();
-          arrive(&empty[s]);
+          release(s);
         }
         prev = s;
         if (++s == stages) s = 0, phase ^= 1;
       }
       ptx::wgmma_wait_group<0>();
-      if (stages > 1) arrive(&empty[prev]);
+      if (stages > 1) release(prev);
       if constexpr (kMode != kModeDown) {
         if (up) {
           epilogue(std::true_type{}, p, cur);
@@ -573,6 +624,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
     }
   }
+  // A cluster's block leaves only once its partner has nothing more to send it (multicast loads,
+  // arrivals on its barriers): the threads still running meet the partner's here.
+  if (cl) ptx::cluster_sync();
 #else
   if (threadIdx.x == 0 && blockIdx.x == 0)
     printf("tilemoe: grouped_ws_kernel needs sm_90a (H100/H200); this GPU runs another arch\n");
@@ -583,10 +637,13 @@ __global__ void __launch_bounds__(kThreads, 1)
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0; }
 
 // The tensor maps and column tiles of one projection (a_tma: A's rows read by TMA, a_rows of them).
-WsPass make_pass(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, bool a_tma) {
+// cluster: the down-projection's weight tile loaded as two halves of 128 rows (as the
+// up-projection's always is), one per block of a cluster.
+WsPass make_pass(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, bool a_tma,
+                 bool cluster = false) {
   WsPass p{};
   const std::int64_t rows_b = up ? 2 * g.N : g.N;
-  p.map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, up ? kBN / 2 : kBN);
+  p.map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, up || cluster ? kBN / 2 : kBN);
   p.map_a = a_tma ? make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM) : p.map_b;
   // The output's TMA stores take whole 64-row blocks of a tile, all below offsets[E]. Its extent:
   // the down-projection's y has a_rows rows; for the up-projection's act, max_tiles * kBM bounds
@@ -598,14 +655,37 @@ WsPass make_pass(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_
   return p;
 }
 
+// tiles: the launch's tiles (a cluster launch's: pairs of row tiles x column tiles).
 template <int kMode, Activation kAct>
 void run(const WsPass& p0, const WsPass& p1, std::int64_t tiles, const WsCtl& ctl) {
   constexpr int smem = WsShape<true>::kSmem;
-  const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
   auto kernel = grouped_ws_kernel<kMode, kAct>;
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  kernel<<<grid, kThreads, smem, current_stream()>>>(p0, p1, ctl);
-  TILEMOE_CHECK_LAUNCH();
+  if (!ctl.cluster) {
+    const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
+    kernel<<<grid, kThreads, smem, current_stream()>>>(p0, p1, ctl);
+    TILEMOE_CHECK_LAUNCH();
+    return;
+  }
+  // Clusters of two, as many as fit at once (the GPCs' SM counts decide), each walking tiles
+  // cluster, cluster + clusters, ...
+  cudaLaunchConfig_t cfg{};
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.gridDim = dim3(static_cast<unsigned>(device_props().sm_count & ~1), 1, 1);
+  cfg.blockDim = dim3(kThreads, 1, 1);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = current_stream();
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int fit = 0;
+  TILEMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&fit, kernel, &cfg));
+  check_arg(fit >= 1, "clusters of two blocks", fit, ">= 1 resident (the fused kernels' shared memory)");
+  cfg.gridDim.x = static_cast<unsigned>(2 * std::min<std::int64_t>(fit, tiles));
+  TILEMOE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p0, p1, ctl));
 }
 
 template <int kMode>
@@ -639,11 +719,12 @@ std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows) {
 void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
   if (max_tiles <= 0 || g.N <= 0) return;
   const bool a_tma = !up || !g.gather;  // rows of A contiguous: a TMA box per k tile
-  const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma);
+  const bool cluster = ws_cluster(max_tiles, g.E);
+  const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma, cluster);
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
-            a_tma, expert_raster()};
-  if (ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
-  const std::int64_t tiles = max_tiles * p.ncol;
+            a_tma, expert_raster(), cluster};
+  if (!cluster && ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
+  const std::int64_t tiles = (cluster ? (max_tiles + 1) / 2 : max_tiles) * p.ncol;
   if (up) run_act<kModeUp>(g.act, p, p, tiles, ctl);
   else run_act<kModeDown>(g.act, p, p, tiles, ctl);
 }
@@ -655,7 +736,7 @@ void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64
   const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
   int* counters = tile_counters(max_tiles);
   const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
-                  counters + kTileCounterHead, true, expert_raster()};
+                  counters + kTileCounterHead, true, expert_raster(), false};
   run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 

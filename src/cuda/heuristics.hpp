@@ -133,8 +133,13 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
 // both rows tiles are one expert's, each loads half of the weight tile into both blocks (TMA
 // multicast): a third less traffic from L2 per block (the weight tile is 32 of a stage's 48 KiB),
 // where Nsight Compute had the up-projection's consumers waiting on their loads (H200 run 112,
-// d 4096 / n 1024). Static schedule over the pairs. Off by default until measured:
-// TILEMOE_WS_CLUSTER=1 turns it on, above decode sizes.
+// d 4096 / n 1024). Static schedule over the pairs. Correct (the fast-path tests and memcheck,
+// run 113) but slower where measured: H200 run 113, fused layer ms, off / on, two rounds:
+// d 4096 / n 1024 11.95, 12.06 / 14.87, 14.92 (up-projection 7.43, 7.18 / 9.30, 9.38);
+// sonic-7b 1.134, 1.133 / 1.464, 1.459; Mixtral 4.41, 4.45 / 6.44, 6.46. Not yet understood
+// (the clusters that fit at once, the static schedule, the raster over row pairs without the
+// expert raster's weight reuse, the two blocks held in step). TILEMOE_WS_CLUSTER=1 turns it on,
+// above decode sizes.
 inline bool ws_cluster(std::int64_t max_tiles, int E) {
   return env_is("TILEMOE_WS_CLUSTER", "1") && max_tiles > 2 * std::int64_t(E);
 }

@@ -136,12 +136,16 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
 // d 4096 / n 1024). Static schedule over the pairs. Correct (the fast-path tests and memcheck,
 // run 113) but slower where measured: H200 run 113, fused layer ms, off / on, two rounds:
 // d 4096 / n 1024 11.95, 12.06 / 14.87, 14.92 (up-projection 7.43, 7.18 / 9.30, 9.38);
-// sonic-7b 1.134, 1.133 / 1.464, 1.459; Mixtral 4.41, 4.45 / 6.44, 6.46. Not yet understood
-// (the clusters that fit at once, the static schedule, the raster over row pairs without the
-// expert raster's weight reuse, the two blocks held in step). TILEMOE_WS_CLUSTER=1 turns it on,
-// above decode sizes.
-inline bool ws_cluster(std::int64_t max_tiles, int E) {
-  return env_is("TILEMOE_WS_CLUSTER", "1") && max_tiles > 2 * std::int64_t(E);
+// sonic-7b 1.134, 1.133 / 1.464, 1.459; Mixtral 4.41, 4.45 / 6.44, 6.46. Run 114, one
+// projection at a time, stage ms, off / on: d 4096 / n 1024 down 3.45 / 5.05, up 7.39 / 9.84;
+// Mixtral down 1.53 / 2.48, up 3.12 / 4.61; 66 clusters resident (all 132 SMs), so not the grid.
+// Not yet understood (the static schedule, the raster over row pairs, the two blocks held in
+// step by shared stages, the multicast itself). TILEMOE_WS_CLUSTER=1 turns it on, above decode
+// sizes.
+// (TILEMOE_WS_CLUSTER=up or =down: that projection only.)
+inline bool ws_cluster(std::int64_t max_tiles, int E, bool up) {
+  const bool on = env_is("TILEMOE_WS_CLUSTER", "1") || env_is("TILEMOE_WS_CLUSTER", up ? "up" : "down");
+  return on && max_tiles > 2 * std::int64_t(E);
 }
 
 // Whether the fused path runs both projections in one launch (sm90/grouped_ws.cu, pair mode: every

@@ -66,6 +66,8 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "../activation.cuh"
@@ -685,6 +687,11 @@ void run(const WsPass& p0, const WsPass& p1, std::int64_t tiles, const WsCtl& ct
   TILEMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&fit, kernel, &cfg));
   check_arg(fit >= 1, "clusters of two blocks", fit, ">= 1 resident (the fused kernels' shared memory)");
   cfg.gridDim.x = static_cast<unsigned>(2 * std::min<std::int64_t>(fit, tiles));
+  static bool told = false;
+  if (!told && std::getenv("TILEMOE_WS_CLUSTER_TELL")) {
+    std::fprintf(stderr, "tilemoe: clusters of two resident at once: %d (grid %u)\n", fit, cfg.gridDim.x);
+    told = true;
+  }
   TILEMOE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p0, p1, ctl));
 }
 
@@ -719,7 +726,7 @@ std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows) {
 void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
   if (max_tiles <= 0 || g.N <= 0) return;
   const bool a_tma = !up || !g.gather;  // rows of A contiguous: a TMA box per k tile
-  const bool cluster = ws_cluster(max_tiles, g.E);
+  const bool cluster = ws_cluster(max_tiles, g.E, up);
   const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma, cluster);
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
             a_tma, expert_raster(), cluster};

@@ -145,6 +145,7 @@ struct WsCtl {
   int* counters;
   int* row_done;
   bool a_tma, expert_raster, cluster;
+  bool mcast, lock;  // cluster A/B: multicast the shared weight tile; stages released to both blocks
 };
 
 template <int kMode, Activation kAct>
@@ -196,7 +197,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       ptx::mbarrier_init(&full[s], gather ? 1 + 128 : 1);
       // In a cluster the partner block's consumer warps arrive too: its producer writes half of
       // this block's weight tile (multicast) and this one half of its.
-      ptx::mbarrier_init(&empty[s], ctl.cluster ? 16 : 8);
+      ptx::mbarrier_init(&empty[s], ctl.cluster && ctl.lock ? 16 : 8);
     }
     for (int q = 0; q < 2; ++q) {
       ptx::mbarrier_init(&q_full[q], 1);
@@ -224,7 +225,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncwarp();
     if ((threadIdx.x & 31) == 0) {
       ptx::mbarrier_arrive(&empty[st]);
-      if (cl) ptx::mbarrier_arrive_remote(&empty[st], crank ^ 1u);
+      if (cl && ctl.lock) ptx::mbarrier_arrive_remote(&empty[st], crank ^ 1u);
     }
   };
 
@@ -301,7 +302,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     // this block's half (rank r: half r) into both blocks (multicast), the partner sending the
     // other: each block's "full" barrier counts the whole tile either way.
     auto load_b = [&](const WsPass& p, int k0, int b0, int b1, int shared, int s) {
-      if (cl && shared) {
+      if (cl && shared && ctl.mcast) {
         ptx::tma_load_2d_multicast(smem + stage_b(s) + crank * (kTileBytesB / 2), &p.map_b, k0, crank ? b1 : b0,
                                    &full[s], 0x3);
       } else {
@@ -729,7 +730,8 @@ void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::
   const bool cluster = ws_cluster(max_tiles, g.E, up);
   const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma, cluster);
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
-            a_tma, expert_raster(), cluster};
+            a_tma, expert_raster(), cluster, !env_is("TILEMOE_WS_CLUSTER_MCAST", "0"),
+            !env_is("TILEMOE_WS_CLUSTER_LOCK", "0") || !env_is("TILEMOE_WS_CLUSTER_MCAST", "0")};
   if (!cluster && ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
   const std::int64_t tiles = (cluster ? (max_tiles + 1) / 2 : max_tiles) * p.ncol;
   if (up) run_act<kModeUp>(g.act, p, p, tiles, ctl);
@@ -743,7 +745,7 @@ void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64
   const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
   int* counters = tile_counters(max_tiles);
   const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
-                  counters + kTileCounterHead, true, expert_raster(), false};
+                  counters + kTileCounterHead, true, expert_raster(), false, false, false};
   run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 

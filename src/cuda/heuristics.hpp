@@ -128,24 +128,25 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
   return max_tiles <= 2 * std::int64_t(E) || (n >= 2048 && d <= 2 * n);
 }
 
-// Whether the fused path's warp-specialized kernels run in clusters of two blocks (sm90/
-// grouped_ws.cu): the blocks of a cluster take two row tiles of the same column tile, and where
-// both rows tiles are one expert's, each loads half of the weight tile into both blocks (TMA
-// multicast): a third less traffic from L2 per block (the weight tile is 32 of a stage's 48 KiB),
-// where Nsight Compute had the up-projection's consumers waiting on their loads (H200 run 112,
-// d 4096 / n 1024). Static schedule over the pairs. Correct (the fast-path tests and memcheck,
-// run 113) but slower where measured: H200 run 113, fused layer ms, off / on, two rounds:
-// d 4096 / n 1024 11.95, 12.06 / 14.87, 14.92 (up-projection 7.43, 7.18 / 9.30, 9.38);
-// sonic-7b 1.134, 1.133 / 1.464, 1.459; Mixtral 4.41, 4.45 / 6.44, 6.46. Run 114, one
-// projection at a time, stage ms, off / on: d 4096 / n 1024 down 3.45 / 5.05, up 7.39 / 9.84;
-// Mixtral down 1.53 / 2.48, up 3.12 / 4.61; 66 clusters resident (all 132 SMs), so not the grid.
-// Not yet understood (the static schedule, the raster over row pairs, the two blocks held in
-// step by shared stages, the multicast itself). TILEMOE_WS_CLUSTER=1 turns it on, above decode
-// sizes.
-// (TILEMOE_WS_CLUSTER=up or =down: that projection only.)
-inline bool ws_cluster(std::int64_t max_tiles, int E, bool up) {
-  const bool on = env_is("TILEMOE_WS_CLUSTER", "1") || env_is("TILEMOE_WS_CLUSTER", up ? "up" : "down");
-  return on && max_tiles > 2 * std::int64_t(E);
+// How many blocks of the fused path's warp-specialized kernels form a cluster (sm90/grouped_ws.cu;
+// 1: none). The blocks of a cluster take consecutive row tiles of one column tile, and where these
+// are all one expert's, each loads a slice of the weight tile into every block (TMA multicast):
+// with two, a third less traffic from L2 per block (the weight tile is 32 of a stage's 48 KiB),
+// with four, half. Static schedule over the units of row tiles; the consumer warps release each
+// stage to every block's producer. Where it pays: the up-projection whose producer gathers its
+// rows of x (Nsight Compute had its consumers waiting on their loads, H200 run 112, d 4096 /
+// n 1024). H200 run 116, stage ms, two rounds, none / two: d 4096 / n 1024 up 7.40, 7.36 / 7.00,
+// 6.85; sonic-7b up 0.541, 0.542 / 0.528, 0.528; down-projections (all TMA, dynamic schedule
+// without clusters) the same or slower (sonic-7b 0.285 / 0.298). (Runs 113-115 had clusters far
+// slower: the remote arrivals released at cluster scope, which cost 37%; run 115.) Only above
+// decode sizes. TILEMOE_WS_CLUSTER_UP / TILEMOE_WS_CLUSTER_DOWN = 1, 2 or 4 force a size;
+// TILEMOE_WS_CLUSTER_MCAST=0 loads every weight tile in each block (A/B), and with it
+// TILEMOE_WS_CLUSTER_LOCK=0 releases stages to the own block only.
+inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {
+  if (max_tiles <= 2 * std::int64_t(E)) return 1;
+  const int forced = env_int(up ? "TILEMOE_WS_CLUSTER_UP" : "TILEMOE_WS_CLUSTER_DOWN", 1, 4);
+  if (forced == 1 || forced == 2 || forced == 4) return forced;
+  return up && !a_tma ? 2 : 1;
 }
 
 // Whether the fused path runs both projections in one launch (sm90/grouped_ws.cu, pair mode: every

@@ -63,7 +63,7 @@ __device__ __forceinline__ void mbarrier_arrive_remote(std::uint64_t* bar, std::
   const std::uint32_t local = static_cast<std::uint32_t>(__cvta_generic_to_shared(bar));
   std::uint32_t remote;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(local), "r"(rank));
-  asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
 }
 
 // TMA store: the box at (inner, outer) of a 2-D tensor map from shared memory at src (laid out

@@ -139,14 +139,23 @@ struct WsPass {
 // tile, how many (column tile, consumer warp) parts of its up-projection have been written. The
 // last block to finish claiming resets [0] and [1], the last consumer warp done resets [2] and
 // row_done, so that every launch finds them zero.
-// cluster: the blocks run in clusters of two over pairs of row tiles (static schedule; below).
+// csize: the blocks run in clusters of csize (1, 2 or 4) over units of csize row tiles (static
+// schedule; below); mcast, lock: whether a unit's shared weight tile is multicast, and its stages
+// released to every block of the cluster (an A/B of the two; lock whenever mcast).
 struct WsCtl {
   int group_rows, stages;
   int* counters;
   int* row_done;
-  bool a_tma, expert_raster, cluster;
-  bool mcast, lock;  // cluster A/B: multicast the shared weight tile; stages released to both blocks
+  bool a_tma, expert_raster;
+  int csize;
+  bool mcast, lock;
 };
+
+// The weight tile of a k step (kBN rows: the up-projection's 128 gate and 128 up rows, the
+// down-projection's 256 output rows) comes in this many TMA boxes of kBN / slices rows: one per
+// block of a cluster (each loads its own into every block), at least the two halves of the
+// up-projection.
+__host__ __device__ constexpr int weight_slices(bool up, int csize) { return csize > (up ? 2 : 1) ? csize : (up ? 2 : 1); }
 
 template <int kMode, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)
@@ -195,9 +204,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       // Gathered up-projection: the TMA thread's expect_tx arrival + one per producer thread (its
       // copies landed); else the TMA thread's alone. One arrival per consumer warp frees a stage.
       ptx::mbarrier_init(&full[s], gather ? 1 + 128 : 1);
-      // In a cluster the partner block's consumer warps arrive too: its producer writes half of
-      // this block's weight tile (multicast) and this one half of its.
-      ptx::mbarrier_init(&empty[s], ctl.cluster && ctl.lock ? 16 : 8);
+      // In a cluster the other blocks' consumer warps arrive too: their producers write slices of
+      // this block's weight tile (multicast), and this one a slice of theirs.
+      ptx::mbarrier_init(&empty[s], ctl.csize > 1 && ctl.lock ? 8 * ctl.csize : 8);
     }
     for (int q = 0; q < 2; ++q) {
       ptx::mbarrier_init(&q_full[q], 1);
@@ -209,7 +218,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
   // A cluster's blocks: both have initialized their barriers before either signals the other's.
-  const bool cl = ctl.cluster;
+  const int cs = ctl.csize;
+  const bool cl = cs > 1;
   const std::uint32_t crank = cl ? ptx::cluster_ctarank() : 0;
   if (cl) ptx::cluster_sync();
 
@@ -220,20 +230,21 @@ __global__ void __launch_bounds__(kThreads, 1)
     if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bar);
   };
   // A consumer warp hands stage st back: to this block's producer and, in a cluster, to the
-  // partner's, which multicasts into it.
+  // other blocks', which multicast into it.
   auto release = [&](int st) {
     __syncwarp();
     if ((threadIdx.x & 31) == 0) {
       ptx::mbarrier_arrive(&empty[st]);
-      if (cl && ctl.lock) ptx::mbarrier_arrive_remote(&empty[st], crank ^ 1u);
+      if (cl && ctl.lock)
+        for (int r = 1; r < cs; ++r) ptx::mbarrier_arrive_remote(&empty[st], (crank + r) % cs);
     }
   };
 
   // Both projections of a pair share the row tiles (the same offsets and tile_offsets).
   const int nrow = p0.g.tile_offsets[p0.g.E];
-  // A cluster launch walks pairs of row tiles (2j, 2j + 1), one per block, in raster_tile's
-  // order: its tiles are the pairs' (not a pair launch).
-  const int nunit = cl ? (nrow + 1) / 2 : nrow;
+  // A cluster launch walks units of cs row tiles (cs j .. cs j + cs - 1), one per block, in
+  // raster_tile's order: its tiles are the units' (not a pair launch).
+  const int nunit = (nrow + cs - 1) / cs;
   const long long total0 = static_cast<long long>(nunit) * p0.ncol;  // p0's tiles
   const long long total = total0 + (kPair ? static_cast<long long>(nrow) * p1.ncol : 0);
   // The static schedule's first tile and stride: by block, or by cluster.
@@ -245,8 +256,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto pass_of = [&](long long t) -> const WsPass& { return kPair && t >= total0 ? p1 : p0; };
   auto ktiles_of = [&](const WsPass& p) { return static_cast<int>((p.g.K + kBK - 1) / kBK); };
   // Tile t of the launch: its rows, expert and column (a whole warp: the lookups are ballots). In
-  // a cluster, this block's row tile of pair t; past the last row tile (an odd count), none of its
-  // own (0 rows) but the partner's expert, whose weight tile it helps load.
+  // a cluster, this block's row tile of unit t; past the last row tile, none of its own (0 rows)
+  // but the unit's first expert, whose weight tile it helps load. The unit's weight tile is shared
+  // where its first and last row tiles are one expert's (the rows are sorted by expert).
   auto lookup = [&](long long t) -> TileSlot {
     const WsPass& p = pass_of(t);
     TileCoord tc;
@@ -255,13 +267,15 @@ __global__ void __launch_bounds__(kThreads, 1)
                                       ctl.expert_raster, tc);
       return {t, rt.m0, rt.rows, rt.expert, tc.col, tc.row, 0};
     }
-    tc = raster_tile(t, nunit, p.ncol, ctl.group_rows > 1 ? ctl.group_rows / 2 : 1);
-    const int r0 = 2 * tc.row, r1 = r0 + 1;
+    tc = raster_tile(t, nunit, p.ncol, ctl.group_rows > cs ? ctl.group_rows / cs : 1);
+    const int r0 = cs * tc.row, rl = min(r0 + cs, nrow) - 1, rm = r0 + static_cast<int>(crank);
     const RowTile a = find_row_tile_warp<kBM>(p.g, r0);
-    const RowTile b = r1 < nrow ? find_row_tile_warp<kBM>(p.g, r1) : RowTile{a.expert, a.m0, 0};
-    const int shared = b.expert == a.expert ? 1 : 0;
-    const RowTile& mine = crank == 0 ? a : b;
-    return {t, mine.m0, mine.rows, mine.expert, tc.col, crank == 0 || r1 >= nrow ? r0 : r1, shared};
+    const RowTile z = rl > r0 ? find_row_tile_warp<kBM>(p.g, rl) : a;
+    RowTile m = a;
+    if (rm > rl) m = RowTile{a.expert, a.m0, 0};
+    else if (rm == rl) m = z;
+    else if (rm > r0) m = find_row_tile_warp<kBM>(p.g, rm);
+    return {t, m.m0, m.rows, m.expert, tc.col, rm > rl ? r0 : rm, z.expert == a.expert ? 1 : 0};
   };
   if (wg == 0) {
     // ---------------- producer ----------------
@@ -296,18 +310,24 @@ __global__ void __launch_bounds__(kThreads, 1)
         ctl.counters[1] = 0;
       }
     };
-    // The weight tile's two halves (the gate rows and the up rows of the up-projection, the
-    // first and last 128 output rows of the down-projection): b0 and b1, rows of p.map_b. Not in
-    // a cluster, or where the partner's row tile has another expert: both, into this block. Else
-    // this block's half (rank r: half r) into both blocks (multicast), the partner sending the
-    // other: each block's "full" barrier counts the whole tile either way.
-    auto load_b = [&](const WsPass& p, int k0, int b0, int b1, int shared, int s) {
+    // The weight tile of k step k0 for output columns from brow (the rows of p.map_b: gate rows
+    // brow.., up rows brow + N.. in the up-projection), in weight_slices boxes. Not in a cluster,
+    // or where the unit's row tiles are not all one expert's: every slice, into this block. Else
+    // this block's slice (rank r: slice r) into every block (multicast), the others sending
+    // theirs: each block's "full" barrier counts the whole tile either way.
+    auto load_b = [&](const WsPass& p, bool up, int k0, int brow, int shared, int s) {
+      const int slices = weight_slices(up, cs), h = kBN / slices;
+      auto src_row = [&](int i) {
+        const int r = i * h;
+        return up && r >= kBN / 2 ? brow + static_cast<int>(p.g.N) + r - kBN / 2 : brow + r;
+      };
       if (cl && shared && ctl.mcast) {
-        ptx::tma_load_2d_multicast(smem + stage_b(s) + crank * (kTileBytesB / 2), &p.map_b, k0, crank ? b1 : b0,
-                                   &full[s], 0x3);
+        ptx::tma_load_2d_multicast(smem + stage_b(s) + crank * (kTileBytesB / slices), &p.map_b, k0,
+                                   src_row(static_cast<int>(crank)), &full[s],
+                                   static_cast<std::uint16_t>((1u << cs) - 1));
       } else {
-        ptx::tma_load_2d(smem + stage_b(s), &p.map_b, k0, b0, &full[s]);
-        ptx::tma_load_2d(smem + stage_b(s) + kTileBytesB / 2, &p.map_b, k0, b1, &full[s]);
+        for (int i = 0; i < slices; ++i)
+          ptx::tma_load_2d(smem + stage_b(s) + i * (kTileBytesB / slices), &p.map_b, k0, src_row(i), &full[s]);
       }
     };
     // Issues the TMA loads of k tile kt of tile rt, column j0, into stage s (thread 0).
@@ -319,14 +339,11 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (ctl.a_tma)  // staged rows: sorted position p; a dense pass: x row p - offsets[e]
           ptx::tma_load_2d(smem + stage_a(s), &p.map_a, k0,
                            static_cast<int>(p.g.a_local ? rt.m0 - p.g.offsets[e] : rt.m0), &full[s]);
-        const int brow = static_cast<int>(e * 2 * p.g.N) + j0;
-        load_b(p, k0, brow, brow + static_cast<int>(p.g.N), shared, s);
+        load_b(p, true, k0, static_cast<int>(e * 2 * p.g.N) + j0, shared, s);
       } else {
         ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesB);
         ptx::tma_load_2d(smem + stage_a(s), &p.map_a, k0, static_cast<int>(rt.m0), &full[s]);
-        const int brow = static_cast<int>(e * p.g.N) + j0;
-        if (cl) load_b(p, k0, brow, brow + kBN / 2, shared, s);  // map_b's box: 128 rows
-        else ptx::tma_load_2d(smem + stage_b(s), &p.map_b, k0, brow, &full[s]);
+        load_b(p, false, k0, static_cast<int>(e * p.g.N) + j0, shared, s);
       }
     };
     int s = 0;
@@ -640,13 +657,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15) == 0; }
 
 // The tensor maps and column tiles of one projection (a_tma: A's rows read by TMA, a_rows of them).
-// cluster: the down-projection's weight tile loaded as two halves of 128 rows (as the
-// up-projection's always is), one per block of a cluster.
+// csize: the blocks per cluster, which decides the weight tile's boxes (weight_slices).
 WsPass make_pass(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, bool a_tma,
-                 bool cluster = false) {
+                 int csize = 1) {
   WsPass p{};
   const std::int64_t rows_b = up ? 2 * g.N : g.N;
-  p.map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, up || cluster ? kBN / 2 : kBN);
+  p.map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, kBN / weight_slices(up, csize));
   p.map_a = a_tma ? make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM) : p.map_b;
   // The output's TMA stores take whole 64-row blocks of a tile, all below offsets[E]. Its extent:
   // the down-projection's y has a_rows rows; for the up-projection's act, max_tiles * kBM bounds
@@ -658,27 +674,28 @@ WsPass make_pass(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_
   return p;
 }
 
-// tiles: the launch's tiles (a cluster launch's: pairs of row tiles x column tiles).
+// tiles: the launch's tiles (a cluster launch's: units of row tiles x column tiles).
 template <int kMode, Activation kAct>
 void run(const WsPass& p0, const WsPass& p1, std::int64_t tiles, const WsCtl& ctl) {
   constexpr int smem = WsShape<true>::kSmem;
   auto kernel = grouped_ws_kernel<kMode, kAct>;
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  if (!ctl.cluster) {
+  const int cs = ctl.csize;
+  if (cs <= 1) {
     const int grid = static_cast<int>(std::min<std::int64_t>(device_props().sm_count, tiles));
     kernel<<<grid, kThreads, smem, current_stream()>>>(p0, p1, ctl);
     TILEMOE_CHECK_LAUNCH();
     return;
   }
-  // Clusters of two, as many as fit at once (the GPCs' SM counts decide), each walking tiles
-  // cluster, cluster + clusters, ...
+  // Clusters of cs blocks, as many as fit at once (the GPCs' SM counts decide), each walking
+  // tiles cluster, cluster + clusters, ...
   cudaLaunchConfig_t cfg{};
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = 2;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(cs);
   attr[0].val.clusterDim.y = 1;
   attr[0].val.clusterDim.z = 1;
-  cfg.gridDim = dim3(static_cast<unsigned>(device_props().sm_count & ~1), 1, 1);
+  cfg.gridDim = dim3(static_cast<unsigned>(device_props().sm_count / cs * cs), 1, 1);
   cfg.blockDim = dim3(kThreads, 1, 1);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = current_stream();
@@ -686,11 +703,11 @@ void run(const WsPass& p0, const WsPass& p1, std::int64_t tiles, const WsCtl& ct
   cfg.numAttrs = 1;
   int fit = 0;
   TILEMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&fit, kernel, &cfg));
-  check_arg(fit >= 1, "clusters of two blocks", fit, ">= 1 resident (the fused kernels' shared memory)");
-  cfg.gridDim.x = static_cast<unsigned>(2 * std::min<std::int64_t>(fit, tiles));
+  check_arg(fit >= 1, "resident clusters of the fused kernels", fit, ">= 1");
+  cfg.gridDim.x = static_cast<unsigned>(cs * std::min<std::int64_t>(fit, tiles));
   static bool told = false;
   if (!told && std::getenv("TILEMOE_WS_CLUSTER_TELL")) {
-    std::fprintf(stderr, "tilemoe: clusters of two resident at once: %d (grid %u)\n", fit, cfg.gridDim.x);
+    std::fprintf(stderr, "tilemoe: clusters of %d resident at once: %d (grid %u)\n", cs, fit, cfg.gridDim.x);
     told = true;
   }
   TILEMOE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p0, p1, ctl));
@@ -727,13 +744,13 @@ std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows) {
 void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
   if (max_tiles <= 0 || g.N <= 0) return;
   const bool a_tma = !up || !g.gather;  // rows of A contiguous: a TMA box per k tile
-  const bool cluster = ws_cluster(max_tiles, g.E, up);
-  const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma, cluster);
+  const int cs = ws_cluster_size(max_tiles, g.E, up, a_tma);
+  const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma, cs);
+  const bool mcast = !env_is("TILEMOE_WS_CLUSTER_MCAST", "0");
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
-            a_tma, expert_raster(), cluster, !env_is("TILEMOE_WS_CLUSTER_MCAST", "0"),
-            !env_is("TILEMOE_WS_CLUSTER_LOCK", "0") || !env_is("TILEMOE_WS_CLUSTER_MCAST", "0")};
-  if (!cluster && ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
-  const std::int64_t tiles = (cluster ? (max_tiles + 1) / 2 : max_tiles) * p.ncol;
+            a_tma, expert_raster(), cs, mcast, mcast || !env_is("TILEMOE_WS_CLUSTER_LOCK", "0")};
+  if (cs == 1 && ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
+  const std::int64_t tiles = (max_tiles + cs - 1) / cs * p.ncol;
   if (up) run_act<kModeUp>(g.act, p, p, tiles, ctl);
   else run_act<kModeDown>(g.act, p, p, tiles, ctl);
 }
@@ -745,7 +762,7 @@ void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64
   const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
   int* counters = tile_counters(max_tiles);
   const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
-                  counters + kTileCounterHead, true, expert_raster(), false, false, false};
+                  counters + kTileCounterHead, true, expert_raster(), 1, false, false};
   run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 

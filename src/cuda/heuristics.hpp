@@ -135,11 +135,16 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
 // with four, half. Static schedule over the units of row tiles; the consumer warps release each
 // stage to every block's producer. Where it pays: the up-projection whose producer gathers its
 // rows of x (Nsight Compute had its consumers waiting on their loads, H200 run 112, d 4096 /
-// n 1024). H200 run 116, stage ms, two rounds, none / two: d 4096 / n 1024 up 7.40, 7.36 / 7.00,
-// 6.85; sonic-7b up 0.541, 0.542 / 0.528, 0.528; down-projections (all TMA, dynamic schedule
-// without clusters) the same or slower (sonic-7b 0.285 / 0.298). (Runs 113-115 had clusters far
-// slower: the remote arrivals released at cluster scope, which cost 37%; run 115.) Only above
-// decode sizes. TILEMOE_WS_CLUSTER_UP / TILEMOE_WS_CLUSTER_DOWN = 1, 2 or 4 force a size;
+// n 1024). Up-projection stage ms, two rounds, none / two: H200 run 116 d 4096 / n 1024 7.40,
+// 7.36 / 7.00, 6.85; sonic-7b 0.541, 0.542 / 0.528, 0.528. Run 117 (another card, hotter):
+// d 4096 / n 1024 8.82, 8.92 / 8.35, 8.23; sonic-7b 0.627, 0.628 / 0.614, 0.613; Qwen3-30B-A3B
+// 1.754, 1.580 / 1.539, 1.538; d 4096 / n 512 4.530, 4.243 / 4.121, 4.333; OLMoE 2.147, 2.007 /
+// 2.216, 2.076 (the one gathering layer a little slower). Not taken: clusters of four (only 30
+// resident, 120 of 132 SMs: slower everywhere, e.g. d 4096 / n 1024 up 9.59), clusters for the
+// up-projections whose rows come by TMA (staged: gpt-oss-120b 2.34 / 2.60, Mixtral 3.21 / 3.20)
+// and for the down-projections (all TMA, dynamic schedule without clusters: sonic-7b 0.293 /
+// 0.313, d 4096 / n 1024 3.23 / 3.44). (Runs 113-115 had clusters far slower: the remote
+// arrivals released at cluster scope, which cost 37%, run 115.) Only above decode sizes. TILEMOE_WS_CLUSTER_UP / TILEMOE_WS_CLUSTER_DOWN = 1, 2 or 4 force a size;
 // TILEMOE_WS_CLUSTER_MCAST=0 loads every weight tile in each block (A/B), and with it
 // TILEMOE_WS_CLUSTER_LOCK=0 releases stages to the own block only.
 inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {

@@ -61,6 +61,15 @@
 //   The consumers arrive on the tile queue per thread in this mode: with one arrival per warp
 //   after __syncwarp (as the other modes do), racecheck reported the slot's rewrite racing with
 //   the lanes' reads of it (runs 98-101; clean since, run 102).
+// - Clusters (heuristics.hpp ws_cluster_size; the gathering up-projection above decode sizes):
+//   blocks in clusters of 2 (or 4) take that many consecutive row tiles of one column tile
+//   (static schedule over these units, raster_tile's order). Where all are one expert's, each
+//   block's TMA thread loads one slice of the weight tile into every block of the cluster
+//   (multicast; its "full" barrier counts the whole tile as before), and the consumer warps
+//   release each stage to every block's producer (remote mbarrier arrivals at CTA scope: with a
+//   cluster-scope release they cost the up-projection 37%, H200 run 115). A third less traffic
+//   from L2 per block with two: d 4096 / n 1024 up-projection 7.40, 7.36 -> 7.00, 6.85 ms (H200
+//   run 116), 8.82, 8.92 -> 8.35, 8.23 (run 117, a hotter card; docs/hopper.md).
 // The launcher takes it where it applies (H100/H200, K, N, strides multiples of 8, 16-byte
 // aligned operands; up-projections gated); everything else goes to grouped_gemm.cu.
 #include <cuda_bf16.h>

@@ -581,6 +581,38 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
     compare(act, act_ref, n, lda, "up-projection");
     compare(y, y_ref, d, d, "down-projection");
   }
+  // Clusters of 1, 2 and 4 blocks for both projections (heuristics.hpp ws_cluster_size: two for
+  // the gathering up-projection by default), the unit's weight tile multicast or loaded whole by
+  // every block (TILEMOE_WS_CLUSTER_MCAST=0), the x rows gathered or staged; a cluster of two at
+  // each pipeline depth.
+  struct ClusterCase {
+    const char* size;
+    const char* mcast;
+    const char* gather;
+    int stages;
+  };
+  std::vector<ClusterCase> cluster_cases;
+  for (const char* size : {"1", "2", "4"})
+    for (const char* mcast : {"1", "0"})
+      for (const char* gather : {"kernel", "staged"}) cluster_cases.push_back({size, mcast, gather, 0});
+  for (int stages : {1, 2, 3}) cluster_cases.push_back({"2", "1", "kernel", stages});
+  for (const ClusterCase& cc : cluster_cases) {
+    SCOPED_TRACE(std::string("clusters of ") + cc.size + ", multicast " + cc.mcast + ", x rows " + cc.gather +
+                 ", stages=" + std::to_string(cc.stages));
+    const test::ScopedEnv up_env("TILEMOE_WS_CLUSTER_UP", cc.size);
+    const test::ScopedEnv down_env("TILEMOE_WS_CLUSTER_DOWN", cc.size);
+    const test::ScopedEnv mcast_env("TILEMOE_WS_CLUSTER_MCAST", cc.mcast);
+    const test::ScopedEnv gather_env("TILEMOE_UP_GATHER", cc.gather);
+    Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
+    ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);
+    ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
+    up(act, {true, cc.stages}, &y);
+    down(act, y, {true, cc.stages});
+    if (test::is_hopper()) {
+      compare(act, act_ref, n, lda, "up-projection");
+      compare(y, y_ref, d, d, "down-projection");
+    }
+  }
   // The tiles in groups of fixed rows across experts (TILEMOE_RASTER=fixed; the default rasters
   // within each expert), both kernels of the up-projection.
   for (const char* up_kernel : {"ws", "wgmma"}) {

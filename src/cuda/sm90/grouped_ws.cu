@@ -77,7 +77,10 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <string>
+#include <utility>
 
 #include "../activation.cuh"
 #include "../context.cuh"
@@ -710,8 +713,17 @@ void run(const WsPass& p0, const WsPass& p1, std::int64_t tiles, const WsCtl& ct
   cfg.stream = current_stream();
   cfg.attrs = attr;
   cfg.numAttrs = 1;
+  // The resident clusters of this kernel per (device, size), asked once (the query costs ~0.1 ms
+  // of host time per call).
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, int> fits;
   int fit = 0;
-  TILEMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&fit, kernel, &cfg));
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    int& f = fits[{device_props().device, cs}];
+    if (f == 0) TILEMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&f, kernel, &cfg));
+    fit = f;
+  }
   check_arg(fit >= 1, "resident clusters of the fused kernels", fit, ">= 1");
   cfg.gridDim.x = static_cast<unsigned>(cs * std::min<std::int64_t>(fit, tiles));
   static bool told = false;

@@ -260,8 +260,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const long long total0 = static_cast<long long>(nunit) * p0.ncol;  // p0's tiles
   const long long total = total0 + (kPair ? static_cast<long long>(nrow) * p1.ncol : 0);
   // The static schedule's first tile and stride: by block, or by cluster.
-  const long long first_tile = cl ? ptx::cluster_id_x() : blockIdx.x;
-  const long long tile_stride = cl ? ptx::cluster_count_x() : gridDim.x;
+  const unsigned first_tile = cl ? ptx::cluster_id_x() : blockIdx.x;
+  const unsigned tile_stride = cl ? ptx::cluster_count_x() : gridDim.x;
 
   // Whether tile t is an up-projection tile, and the projection it belongs to.
   auto is_up = [&](long long t) { return kMode == kModeUp || (kPair && t < total0); };
@@ -269,8 +269,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto ktiles_of = [&](const WsPass& p) { return static_cast<int>((p.g.K + kBK - 1) / kBK); };
   // Tile t of the launch: its rows, expert and column (a whole warp: the lookups are ballots). In
   // a cluster, this block's row tile of unit t; past the last row tile, none of its own (0 rows)
-  // but the unit's first expert, whose weight tile it helps load. The unit's weight tile is shared
-  // where its first and last row tiles are one expert's (the rows are sorted by expert).
+  // but the unit's first expert, whose weight tile it helps load. The unit's weight tile is
+  // shared where its first and last row tiles are one expert's (the rows are sorted by expert).
   auto lookup = [&](long long t) -> TileSlot {
     const WsPass& p = pass_of(t);
     TileCoord tc;
@@ -281,13 +281,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     tc = raster_tile(t, nunit, p.ncol, ctl.group_rows > cs ? ctl.group_rows / cs : 1);
     const int r0 = cs * tc.row, rl = min(r0 + cs, nrow) - 1, rm = r0 + static_cast<int>(crank);
-    const RowTile a = find_row_tile_warp<kBM>(p.g, r0);
-    const RowTile z = rl > r0 ? find_row_tile_warp<kBM>(p.g, rl) : a;
-    RowTile m = a;
-    if (rm > rl) m = RowTile{a.expert, a.m0, 0};
-    else if (rm == rl) m = z;
-    else if (rm > r0) m = find_row_tile_warp<kBM>(p.g, rm);
-    return {t, m.m0, m.rows, m.expert, tc.col, rm > rl ? r0 : rm, z.expert == a.expert ? 1 : 0};
+    const int e0 = expert_of_tile_warp(p.g, r0, 1);
+    const int shared = rl == r0 || expert_of_tile_warp(p.g, rl, 1) == e0 ? 1 : 0;
+    const RowTile m = rm <= rl ? find_row_tile_warp<kBM>(p.g, rm) : RowTile{e0, 0, 0};
+    return {t, m.m0, m.rows, m.expert, tc.col, rm <= rl ? rm : r0, shared};
   };
   if (wg == 0) {
     // ---------------- producer ----------------
@@ -328,18 +325,18 @@ __global__ void __launch_bounds__(kThreads, 1)
     // this block's slice (rank r: slice r) into every block (multicast), the others sending
     // theirs: each block's "full" barrier counts the whole tile either way.
     auto load_b = [&](const WsPass& p, bool up, int k0, int brow, int shared, int s) {
-      const int slices = weight_slices(up, cs), h = kBN / slices;
+      const int slices = weight_slices(up, cs), h = slices == 4 ? kBN / 4 : slices == 2 ? kBN / 2 : kBN;
       auto src_row = [&](int i) {
         const int r = i * h;
         return up && r >= kBN / 2 ? brow + static_cast<int>(p.g.N) + r - kBN / 2 : brow + r;
       };
       if (cl && shared && ctl.mcast) {
-        ptx::tma_load_2d_multicast(smem + stage_b(s) + crank * (kTileBytesB / slices), &p.map_b, k0,
+        ptx::tma_load_2d_multicast(smem + stage_b(s) + crank * h * (kBK * 2), &p.map_b, k0,
                                    src_row(static_cast<int>(crank)), &full[s],
                                    static_cast<std::uint16_t>((1u << cs) - 1));
       } else {
         for (int i = 0; i < slices; ++i)
-          ptx::tma_load_2d(smem + stage_b(s) + i * (kTileBytesB / slices), &p.map_b, k0, src_row(i), &full[s]);
+          ptx::tma_load_2d(smem + stage_b(s) + i * h * (kBK * 2), &p.map_b, k0, src_row(i), &full[s]);
       }
     };
     // Issues the TMA loads of k tile kt of tile rt, column j0, into stage s (thread 0).
@@ -459,10 +456,16 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
           src[i] = static_cast<std::uint32_t>(row);
         }
-        const int j0 = cur.col * (kBN / 2);
+        // The weight tile's first row (thread 0's loads; one value through the k loop, which keeps
+        // the producer within its registers).
+        const int brow = static_cast<int>(rt.expert * 2 * g.N) + cur.col * (kBN / 2);
+        const int shared = cur.shared;
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
-          if (tid == 0) tma_loads(true, p0, rt, j0, kt, s, cur.shared);
+          if (tid == 0) {
+            ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesB);
+            load_b(p0, true, kt * kBK, brow, shared, s);
+          }
           const std::uint32_t dst = dst0 + stage_a(s);  // row lr + 16 i at + 2048 i (same swizzle)
           const uint4* a16 = reinterpret_cast<const uint4*>(g.A) + (lc + kt * (kBK / 8));  // row 0's chunk
           if (kt < full_k) {

@@ -490,6 +490,31 @@ TEST(GpuTestUtil, ScopedEnvRestoresTheOuterSetting) {
 }
 
 #if TILEMOE_WITH_CUDA
+// Which launches run in clusters (heuristics.hpp; host code, no GPU needed): the gathering
+// up-projection above decode sizes in clusters of two, everything else alone; the A/B switches
+// force 1, 2 or 4 and ignore other values.
+TEST(GpuHeuristics, ClusterSize) {
+  using detail::gpu::ws_cluster_size;
+  const test::ScopedEnv up_env("TILEMOE_WS_CLUSTER_UP", nullptr);
+  const test::ScopedEnv down_env("TILEMOE_WS_CLUSTER_DOWN", nullptr);
+  const int E = 128;
+  EXPECT_EQ(ws_cluster_size(2 * E + 1, E, true, false), 2);  // gathering up-projection
+  EXPECT_EQ(ws_cluster_size(2 * E, E, true, false), 1);      // decode sizes
+  EXPECT_EQ(ws_cluster_size(4096, E, true, true), 1);        // rows by TMA (staged, dense pass)
+  EXPECT_EQ(ws_cluster_size(4096, E, false, true), 1);       // down-projection
+  {
+    const test::ScopedEnv up4("TILEMOE_WS_CLUSTER_UP", "4");
+    const test::ScopedEnv down2("TILEMOE_WS_CLUSTER_DOWN", "2");
+    EXPECT_EQ(ws_cluster_size(4096, E, true, true), 4);
+    EXPECT_EQ(ws_cluster_size(4096, E, false, true), 2);
+    EXPECT_EQ(ws_cluster_size(2 * E, E, false, true), 1);  // never at decode sizes
+  }
+  for (const char* v : {"1", "3", "8", "x"}) {
+    const test::ScopedEnv up("TILEMOE_WS_CLUSTER_UP", v);
+    EXPECT_EQ(ws_cluster_size(4096, E, true, false), std::string(v) == "1" ? 1 : 2) << v;
+  }
+}
+
 // The persistent fused kernels walk many tiles per block on large inputs (the matrices above fit
 // in one wave): each projection with each pipeline depth against the portable kernels on the
 // same inputs, row by row, naming the first rows that differ.

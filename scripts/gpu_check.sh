@@ -6,7 +6,8 @@
 # bench: BENCH_SETS="cfg[@T],cfg[@T]...@T ..." (one benchmark run per set; default BENCH_CONFIGS
 # at BENCH_TOKENS; the words issue, decode and rounding name the usual sets), BENCH_ARGS (more
 # flags), BENCH_PEERS="torch scattermoe sonicmoe" (those whose code travelled: scripts/peers.sh),
-# PEER_TIMEOUT (seconds per peer script, default 400).
+# PEER_TIMEOUT (seconds per peer script, default 400); TILEMOE_PEER_KERNELS=1 has each peer print
+# its kernels' times per forward (torch.profiler, warm L2) into the bench log.
 # tests: the GPU tests stopped after TEST_TIMEOUT seconds (default 300).
 # tests, sanitize: also rerun the fast-path tests under each setting of TEST_ENVS ("A=1 B=2;C=3");
 # SANITIZE_TOOLS="" skips the full sanitizer runs (the TEST_ENVS ones still run).

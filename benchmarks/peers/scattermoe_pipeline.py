@@ -29,7 +29,8 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from torch_pipeline import extra_bytes, load_case, median_ms, report, route, router_logits_fn  # noqa: E402
+from torch_pipeline import (extra_bytes, kernel_table, load_case, median_ms, report, route,  # noqa: E402
+                            router_logits_fn)
 
 SCATTERMOE_PATH = os.environ.get("SCATTERMOE_PATH", os.path.join(HERE, "..", "..", ".peers", "scattermoe"))
 TOL = 2e-2
@@ -126,6 +127,7 @@ def main():
         rel, ok = check_rows(c, forward()[rows].float(), rows)
         ms = median_ms(forward, flush, meta.get("reps", 10), meta.get("warmup", 3))
         extra = extra_bytes(forward)
+        kernel_table(forward, f"scattermoe {meta['config']} T={T}")
         rc |= report("scattermoe_pipeline", c, "scattermoe", ms, extra, ok, rel_err=rel, scattermoe=commit,
                      triton=triton.__version__)
         del c, w13, w2, w13_t, w2_t, x, sw13, sw2

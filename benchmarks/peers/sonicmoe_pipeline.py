@@ -35,7 +35,8 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from scattermoe_pipeline import check_rows  # noqa: E402
-from torch_pipeline import extra_bytes, load_case, median_ms, report, route, router_logits_fn  # noqa: E402
+from torch_pipeline import (extra_bytes, kernel_table, load_case, median_ms, report, route,  # noqa: E402
+                            router_logits_fn)
 
 
 def swiglu_shared(x, sw13, sw2, ns):
@@ -110,6 +111,7 @@ def main():
             rel, ok = check_rows(c, forward_general(False)[rows].float(), rows)
             ms = median_ms(forward, flush, meta.get("reps", 10), meta.get("warmup", 3))
             extra = extra_bytes(forward)
+            kernel_table(forward, f"sonicmoe {meta['config']} T={T}")
         except Exception as e:  # noqa: BLE001
             print(f"sonicmoe_pipeline: {meta['config']} T={T}: {type(e).__name__}: {str(e)[:400]}", flush=True)
             rc = 1

@@ -93,6 +93,37 @@ def median_ms(forward, flush, reps, warmup):
     return sorted(times)[len(times) // 2]
 
 
+def kernel_table(forward, label, reps=5):
+    """With TILEMOE_PEER_KERNELS=1 set: the GPU kernels of forward() under torch.profiler (CUPTI),
+    per kernel name its launches and mean time per forward, largest total first, printed as lines
+    after "KERNELS label" (warm L2, no flush: for where a peer's time goes, not for its total).
+    Never fails the timing: an error is printed instead."""
+    if os.environ.get("TILEMOE_PEER_KERNELS") != "1":
+        return
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        forward()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                forward()
+            torch.cuda.synchronize()
+        rows = []
+        for k in prof.key_averages():
+            total = getattr(k, "device_time_total", None)
+            if total is None:
+                total = getattr(k, "cuda_time_total", 0.0)
+            if total > 0:
+                rows.append((total / reps, k.count / reps, k.key))
+        rows.sort(reverse=True)
+        print(f"KERNELS {label}: {sum(r[0] for r in rows):.1f} us of kernels per forward", flush=True)
+        print(f"  {'us/fwd':>9} {'launches/fwd':>12}  kernel", flush=True)
+        for us, count, name in rows[:20]:
+            print(f"  {us:9.1f} {count:12.1f}  {name[:110]}", flush=True)
+    except Exception as e:  # noqa: BLE001
+        print(f"KERNELS {label}: not measured ({type(e).__name__}: {str(e)[:200]})", flush=True)
+
+
 def extra_bytes(forward):
     """Device memory one forward allocates beyond what exists before it and its output (peak)."""
     torch.cuda.synchronize()
@@ -181,6 +212,7 @@ def main():
 
         ms = median_ms(forward, flush, meta.get("reps", 10), meta.get("warmup", 3))
         extra = extra_bytes(forward)
+        kernel_table(forward, f"torch_grouped_mm {meta['config']} T={T}")
         report("torch_pipeline", c, "torch_grouped_mm", ms, extra)
         del c, w13, w2, w13_t, w2_t, x, sw13, sw2
         torch.cuda.empty_cache()

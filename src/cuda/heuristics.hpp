@@ -144,7 +144,8 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
 // up-projections whose rows come by TMA (staged: gpt-oss-120b 2.34 / 2.60, Mixtral 3.21 / 3.20)
 // and for the down-projections (all TMA, dynamic schedule without clusters: sonic-7b 0.293 /
 // 0.313, d 4096 / n 1024 3.23 / 3.44). (Runs 113-115 had clusters far slower: the remote
-// arrivals released at cluster scope, which cost 37%, run 115.) Only above decode sizes. TILEMOE_WS_CLUSTER_UP / TILEMOE_WS_CLUSTER_DOWN = 1, 2 or 4 force a size;
+// arrivals released at cluster scope, which cost 37%, run 115.) Only above decode sizes. Where no
+// cluster fits at once on the card, the up-projection runs without (sm90/grouped_ws.cu run). TILEMOE_WS_CLUSTER_UP / TILEMOE_WS_CLUSTER_DOWN = 1, 2 or 4 force a size;
 // TILEMOE_WS_CLUSTER_MCAST=0 loads every weight tile in each block (A/B), and with it
 // TILEMOE_WS_CLUSTER_LOCK=0 releases stages to the own block only.
 inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {

@@ -727,6 +727,17 @@ void run(const WsPass& p0, const WsPass& p1, std::int64_t tiles, const WsCtl& ct
     if (f == 0) TILEMOE_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&f, kernel, &cfg));
     fit = f;
   }
+  // Where no cluster of cs fits at once (an SM partition without cs free SMs in one GPC), the
+  // same tiles run without clusters if the weight tile's boxes are the same (the up-projection's
+  // halves); TILEMOE_WS_CLUSTER_NOFIT=1 takes this path on any card (tests).
+  if (env_is("TILEMOE_WS_CLUSTER_NOFIT", "1")) fit = 0;
+  constexpr bool kUp = kMode == kModeUp;
+  if (fit < 1 && weight_slices(kUp, cs) == weight_slices(kUp, 1)) {
+    WsCtl alone = ctl;
+    alone.csize = 1;
+    run<kMode, kAct>(p0, p1, tiles * cs, alone);
+    return;
+  }
   check_arg(fit >= 1, "resident clusters of the fused kernels", fit, ">= 1");
   cfg.gridDim.x = static_cast<unsigned>(cs * std::min<std::int64_t>(fit, tiles));
   static bool told = false;

@@ -110,12 +110,7 @@ Args parse(int argc, char** argv) {
     else if (k == "--no-sequential") a.sequential = false;
     else if (k == "--stages") a.stages = true;
     else if (k == "--variants") a.variants = split(val());
-    else if (k == "--router-dtype") {
-      const std::string v = val();
-      if (v != "fp32" && v != "f32" && v != "bf16")
-        throw InvalidArgument("--router-dtype = '" + v + "': expected fp32 or bf16");
-      a.router_dtype = parse_dtype(v);
-    }
+    else if (k == "--router-dtype") a.router_dtype = parse_dtype(val(), "--router-dtype");
     else if (k == "--help" || k == "-h") { usage(); std::exit(0); }
     else throw InvalidArgument("argument '" + k + "': unknown (see --help)");
   }

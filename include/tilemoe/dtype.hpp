@@ -14,7 +14,8 @@ enum class Device : std::uint8_t { cpu, cuda };
 std::size_t dtype_size(DType t);
 const char* to_string(DType t);
 const char* to_string(Device d);
-DType parse_dtype(std::string_view s);    // "fp32"|"f32"|"float32", "bf16"|"bfloat16"
+// "fp32"|"f32"|"float32", "bf16"|"bfloat16"; else InvalidArgument naming `what` (a flag, say).
+DType parse_dtype(std::string_view s, std::string_view what = "dtype");
 Device parse_device(std::string_view s);  // "cpu", "cuda"|"gpu"
 
 // bfloat16 storage: the upper 16 bits of an IEEE float. Same layout as CUDA's __nv_bfloat16,

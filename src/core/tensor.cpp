@@ -57,10 +57,10 @@ const char* to_string(DType t) {
 
 const char* to_string(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
 
-DType parse_dtype(std::string_view s) {
+DType parse_dtype(std::string_view s, std::string_view what) {
   if (s == "fp32" || s == "f32" || s == "float32" || s == "float") return DType::f32;
   if (s == "bf16" || s == "bfloat16") return DType::bf16;
-  throw InvalidArgument(detail::concat("dtype = '", s, "': expected fp32 or bf16"));
+  throw InvalidArgument(detail::concat(what, " = '", s, "': expected fp32 or bf16"));
 }
 
 Device parse_device(std::string_view s) {

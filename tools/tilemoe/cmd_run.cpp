@@ -33,10 +33,7 @@ int cmd_run(int argc, char** argv) {
   if (device == Device::cuda && !cuda_available())
     throw InvalidArgument("--device = cuda: no CUDA GPU is available here (use --device cpu)");
   const DType dtype = parse_dtype(args.get("dtype"));
-  const std::string rd = args.get("router-dtype");
-  if (rd != "fp32" && rd != "f32" && rd != "bf16")
-    throw InvalidArgument("--router-dtype = '" + rd + "': expected fp32 or bf16");
-  const DType router_dtype = parse_dtype(rd);
+  const DType router_dtype = parse_dtype(args.get("router-dtype"), "--router-dtype");
   ForwardOptions opt;
   opt.algorithm = parse_algorithm(args.get("algorithm"));
   opt.num_threads = static_cast<int>(args.get_int("threads"));

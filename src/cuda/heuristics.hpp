@@ -77,6 +77,11 @@ inline int ws_stages() {
   return v ? v : 4;
 }
 
+// Decode sizes for the fused kernels: about one row tile per expert or less (max_tiles bounds the
+// row tiles of E experts), where every tile streams ~1 MB of weights for a few rows. The
+// schedule, the row staging, the pair launch and the clusters below all switch on it.
+inline bool decode_sized(std::int64_t max_tiles, int E) { return max_tiles <= 2 * std::int64_t(E); }
+
 // How the warp-specialized kernels hand out their output tiles: statically (block b takes tiles
 // b, b + grid, ...) or dynamically (after its first tile, a block's scheduler claims the next from
 // a device counter and queues it for the loads and the consumers, grouped_ws.cu). Dynamic where
@@ -94,7 +99,7 @@ inline int ws_stages() {
 inline bool ws_dynamic_tiles(std::int64_t max_tiles, int E, bool all_tma) {
   if (env_is("TILEMOE_WS_SCHED", "static")) return false;
   if (env_is("TILEMOE_WS_SCHED", "dynamic")) return true;
-  return all_tma || max_tiles <= 2 * std::int64_t(E);
+  return all_tma || decode_sized(max_tiles, E);
 }
 
 // The fused path's gated up-projection over gathered rows runs on the warp-specialized kernel
@@ -125,7 +130,7 @@ inline bool ws_dynamic_tiles(std::int64_t max_tiles, int E, bool all_tma) {
 inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, int E) {
   if (env_is("TILEMOE_UP_GATHER", "kernel")) return false;
   if (env_is("TILEMOE_UP_GATHER", "staged")) return true;
-  return max_tiles <= 2 * std::int64_t(E) || (n >= 2048 && d <= 2 * n);
+  return decode_sized(max_tiles, E) || (n >= 2048 && d <= 2 * n);
 }
 
 // How many blocks of the fused path's warp-specialized kernels form a cluster (sm90/grouped_ws.cu;
@@ -145,11 +150,12 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
 // and for the down-projections (all TMA, dynamic schedule without clusters: sonic-7b 0.293 /
 // 0.313, d 4096 / n 1024 3.23 / 3.44). (Runs 113-115 had clusters far slower: the remote
 // arrivals released at cluster scope, which cost 37%, run 115.) Only above decode sizes. Where no
-// cluster fits at once on the card, the up-projection runs without (sm90/grouped_ws.cu run). TILEMOE_WS_CLUSTER_UP / TILEMOE_WS_CLUSTER_DOWN = 1, 2 or 4 force a size;
+// cluster fits at once on the card, the up-projection runs without (sm90/grouped_ws.cu run).
+// TILEMOE_WS_CLUSTER_UP / TILEMOE_WS_CLUSTER_DOWN = 1, 2 or 4 force a size;
 // TILEMOE_WS_CLUSTER_MCAST=0 loads every weight tile in each block (A/B), and with it
 // TILEMOE_WS_CLUSTER_LOCK=0 releases stages to the own block only.
 inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {
-  if (max_tiles <= 2 * std::int64_t(E)) return 1;
+  if (decode_sized(max_tiles, E)) return 1;
   const int forced = env_int(up ? "TILEMOE_WS_CLUSTER_UP" : "TILEMOE_WS_CLUSTER_DOWN", 1, 4);
   if (forced == 1 || forced == 2 || forced == 4) return forced;
   return up && !a_tma ? 2 : 1;
@@ -167,7 +173,7 @@ inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {
 // layers keep two launches (one is not measured there; their tails are a smaller share).
 // TILEMOE_WS_PAIR=0 turns it off (A/B timing, tests).
 inline bool ws_pair(std::int64_t max_tiles, int E) {
-  return !env_is("TILEMOE_WS_PAIR", "0") && max_tiles <= 2 * std::int64_t(E);
+  return !env_is("TILEMOE_WS_PAIR", "0") && decode_sized(max_tiles, E);
 }
 
 // Tokens up to which bf16 router logits come from one CUDA-core kernel (a block per 8 tokens and

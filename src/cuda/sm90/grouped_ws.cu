@@ -167,7 +167,9 @@ struct WsCtl {
 // down-projection's 256 output rows) comes in this many TMA boxes of kBN / slices rows: one per
 // block of a cluster (each loads its own into every block), at least the two halves of the
 // up-projection.
-__host__ __device__ constexpr int weight_slices(bool up, int csize) { return csize > (up ? 2 : 1) ? csize : (up ? 2 : 1); }
+__host__ __device__ constexpr int weight_slices(bool up, int csize) {
+  return csize > (up ? 2 : 1) ? csize : (up ? 2 : 1);
+}
 
 template <int kMode, Activation kAct>
 __global__ void __launch_bounds__(kThreads, 1)

@@ -201,7 +201,8 @@ bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15
 
 // The up-projection g (routed rows by g.gather) over its rows copied once, in sorted order, into
 // path.x_stage: staged gets the arguments over the copy, and the copy is enqueued. False, with
-// nothing enqueued, where the fused kernels cannot take those arguments.
+// nothing enqueued, where the fused kernels cannot take those arguments. g itself must be one
+// that ws_refusal accepts (the copy reads x's rows in 16-byte chunks).
 bool stage_up_rows(const GemmArgs& g, const GroupedPath& path, GemmArgs& staged) {
   auto* stage = reinterpret_cast<__nv_bfloat16*>(path.x_stage);
   staged = g;

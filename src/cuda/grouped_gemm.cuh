@@ -64,6 +64,45 @@ __device__ __forceinline__ int expert_of_tile_warp(const GemmArgs& g, std::int64
   }
   return e;
 }
+// Units of unit_rows rows aligned to each expert's first row (the row tiles of a cluster's
+// blocks: an expert of c rows has ceil(c / unit_rows) units, and no unit spans two experts),
+// ncol output columns each, experts in order: unit-column t's expert, the unit-columns of the
+// experts before it, and its units (expert E past the last). By a whole warp: 32 experts per
+// step, a scan of their unit-columns, a ballot.
+struct UnitSpan {
+  int expert;
+  std::int64_t first;
+  int units;
+};
+__device__ __forceinline__ UnitSpan expert_of_unit_warp(const GemmArgs& g, std::int64_t t, int unit_rows, int ncol) {
+  const int lane = threadIdx.x & 31;
+  std::int64_t base = 0;
+  for (int e0 = 0; e0 < g.E; e0 += 32) {
+    const int e = e0 + lane;
+    const int units = e < g.E ? static_cast<int>((g.offsets[e + 1] - g.offsets[e] + unit_rows - 1) / unit_rows) : 0;
+    std::int64_t incl = std::int64_t(units) * ncol;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const std::int64_t v = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += v;
+    }
+    const std::int64_t chunk = __shfl_sync(0xffffffffu, incl, 31);
+    if (base + chunk > t) {
+      const int k = __popc(__ballot_sync(0xffffffffu, base + incl <= t));  // this step's experts before t
+      const std::int64_t before = __shfl_sync(0xffffffffu, incl, k > 0 ? k - 1 : 0);
+      return {e0 + k, base + (k > 0 ? before : 0), __shfl_sync(0xffffffffu, units, k)};
+    }
+    base += chunk;
+  }
+  return {g.E, base, 0};
+}
+// The units of expert_of_unit_warp over all experts (a whole warp).
+__device__ __forceinline__ int count_units_warp(const GemmArgs& g, int unit_rows) {
+  int sum = 0;
+  for (int e = threadIdx.x & 31; e < g.E; e += 32)
+    sum += static_cast<int>((g.offsets[e + 1] - g.offsets[e] + unit_rows - 1) / unit_rows);
+  return __reduce_add_sync(0xffffffffu, sum);
+}
 template <int kBM>
 __device__ __forceinline__ RowTile find_row_tile_warp(const GemmArgs& g, int tile) {
   const int e = expert_of_tile_warp(g, tile, 1);

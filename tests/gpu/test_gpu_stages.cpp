@@ -609,7 +609,9 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
   // Clusters of 1, 2 and 4 blocks for both projections (heuristics.hpp ws_cluster_size: two for
   // the gathering up-projection by default), the unit's weight tile multicast or loaded whole by
   // every block (TILEMOE_WS_CLUSTER_MCAST=0), the x rows gathered or staged; a cluster of two at
-  // each pipeline depth; the up-projection's fallback where no cluster fits (run alone).
+  // each pipeline depth; the up-projection's fallback where no cluster fits (run alone); units
+  // of consecutive row tiles (spanning experts) instead of units from each expert's first row,
+  // and the units' columns without the serpentine order.
   struct ClusterCase {
     const char* size;
     const char* mcast;
@@ -617,6 +619,8 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
     int stages;
     const char* down_size = nullptr;  // the up-projection's size unless set
     const char* nofit = nullptr;
+    const char* units = nullptr;       // TILEMOE_WS_CLUSTER_UNITS (fixed: consecutive row tiles)
+    const char* serpentine = nullptr;  // TILEMOE_WS_SERPENTINE
   };
   std::vector<ClusterCase> cluster_cases;
   for (const char* size : {"1", "2", "4"})
@@ -624,12 +628,18 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
       for (const char* gather : {"kernel", "staged"}) cluster_cases.push_back({size, mcast, gather, 0});
   for (int stages : {1, 2, 3}) cluster_cases.push_back({"2", "1", "kernel", stages});
   cluster_cases.push_back({"2", "1", "kernel", 0, "1", "1"});
+  for (const char* size : {"2", "4"})
+    for (const char* gather : {"kernel", "staged"}) cluster_cases.push_back({size, "1", gather, 0, nullptr, nullptr, "fixed"});
+  cluster_cases.push_back({"2", "1", "kernel", 0, nullptr, nullptr, nullptr, "0"});
   for (const ClusterCase& cc : cluster_cases) {
     SCOPED_TRACE(std::string("clusters of ") + cc.size + ", multicast " + cc.mcast + ", x rows " + cc.gather +
-                 ", stages=" + std::to_string(cc.stages) + (cc.nofit ? ", none fitting" : ""));
+                 ", stages=" + std::to_string(cc.stages) + (cc.nofit ? ", none fitting" : "") +
+                 (cc.units ? ", units of consecutive row tiles" : "") + (cc.serpentine ? ", no serpentine" : ""));
     const test::ScopedEnv up_env("TILEMOE_WS_CLUSTER_UP", cc.size);
     const test::ScopedEnv down_env("TILEMOE_WS_CLUSTER_DOWN", cc.down_size ? cc.down_size : cc.size);
     const test::ScopedEnv nofit_env("TILEMOE_WS_CLUSTER_NOFIT", cc.nofit);
+    const test::ScopedEnv units_env("TILEMOE_WS_CLUSTER_UNITS", cc.units);
+    const test::ScopedEnv serpentine_env("TILEMOE_WS_SERPENTINE", cc.serpentine);
     const test::ScopedEnv mcast_env("TILEMOE_WS_CLUSTER_MCAST", cc.mcast);
     const test::ScopedEnv gather_env("TILEMOE_UP_GATHER", cc.gather);
     Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);

@@ -62,8 +62,13 @@
 //   after __syncwarp (as the other modes do), racecheck reported the slot's rewrite racing with
 //   the lanes' reads of it (runs 98-101; clean since, run 102).
 // - Clusters (heuristics.hpp ws_cluster_size; the gathering up-projection above decode sizes):
-//   blocks in clusters of 2 (or 4) take that many consecutive row tiles of one column tile
-//   (static schedule over these units, raster_tile's order). Where all are one expert's, each
+//   blocks in clusters of 2 (or 4) take that many consecutive row tiles of one column tile (a
+//   unit; static schedule). Units start at each expert's first row (expert_of_unit_warp), so all
+//   of a unit's rows are one expert's, and are walked in groups down an expert's rows, then
+//   across its columns, every other group's columns in reverse (serpentine);
+//   TILEMOE_WS_CLUSTER_UNITS=fixed takes units of consecutive row tiles in raster_tile's order
+//   instead (a unit may then span two experts, whose weights load in each block), and
+//   TILEMOE_WS_SERPENTINE=0 the columns in order. Where a unit is one expert's, each
 //   block's TMA thread loads one slice of the weight tile into every block of the cluster
 //   (multicast; its "full" barrier counts the whole tile as before), and the consumer warps
 //   release each stage to every block's producer (remote mbarrier arrivals at CTA scope: with a
@@ -154,13 +159,18 @@ struct WsPass {
 // csize: the blocks run in clusters of csize (1, 2 or 4) over units of csize row tiles (static
 // schedule; below); mcast, lock: whether a unit's shared weight tile is multicast, and its stages
 // released to every block of the cluster (an A/B of the two; lock whenever mcast).
+// expert_units: a cluster's unit is csize row tiles from an expert's first row on (never two
+// experts'; expert_of_unit_warp), walked in groups of units down an expert's rows, then across
+// its columns, every other group's columns in reverse (serpentine: a group starts on the column
+// whose weights the last one ended on); else units of consecutive row tiles in raster_tile's
+// order (they may span two experts, whose weights then load in each block).
 struct WsCtl {
   int group_rows, stages;
   int* counters;
   int* row_done;
   bool a_tma, expert_raster;
   int csize;
-  bool mcast, lock;
+  bool mcast, lock, expert_units, serpentine;
 };
 
 // The weight tile of a k step (kBN rows: the up-projection's 128 gate and 128 up rows, the
@@ -256,9 +266,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // Both projections of a pair share the row tiles (the same offsets and tile_offsets).
   const int nrow = p0.g.tile_offsets[p0.g.E];
-  // A cluster launch walks units of cs row tiles (cs j .. cs j + cs - 1), one per block, in
-  // raster_tile's order: its tiles are the units' (not a pair launch).
-  const int nunit = (nrow + cs - 1) / cs;
+  // A cluster launch walks units of cs row tiles, one per block: its tiles are the units' (not a
+  // pair launch). Units from each expert's first row (counted by every warp, which all need the
+  // total), or of consecutive row tiles.
+  const bool eu = cl && ctl.expert_units;
+  const int nunit = eu ? count_units_warp(p0.g, kBM * cs) : (nrow + cs - 1) / cs;
   const long long total0 = static_cast<long long>(nunit) * p0.ncol;  // p0's tiles
   const long long total = total0 + (kPair ? static_cast<long long>(nrow) * p1.ncol : 0);
   // The static schedule's first tile and stride: by block, or by cluster.
@@ -281,7 +293,22 @@ __global__ void __launch_bounds__(kThreads, 1)
                                       ctl.expert_raster, tc);
       return {t, rt.m0, rt.rows, rt.expert, tc.col, tc.row, 0};
     }
-    tc = raster_tile(t, nunit, p.ncol, ctl.group_rows > cs ? ctl.group_rows / cs : 1);
+    const int group_units = ctl.group_rows > cs ? ctl.group_rows / cs : 1;
+    if (eu) {
+      const UnitSpan sp = expert_of_unit_warp(p.g, t, kBM * cs, p.ncol);
+      const long long local = t - sp.first;
+      const long long per_group = static_cast<long long>(group_units) * p.ncol;
+      const int grp = static_cast<int>(local / per_group);
+      const int first = grp * group_units;
+      const int units_here = min(group_units, sp.units - first);
+      const int rem = static_cast<int>(local - grp * per_group);
+      const int col = ctl.serpentine && (grp & 1) ? p.ncol - 1 - rem / units_here : rem / units_here;
+      const long long lo = p.g.offsets[sp.expert], hi = p.g.offsets[sp.expert + 1];
+      const long long m0 = lo + (static_cast<long long>(first + rem % units_here) * cs + crank) * kBM;
+      const int rows = m0 < hi ? static_cast<int>(min(static_cast<long long>(kBM), hi - m0)) : 0;
+      return {t, rows > 0 ? m0 : lo, rows, sp.expert, col, 0, 1};
+    }
+    tc = raster_tile(t, nunit, p.ncol, group_units);
     const int r0 = cs * tc.row, rl = min(r0 + cs, nrow) - 1, rm = r0 + static_cast<int>(crank);
     const int e0 = expert_of_tile_warp(p.g, r0, 1);
     const int shared = rl == r0 || expert_of_tile_warp(p.g, rl, 1) == e0 ? 1 : 0;
@@ -785,9 +812,11 @@ void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::
   const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma, cs);
   const bool mcast = !env_is("TILEMOE_WS_CLUSTER_MCAST", "0");
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
-            a_tma, expert_raster(), cs, mcast, mcast || !env_is("TILEMOE_WS_CLUSTER_LOCK", "0")};
+            a_tma, expert_raster(), cs, mcast, mcast || !env_is("TILEMOE_WS_CLUSTER_LOCK", "0"),
+            !env_is("TILEMOE_WS_CLUSTER_UNITS", "fixed"), !env_is("TILEMOE_WS_SERPENTINE", "0")};
   if (cs == 1 && ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
-  const std::int64_t tiles = (max_tiles + cs - 1) / cs * p.ncol;
+  // (Units from each expert's first row: at most E (cs - 1) / cs more than of consecutive tiles.)
+  const std::int64_t tiles = (max_tiles + std::int64_t(g.E) * (cs - 1) + cs - 1) / cs * p.ncol;
   if (up) run_act<kModeUp>(g.act, p, p, tiles, ctl);
   else run_act<kModeDown>(g.act, p, p, tiles, ctl);
 }
@@ -799,7 +828,7 @@ void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64
   const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
   int* counters = tile_counters(max_tiles);
   const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
-                  counters + kTileCounterHead, true, expert_raster(), 1, false, false};
+                  counters + kTileCounterHead, true, expert_raster(), 1, false, false, false, false};
   run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 

@@ -161,6 +161,18 @@ inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {
   return up && !a_tma ? 2 : 1;
 }
 
+// Whether the fused path's down-projection (outside the decode pair launch) runs in ping-pong
+// (sm90/grouped_ws.cu kModeDownPP): each consumer warpgroup takes every other tile, 128 x 128 of
+// its own, so that one's epilogue overlaps the other's math, against the default 128 x 256 tile
+// that both warpgroups compute and then both store. Where the K loop is short (n = K below 1024:
+// d 4096 / n 512, Qwen3-30B-A3B, sonic-7b) the cooperative tile spends ~1.4-1.8 us per tile
+// beyond its tensor work (H200 run 118); SonicMoE runs these down-projections in ping-pong
+// (128 x 192 with 2 x 1 clusters). Not yet measured: off unless TILEMOE_WS_PINGPONG=1 (then for
+// K below 1024) or =all.
+inline bool ws_pingpong(std::int64_t K) {
+  return env_is("TILEMOE_WS_PINGPONG", "all") || (env_is("TILEMOE_WS_PINGPONG", "1") && K < 1024);
+}
+
 // Whether the fused path runs both projections in one launch (sm90/grouped_ws.cu, pair mode: every
 // up-projection tile, then every down-projection tile, each waiting for its row tile's
 // activations) instead of two. At decode sizes (about one row tile per expert or less, as

@@ -652,6 +652,20 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
       compare(y, y_ref, d, d, "down-projection");
     }
   }
+  // The down-projection in ping-pong (each consumer warpgroup its own 128 x 128 tiles), at each
+  // pipeline depth, statically and dynamically scheduled, on the reference activations.
+  for (const char* sched : {"static", "dynamic"})
+    for (int stages : {0, 1, 2, 4}) {
+      SCOPED_TRACE(std::string("ping-pong down-projection, schedule ") + sched + ", stages=" + std::to_string(stages));
+      const test::ScopedEnv pp_env("TILEMOE_WS_PINGPONG", "all");
+      const test::ScopedEnv sched_env("TILEMOE_WS_SCHED", sched);
+      Tensor y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
+      ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
+      const std::string why = down(act_ref, y, {true, stages});
+      if (!test::is_hopper()) continue;
+      EXPECT_EQ(why, "");
+      compare(y, y_ref, d, d, "down-projection");
+    }
   // The tiles in groups of fixed rows across experts (TILEMOE_RASTER=fixed; the default rasters
   // within each expert), both kernels of the up-projection.
   for (const char* up_kernel : {"ws", "wgmma"}) {

@@ -75,6 +75,12 @@
 //   cluster-scope release they cost the up-projection 37%, H200 run 115). A third less traffic
 //   from L2 per block with two: d 4096 / n 1024 up-projection 7.40, 7.36 -> 7.00, 6.85 ms (H200
 //   run 116), 8.82, 8.92 -> 8.35, 8.23 (run 117, a hotter card; docs/hopper.md).
+// - Ping-pong down-projection (kModeDownPP, heuristics.hpp ws_pingpong; off by default, not yet
+//   measured): each consumer warpgroup takes every other tile of the block, 128 rows x 128
+//   columns of its own (two m64n128 accumulators over the same weight box), reading only its own
+//   tiles' stages (it passes over the other's, the tiles having one K) and its own slot of the
+//   tile queue, so that one warpgroup's epilogue runs while the other's math does; the stage
+//   layout is the cooperative one's (a k step uses 32 of its 48 KiB).
 // The launcher takes it where it applies (H100/H200, K, N, strides multiples of 8, 16-byte
 // aligned operands; up-projections gated); everything else goes to grouped_gemm.cu.
 #include <cuda_bf16.h>
@@ -142,7 +148,12 @@ static_assert(WsShape<true>::kSmem == WsShape<false>::kSmem &&
 // What a launch runs: one projection (up or down), or both in turn (pair, decode sizes): every
 // up-projection tile first, then every down-projection tile, a down tile's loads waiting until
 // the up-projection has written all of its row tile's activations.
-enum WsMode { kModeUp = 0, kModeDown = 1, kModePair = 2 };
+// DownPP: the down-projection in ping-pong: each consumer warpgroup takes every other tile of
+// the block, 128 rows x kBNpp columns of its own (two m64n128 accumulators), so that one's
+// epilogue runs while the other's math does (the tiles' K loops are short where n is small).
+enum WsMode { kModeUp = 0, kModeDown = 1, kModePair = 2, kModeDownPP = 3 };
+constexpr int kBNpp = 128, kTileBytesBpp = kBNpp * kBK * 2;
+static_assert(kTileBytesA + kTileBytesBpp <= WsShape<false>::kStageBytes, "a ping-pong k step fits in a stage");
 
 // One projection of a launch: its tensor maps (weights, TMA-loaded rows of A, output), its
 // arguments and its column tiles per row tile.
@@ -219,6 +230,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // The up-projection's producer threads gather the x rows with cp.async, unless its rows are
   // contiguous (staged by gather_rows, or a dense pass) and come by TMA like the weights.
   const bool gather = kMode == kModeUp && !ctl.a_tma;
+  constexpr bool kPP = kMode == kModeDownPP;
   auto stage_a = [&](int s) { return s * Shape::kStageBytes; };  // byte offsets from smem
   auto stage_b = [&](int s) { return s * Shape::kStageBytes + kTileBytesA; };
 
@@ -230,13 +242,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       ptx::mbarrier_init(&full[s], gather ? 1 + 128 : 1);
       // In a cluster the other blocks' consumer warps arrive too: their producers write slices of
       // this block's weight tile (multicast), and this one a slice of theirs.
-      ptx::mbarrier_init(&empty[s], ctl.csize > 1 && ctl.lock ? 8 * ctl.csize : 8);
+      // Ping-pong: one warpgroup reads a stage.
+      ptx::mbarrier_init(&empty[s], kPP ? 4 : ctl.csize > 1 && ctl.lock ? 8 * ctl.csize : 8);
     }
     for (int q = 0; q < 2; ++q) {
       ptx::mbarrier_init(&q_full[q], 1);
       // The consumers' arrivals: one per warp, or in a pair one per thread (below); + the TMA
       // thread's, which reads the slots too where the scheduler is a warp of its own.
-      ptx::mbarrier_init(&q_empty[q], (kPair ? 256 : 8) + (gather ? 0 : 1));
+      // (Ping-pong: slot q holds warpgroup q's tiles only.)
+      ptx::mbarrier_init(&q_empty[q], (kPair ? 256 : kPP ? 4 : 8) + (gather ? 0 : 1));
     }
     ptx::fence_barrier_init();
   }
@@ -378,6 +392,10 @@ __global__ void __launch_bounds__(kThreads, 1)
           ptx::tma_load_2d(smem + stage_a(s), &p.map_a, k0,
                            static_cast<int>(p.g.a_local ? rt.m0 - p.g.offsets[e] : rt.m0), &full[s]);
         load_b(p, true, k0, static_cast<int>(e * 2 * p.g.N) + j0, shared, s);
+      } else if (kPP) {  // one box of kBNpp weight rows
+        ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesBpp);
+        ptx::tma_load_2d(smem + stage_a(s), &p.map_a, k0, static_cast<int>(rt.m0), &full[s]);
+        ptx::tma_load_2d(smem + stage_b(s), &p.map_b, k0, static_cast<int>(e * p.g.N) + j0, &full[s]);
       } else {
         ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesB);
         ptx::tma_load_2d(smem + stage_a(s), &p.map_a, k0, static_cast<int>(rt.m0), &full[s]);
@@ -407,7 +425,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           ptx::fence_proxy_async_global();
         }
         const RowTile rt{cur.expert, cur.m0, cur.rows};
-        const int j0 = up ? cur.col * (kBN / 2) : cur.col * kBN;
+        const int j0 = up ? cur.col * (kBN / 2) : cur.col * (kPP ? kBNpp : kBN);
         const int ktiles = ktiles_of(p);
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
@@ -419,6 +437,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (kPair && tid == 32) ticket = atomicAdd(ctl.counters, 1);
         for (;;)
           if (publish(ticket, q, qphase).t >= total) break;
+        if (kPP) publish(ticket, q, qphase);  // the other warpgroup's slot says "none left" too
         if (dynamic && tid == 32) reset_counters();
         return;
       }
@@ -524,14 +543,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   } else {
     // ---------------- consumers ----------------
     ptx::setmaxnreg_inc<224>();
-    const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the tile
+    const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the tile (ping-pong: tiles cw, cw + 2, ...)
     const int w = tid >> 5, l = tid & 31;
     unsigned char* my_out = out_stage + cw * 64 * Shape::kRoundCols * 2;
     int s = 0, prev = 0;
     std::uint32_t phase = 0;
-    float acc[kBN / 2];
-    int q = 0;
+    float acc[kBN / 2];  // ping-pong: rows 0-63 of the tile in acc[0, 64), rows 64-127 in acc[64, 128)
+    int q = kPP ? cw : 0;  // ping-pong: a warpgroup's tiles are all in its own slot
     std::uint32_t qphase = 0;
+    // Ping-pong: the stages of the other warpgroup's tile (the tiles have one K) are passed over.
+    auto skip_stages = [&](int n) {
+      const int to = s + n;
+      if ((to / stages) & 1) phase ^= 1;
+      s = to % stages;
+    };
+    if (kPP && cw == 1) skip_stages(ktiles_of(p0));
     // A pair's up tile: this warp's part of its row tile written, then a release that the down
     // tiles' loads acquire (8 per column tile: every consumer warp's). The warpgroup's TMA stores
     // are its thread 0's, which waits for them first. (Releases per warp instead of a warpgroup
@@ -558,7 +584,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       constexpr bool kUp = decltype(up_c)::value;
       using Out = WsShape<kUp>;
       const RowTile rt{cur.expert, cur.m0, cur.rows};
-      const bool whole = cw * 64 + 64 <= rt.rows;  // all 64 rows are this tile's
 #pragma unroll
       for (int round = 0; round < Out::kRounds; ++round) {
         // The stores issued from the staged panels (last round or last tile) have read them.
@@ -580,8 +605,11 @@ __global__ void __launch_bounds__(kThreads, 1)
                 __floats2bfloat162_rn(v0, v1);
           }
         }
-        const int j0 = cur.col * Out::kOutCols + round * Out::kRoundCols;
-        if (whole) {
+        // The round's 64 rows and first column: the warpgroup's rows, the round's 128 columns; in
+        // ping-pong the round's half of the tile's rows, all of its kBNpp columns.
+        const int row0 = kPP ? round * 64 : cw * 64;
+        const int j0 = kPP ? cur.col * kBNpp : cur.col * Out::kOutCols + round * Out::kRoundCols;
+        if (row0 + 64 <= rt.rows) {  // all 64 rows are this tile's
           // One thread hands the panels to TMA stores, and the warpgroup goes on (to the next
           // round, or its next tile) while they drain; columns past N are clipped.
           ptx::fence_proxy_async_shared();
@@ -590,7 +618,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
             for (int pnl = 0; pnl < Out::kRoundCols / 64; ++pnl)
               if (j0 + pnl * 64 < p.g.N)
-                ptx::tma_store_2d(&p.map_c, j0 + pnl * 64, static_cast<int>(rt.m0 + cw * 64),
+                ptx::tma_store_2d(&p.map_c, j0 + pnl * 64, static_cast<int>(rt.m0 + row0),
                                   my_out + pnl * Out::kPanelBytes);
             ptx::bulk_commit_group();
           }
@@ -602,7 +630,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll 4
           for (int qq = tid; qq < 64 * kChunks; qq += 128) {
             const int rr = qq / kChunks, c = qq % kChunks;
-            const int r = cw * 64 + rr;
+            const int r = row0 + rr;
             const std::int64_t j = std::int64_t(j0) + c * 8;
             if (r < rt.rows && j < p.g.N) {
               const uint4 v = *reinterpret_cast<const uint4*>(my_out + (c >> 3) * Out::kPanelBytes + rr * 128 +
@@ -621,12 +649,13 @@ __global__ void __launch_bounds__(kThreads, 1)
       // lane 0 had arrived for them, in this mode only: H200 runs 98-101).
       if (kPair) ptx::mbarrier_arrive(&q_empty[q]);
       else arrive(&q_empty[q]);
-      if (++q == 2) q = 0, qphase ^= 1;
+      if (kPP) qphase ^= 1;
+      else if (++q == 2) q = 0, qphase ^= 1;
       if (cur.t >= total) break;
       const bool up = is_up(cur.t);
       const WsPass& p = pass_of(cur.t);
       const int ktiles = ktiles_of(p);
-      if (cw * 64 >= cur.rows) {
+      if (!kPP && cw * 64 >= cur.rows) {
         // All 64 of this warpgroup's rows are past the tile's count (an expert's last tile; most
         // tiles at decode sizes): no wgmma and no epilogue, only the stage hand-back, so the
         // tensor-core work of a few-row tile halves.
@@ -646,9 +675,16 @@ __global__ void __launch_bounds__(kThreads, 1)
         ptx::wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
-          const std::uint64_t da = ptx::smem_desc_sw128(sbase + stage_a(s) + cw * 64 * 128 + kk * 32);
           const std::uint64_t db = ptx::smem_desc_sw128(sbase + stage_b(s) + kk * 32);
-          ptx::wgmma_m64n256k16_bf16(acc, da, db, 1);
+          if constexpr (kPP) {  // the tile's two 64-row halves against the same weights
+            float(&lo)[64] = *reinterpret_cast<float(*)[64]>(acc);
+            float(&hi)[64] = *reinterpret_cast<float(*)[64]>(acc + 64);
+            ptx::wgmma_m64n128k16_bf16(lo, ptx::smem_desc_sw128(sbase + stage_a(s) + kk * 32), db, 1);
+            ptx::wgmma_m64n128k16_bf16(hi, ptx::smem_desc_sw128(sbase + stage_a(s) + 64 * 128 + kk * 32), db, 1);
+          } else {
+            const std::uint64_t da = ptx::smem_desc_sw128(sbase + stage_a(s) + cw * 64 * 128 + kk * 32);
+            ptx::wgmma_m64n256k16_bf16(acc, da, db, 1);
+          }
         }
         ptx::wgmma_commit_group();
         if (stages > 1) {  // one batch stays in flight; the stage before it is free
@@ -663,7 +699,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       ptx::wgmma_wait_group<0>();
       if (stages > 1) release(prev);
-      if constexpr (kMode != kModeDown) {
+      if (kPP) skip_stages(ktiles);  // the other warpgroup's next tile
+      if constexpr (kMode == kModeUp || kMode == kModePair) {
         if (up) {
           epilogue(std::true_type{}, p, cur);
           publish_rows(cur);
@@ -702,18 +739,19 @@ bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15
 
 // The tensor maps and column tiles of one projection (a_tma: A's rows read by TMA, a_rows of them).
 // csize: the blocks per cluster, which decides the weight tile's boxes (weight_slices).
+// pingpong: the down-projection's tiles kBNpp columns wide (one box of that many weight rows).
 WsPass make_pass(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, bool a_tma,
-                 int csize = 1) {
+                 int csize = 1, bool pingpong = false) {
   WsPass p{};
   const std::int64_t rows_b = up ? 2 * g.N : g.N;
-  p.map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, kBN / weight_slices(up, csize));
+  p.map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, pingpong ? kBNpp : kBN / weight_slices(up, csize));
   p.map_a = a_tma ? make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM) : p.map_b;
   // The output's TMA stores take whole 64-row blocks of a tile, all below offsets[E]. Its extent:
   // the down-projection's y has a_rows rows; for the up-projection's act, max_tiles * kBM bounds
   // offsets[E] (no store reaches past the real rows either way).
   p.map_c = make_tensor_map_bf16(g.C, up ? max_tiles * kBM : a_rows, g.N, g.ldc, 64);
   p.g = g;
-  const int cols = up ? WsShape<true>::kOutCols : WsShape<false>::kOutCols;
+  const int cols = up ? WsShape<true>::kOutCols : pingpong ? kBNpp : WsShape<false>::kOutCols;
   p.ncol = static_cast<int>((g.N + cols - 1) / cols);
   return p;
 }
@@ -779,7 +817,7 @@ void run(const WsPass& p0, const WsPass& p1, std::int64_t tiles, const WsCtl& ct
 
 template <int kMode>
 void run_act(Activation act, const WsPass& p0, const WsPass& p1, std::int64_t tiles, const WsCtl& ctl) {
-  if constexpr (kMode == kModeDown) run<kMode, Activation::relu>(p0, p1, tiles, ctl);  // no activation
+  if constexpr (kMode == kModeDown || kMode == kModeDownPP) run<kMode, Activation::relu>(p0, p1, tiles, ctl);  // none
   else if (act == Activation::swiglu) run<kMode, Activation::swiglu>(p0, p1, tiles, ctl);
   else if (act == Activation::geglu) run<kMode, Activation::geglu>(p0, p1, tiles, ctl);
   else run<kMode, Activation::clamped_swiglu>(p0, p1, tiles, ctl);
@@ -808,8 +846,9 @@ std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows) {
 void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
   if (max_tiles <= 0 || g.N <= 0) return;
   const bool a_tma = !up || !g.gather;  // rows of A contiguous: a TMA box per k tile
-  const int cs = ws_cluster_size(max_tiles, g.E, up, a_tma);
-  const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma, cs);
+  const bool pp = !up && ws_pingpong(g.K);
+  const int cs = pp ? 1 : ws_cluster_size(max_tiles, g.E, up, a_tma);
+  const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma, cs, pp);
   const bool mcast = !env_is("TILEMOE_WS_CLUSTER_MCAST", "0");
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
             a_tma, expert_raster(), cs, mcast, mcast || !env_is("TILEMOE_WS_CLUSTER_LOCK", "0"),
@@ -818,6 +857,7 @@ void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::
   // (Units from each expert's first row: at most E (cs - 1) / cs more than of consecutive tiles.)
   const std::int64_t tiles = (max_tiles + std::int64_t(g.E) * (cs - 1) + cs - 1) / cs * p.ncol;
   if (up) run_act<kModeUp>(g.act, p, p, tiles, ctl);
+  else if (pp) run_act<kModeDownPP>(g.act, p, p, tiles, ctl);
   else run_act<kModeDown>(g.act, p, p, tiles, ctl);
 }
 

@@ -79,8 +79,9 @@
 //   measured): each consumer warpgroup takes every other tile of the block, 128 rows x 128
 //   columns of its own (two m64n128 accumulators over the same weight box), reading only its own
 //   tiles' stages (it passes over the other's, the tiles having one K) and its own slot of the
-//   tile queue, so that one warpgroup's epilogue runs while the other's math does; the stage
-//   layout is the cooperative one's (a k step uses 32 of its 48 KiB).
+//   tile queue, so that one warpgroup's epilogue runs while the other's math does (their k loops
+//   take turns: order barriers, below); the stage layout is the cooperative one's (a k step uses
+//   32 of its 48 KiB).
 // The launcher takes it where it applies (H100/H200, K, N, strides multiples of 8, 16-byte
 // aligned operands; up-projections gated); everything else goes to grouped_gemm.cu.
 #include <cuda_bf16.h>
@@ -128,10 +129,10 @@ struct WsShape {
   static constexpr int kPanelBytes = 64 * 128;  // a staged output panel: 64 rows x 64 columns, a TMA store's box
   static constexpr int kStageBytes = kTileBytesA + kTileBytesB;  // 48 KiB, a multiple of 1024
   static constexpr int kOutBytes = kBM * kRoundCols * 2;
-  // + full and empty barriers per stage, the tile queue's two full and two empty barriers and
-  // its two slots
+  // + full and empty barriers per stage, the tile queue's two full and two empty barriers, the
+  // ping-pong's two order barriers and the queue's two slots
   static constexpr int kSmem =
-      1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8 + 4 * 8 + 2 * static_cast<int>(sizeof(TileSlot));
+      1024 + kStages * kStageBytes + kOutBytes + 2 * kStages * 8 + 6 * 8 + 2 * static_cast<int>(sizeof(TileSlot));
 };
 template <bool kUp>
 constexpr bool panels_fill_output() {  // two warpgroups' rows x a round's 64-column panels
@@ -212,7 +213,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   // its lookups' memory latency. Dynamic schedule: ctl.counters not null.
   std::uint64_t* q_full = empty + kStages;
   std::uint64_t* q_empty = q_full + 2;
-  volatile TileSlot* tile_q = reinterpret_cast<volatile TileSlot*>(q_empty + 2);
+  // Ping-pong: order[w] completes when consumer warpgroup w has waited for every stage of its
+  // tile (below).
+  std::uint64_t* order = q_empty + 2;
+  volatile TileSlot* tile_q = reinterpret_cast<volatile TileSlot*>(order + 2);
   const bool dynamic = ctl.counters != nullptr;
   const int stages = ctl.stages;
   auto write_slot = [](volatile TileSlot& q, const TileSlot& v) {
@@ -251,6 +255,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       // thread's, which reads the slots too where the scheduler is a warp of its own.
       // (Ping-pong: slot q holds warpgroup q's tiles only.)
       ptx::mbarrier_init(&q_empty[q], (kPair ? 256 : kPP ? 4 : 8) + (gather ? 0 : 1));
+      ptx::mbarrier_init(&order[q], 4);  // a warpgroup's warps
     }
     ptx::fence_barrier_init();
   }
@@ -558,6 +563,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       s = to % stages;
     };
     if (kPP && cw == 1) skip_stages(ktiles_of(p0));
+    // Ping-pong: a warpgroup's k loop starts once the other's has waited for all of its tile's
+    // stages (its previous tile: the tiles alternate). A stage's full barrier is then at most one
+    // phase ahead of the parity this warpgroup waits for; without the order, warpgroup 1 waiting
+    // for its first stage took the completion of warpgroup 0's fill of that stage a wrap earlier
+    // (the parity is the same every two phases; an unspecified launch failure at full speed, clean
+    // under the sanitizers, H200 run 121). The math of the two then takes turns, and one's
+    // epilogue runs during the other's math.
+    bool waits_order = kPP && cw == 1;
+    std::uint32_t ophase = 0;
     // A pair's up tile: this warp's part of its row tile written, then a release that the down
     // tiles' loads acquire (8 per column tile: every consumer warp's). The warpgroup's TMA stores
     // are its thread 0's, which waits for them first. (Releases per warp instead of a warpgroup
@@ -669,6 +683,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
 #pragma unroll
       for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
+      if (kPP) {
+        if (waits_order) ptx::mbarrier_wait(&order[cw ^ 1], ophase), ophase ^= 1;
+        waits_order = true;
+      }
       for (int kt = 0; kt < ktiles; ++kt) {
         ptx::mbarrier_wait(&full[s], phase);
         if (gather) ptx::fence_proxy_async_shared();  // the producers' cp.async writes
@@ -697,6 +715,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         prev = s;
         if (++s == stages) s = 0, phase ^= 1;
       }
+      if (kPP) arrive(&order[cw]);
       ptx::wgmma_wait_group<0>();
       if (stages > 1) release(prev);
       if (kPP) skip_stages(ktiles);  // the other warpgroup's next tile

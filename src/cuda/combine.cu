@@ -6,7 +6,6 @@
 #include <cuda_bf16.h>
 
 #include "context.cuh"
-#include "heuristics.hpp"
 #include "stages.hpp"
 
 namespace tilemoe::detail::gpu {
@@ -45,8 +44,7 @@ __device__ __forceinline__ void add_row(float (&acc)[8], const Y* row, std::int6
 template <class Y, bool kVec>
 __global__ void combine_kernel(const Y* __restrict__ y, const Y* __restrict__ ys, int S, const float* __restrict__ weight,
                                const std::int32_t* __restrict__ slot, const std::int64_t* __restrict__ token_offsets,
-                               int K, std::int64_t T, std::int64_t d, void* __restrict__ out, bool out_bf16,
-                               bool groups_of_8) {
+                               int K, std::int64_t T, std::int64_t d, void* __restrict__ out, bool out_bf16) {
   const std::int64_t chunks = (d + 7) / 8;
   for (std::int64_t i = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; i < T * chunks;
        i += std::int64_t(gridDim.x) * blockDim.x) {
@@ -74,7 +72,7 @@ __global__ void combine_kernel(const Y* __restrict__ y, const Y* __restrict__ ys
           for (int j = 0; j < kBatch; ++j) add_bf16x8(acc, v[j], w[j]);
         }
       };
-      if (groups_of_8) rows_in_groups(std::integral_constant<int, 8>{});
+      rows_in_groups(std::integral_constant<int, 8>{});
       rows_in_groups(std::integral_constant<int, 4>{});
     }
     for (; a < a1; ++a) add_row<Y, kVec>(acc, y + std::int64_t(slot[a]) * d, c0, d, weight[a]);
@@ -115,13 +113,10 @@ void launch(const Y* y, const Y* ys, int S, const float* weight, const std::int3
   const std::int64_t items = T * ((d + 7) / 8);
   const int blocks = static_cast<int>(std::max<std::int64_t>(
       1, std::min<std::int64_t>((items + 255) / 256, std::int64_t(device_props().sm_count) * 16)));
-  const bool groups_of_8 = combine_groups_of_8();
   if (vec)
-    combine_kernel<Y, true>
-        <<<blocks, 256, 0, current_stream()>>>(y, ys, S, weight, slot, token_offsets, K, T, d, out, out_bf16, groups_of_8);
+    combine_kernel<Y, true><<<blocks, 256, 0, current_stream()>>>(y, ys, S, weight, slot, token_offsets, K, T, d, out, out_bf16);
   else
-    combine_kernel<Y, false>
-        <<<blocks, 256, 0, current_stream()>>>(y, ys, S, weight, slot, token_offsets, K, T, d, out, out_bf16, groups_of_8);
+    combine_kernel<Y, false><<<blocks, 256, 0, current_stream()>>>(y, ys, S, weight, slot, token_offsets, K, T, d, out, out_bf16);
   TILEMOE_CHECK_LAUNCH();
 }
 

@@ -67,11 +67,6 @@ constexpr int kRasterRows = 16;
 // (Groups of 8 and 32 row tiles measured no different from 16: H200 run 63.)
 inline bool expert_raster() { return !env_is("TILEMOE_RASTER", "fixed"); }
 
-// The combine's loads of a token's rows in groups of 8 (then 4) rather than 4: one round trip to
-// memory per token and 8 columns at K = 8. Not yet measured; TILEMOE_COMBINE_GROUP8=0 takes groups
-// of 4 (A/B timing).
-inline bool combine_groups_of_8() { return !env_is("TILEMOE_COMBINE_GROUP8", "0"); }
-
 // Pipeline stages of the fused kernels (sm90/grouped_ws.cu): as many as shared memory holds
 // next to the staged output (48 KiB each, 4). The down-projection had 3 while it staged all 256
 // output columns at once; the fourth took sonic-7b's down-projection from 0.349 to 0.316 ms and

@@ -2,7 +2,6 @@
 // a gather-sum per token in fp32 (deterministic, no atomics). Each thread owns 8 consecutive
 // columns of one token (16-byte loads of bf16 y when rows are aligned).
 #include <algorithm>
-#include <type_traits>
 #include <cuda_bf16.h>
 
 #include "context.cuh"
@@ -54,26 +53,21 @@ __global__ void combine_kernel(const Y* __restrict__ y, const Y* __restrict__ ys
     const std::int64_t a1 = token_offsets ? token_offsets[t + 1] : a0 + K;
     std::int64_t a = a0;
     if constexpr (kVec && sizeof(Y) == 2) {
-      // Rows in groups of 8, then 4: a group's loads are all issued before the first add, so a
-      // thread has that many 16-byte loads in flight instead of one (the sums keep the order a0,
-      // a0 + 1, ..., so the result is the same to the bit). At K = 8 one group: a single round
-      // trip to memory per item instead of two (groups of 4 before).
-      auto rows_in_groups = [&](auto group) {
-        constexpr int kBatch = decltype(group)::value;
-        for (; a + kBatch <= a1; a += kBatch) {
-          uint4 v[kBatch];
-          float w[kBatch];
+      // Rows in groups of kBatch: their loads are all issued before the first add, so a thread
+      // has kBatch 16-byte loads in flight instead of one (the sums keep the order a0, a0 + 1,
+      // ..., so the result is the same to the bit).
+      constexpr int kBatch = 4;
+      for (; a + kBatch <= a1; a += kBatch) {
+        uint4 v[kBatch];
+        float w[kBatch];
 #pragma unroll
-          for (int j = 0; j < kBatch; ++j) {
-            v[j] = __ldcs(reinterpret_cast<const uint4*>(y + std::int64_t(slot[a + j]) * d + c0));  // read once
-            w[j] = weight[a + j];
-          }
-#pragma unroll
-          for (int j = 0; j < kBatch; ++j) add_bf16x8(acc, v[j], w[j]);
+        for (int j = 0; j < kBatch; ++j) {
+          v[j] = *reinterpret_cast<const uint4*>(y + std::int64_t(slot[a + j]) * d + c0);
+          w[j] = weight[a + j];
         }
-      };
-      rows_in_groups(std::integral_constant<int, 8>{});
-      rows_in_groups(std::integral_constant<int, 4>{});
+#pragma unroll
+        for (int j = 0; j < kBatch; ++j) add_bf16x8(acc, v[j], w[j]);
+      }
     }
     for (; a < a1; ++a) add_row<Y, kVec>(acc, y + std::int64_t(slot[a]) * d, c0, d, weight[a]);
     for (int s = 0; s < S; ++s) add_row<Y, kVec>(acc, ys + (std::int64_t(s) * T + t) * d, c0, d, 1.0f);

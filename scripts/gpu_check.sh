@@ -24,6 +24,9 @@ has() { [[ " $STEPS " == *" $1 "* ]]; }
 SUMMARY=()
 note() { SUMMARY+=("$1"); echo "== $1"; }
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+# The commit the benchmarks name: git's where the copy has it, else a .commit file carried along
+# (git-ignored: `git rev-parse --short HEAD > .commit`, then carry .commit).
+export TILEMOE_COMMIT=${TILEMOE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || cat .commit 2>/dev/null || echo unknown)}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 BUILD=build

@@ -134,8 +134,10 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
 }
 
 // How many blocks of the fused path's warp-specialized kernels form a cluster (sm90/grouped_ws.cu;
-// 1: none). The blocks of a cluster take consecutive row tiles of one column tile, and where these
-// are all one expert's, each loads a slice of the weight tile into every block (TMA multicast):
+// 1: none). The blocks of a cluster take consecutive row tiles of one expert and one column tile
+// (units from each expert's first row; 2-6% faster on the d 4096 layers than units of any
+// consecutive row tiles, TILEMOE_WS_CLUSTER_UNITS=fixed, H200 run 121), and each loads a slice of
+// the weight tile into every block (TMA multicast):
 // with two, a third less traffic from L2 per block (the weight tile is 32 of a stage's 48 KiB),
 // with four, half. Static schedule over the units of row tiles; the consumer warps release each
 // stage to every block's producer. Where it pays: the up-projection whose producer gathers its
@@ -167,8 +169,11 @@ inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {
 // that both warpgroups compute and then both store. Where the K loop is short (n = K below 1024:
 // d 4096 / n 512, Qwen3-30B-A3B, sonic-7b) the cooperative tile spends ~1.4-1.8 us per tile
 // beyond its tensor work (H200 run 118); SonicMoE runs these down-projections in ping-pong
-// (128 x 192 with 2 x 1 clusters). Not yet measured: off unless TILEMOE_WS_PINGPONG=1 (then for
-// K below 1024) or =all.
+// (128 x 192 with 2 x 1 clusters). Measured slower (H200 run 122, down-projection ms, two rounds,
+// cooperative / ping-pong): sonic-7b 0.283, 0.284 / 0.312, 0.312; d 4096 / n 512 1.829, 1.920 /
+// 1.910, 1.912; Qwen3-30B-A3B 0.644, 0.676 / 0.684, 0.693 (its 128 x 128 tiles read 32 KiB from L2
+// per 2.1 MFLOP against 48 per 4.2). Off unless TILEMOE_WS_PINGPONG=1 (then for K below 1024) or
+// =all.
 inline bool ws_pingpong(std::int64_t K) {
   return env_is("TILEMOE_WS_PINGPONG", "all") || (env_is("TILEMOE_WS_PINGPONG", "1") && K < 1024);
 }

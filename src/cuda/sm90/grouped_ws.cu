@@ -75,8 +75,8 @@
 //   cluster-scope release they cost the up-projection 37%, H200 run 115). A third less traffic
 //   from L2 per block with two: d 4096 / n 1024 up-projection 7.40, 7.36 -> 7.00, 6.85 ms (H200
 //   run 116), 8.82, 8.92 -> 8.35, 8.23 (run 117, a hotter card; docs/hopper.md).
-// - Ping-pong down-projection (kModeDownPP, heuristics.hpp ws_pingpong; off by default, not yet
-//   measured): each consumer warpgroup takes every other tile of the block, 128 rows x 128
+// - Ping-pong down-projection (kModeDownPP, heuristics.hpp ws_pingpong; off by default, 3-10%
+//   slower than the cooperative tile, H200 run 122): each consumer warpgroup takes every other tile of the block, 128 rows x 128
 //   columns of its own (two m64n128 accumulators over the same weight box), reading only its own
 //   tiles' stages (it passes over the other's, the tiles having one K) and its own slot of the
 //   tile queue, so that one warpgroup's epilogue runs while the other's math does (their k loops

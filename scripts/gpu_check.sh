@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, compute-sanitizer, benchmark, example.
 # Usage: scripts/gpu_check.sh [build] [tests] [sanitize] [bench] [example] [ab] [clocks] [kernels] [profile]
-#        (default: all but ab, clocks, kernels and profile)
+#        [profile_sonic] (default: all but ab, clocks, kernels and the two profiles)
 # Logs go to $OUT (or ./gpu_out); a short summary table is printed last.
 # bench: BENCH_SETS="cfg[@T],cfg[@T]...@T ..." (one benchmark run per set; default BENCH_CONFIGS
 # at BENCH_TOKENS; the words issue, decode and rounding name the usual sets), BENCH_ARGS (more
 # flags), BENCH_PEERS="torch scattermoe sonicmoe" (those whose code travelled: scripts/peers.sh),
 # PEER_TIMEOUT (seconds per peer script, default 400); TILEMOE_PEER_KERNELS=1 has each peer print
-# its kernels' times per forward (torch.profiler, warm L2) into the bench log.
+# its kernels' times per forward (torch.profiler, warm L2) into the bench log; the peers' totals
+# of such a run are not for tables (from the second layer on, each was timed in a process that had
+# loaded the profiler; docs/gpu.md run 123).
+# profile / profile_sonic: Nsight Compute on our expert GEMMs and cuBLAS's, or on SonicMoE's, one
+# layer (PROFILE_CONFIG, default qwen3-30b-a3b@16384): the same sections and stall metrics.
 # tests: the GPU tests stopped after TEST_TIMEOUT seconds (default 300).
 # tests, sanitize: also rerun the fast-path tests under each setting of TEST_ENVS ("A=1 B=2;C=3");
 # SANITIZE_TOOLS="" skips the full sanitizer runs (the TEST_ENVS ones still run).
@@ -27,6 +31,26 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 # The commit the benchmarks name: git's where the copy has it, else a .commit file carried along
 # (git-ignored: `git rev-parse --short HEAD > .commit`, then carry .commit).
 export TILEMOE_COMMIT=${TILEMOE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || cat .commit 2>/dev/null || echo unknown)}
+
+# SonicMoE where its packages travelled in .sonic/ (git-ignored; carried): site.tar.xz, the
+# unpacked sonic-moe, quack-kernels and nvidia-cutlass-dsl wheels, and the small wheels of their
+# other needs (scripts/peers.sh makes both folders). SonicMoE's GEMMs (QuACK) autotune on first
+# use, compiling every candidate configuration (most of a call's minutes on gpt-oss-120b and
+# Mixtral): on all 16 cores, into QuACK's object cache, which comes back as
+# $OUT/quack_cache.tar.xz and, kept in .sonic/, is unpacked again by the next call (run 70: 374 s
+# for those two layers without it). Returns non-zero where SonicMoE cannot run.
+SONIC_READY=
+sonic_setup() {
+  [ -n "$SONIC_READY" ] && return 0
+  [ -f .sonic/site.tar.xz ] || return 1
+  rm -rf /tmp/sonic_site && mkdir -p /tmp/sonic_site && tar -xJf .sonic/site.tar.xz -C /tmp/sonic_site &&
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/sonic_site .sonic/*.whl \
+      > "$OUT/sonic_install.log" 2>&1 || return 1
+  export PYTHONPATH=/tmp/sonic_site:/tmp/sonic_site/nvidia_cutlass_dsl/python_packages${PYTHONPATH:+:$PYTHONPATH}
+  export QUACK_COMPILE_WORKERS=${QUACK_COMPILE_WORKERS:-16} QUACK_CACHE_DIR=/tmp/qc
+  mkdir -p /tmp/qc && [ -f .sonic/quack_cache.tar.xz ] && tar -xJf .sonic/quack_cache.tar.xz -C /tmp
+  SONIC_READY=1
+}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 BUILD=build
@@ -101,21 +125,9 @@ if has bench; then
     [[ $WANT == *" torch "* ]] && PEERS+=(--torch benchmarks/peers/torch_pipeline.py)
     [[ $WANT == *" scattermoe "* ]] && [ -d .peers/scattermoe/scattermoe ] &&
       PEERS+=(--scattermoe benchmarks/peers/scattermoe_pipeline.py)
-    # SonicMoE runs where its packages travelled in .sonic/ (git-ignored; carried): site.tar.xz,
-    # the unpacked sonic-moe, quack-kernels and nvidia-cutlass-dsl wheels, and the small wheels
-    # of their other needs (scripts/peers.sh makes both folders).
-    if [[ $WANT == *" sonicmoe "* ]] && [ -f .sonic/site.tar.xz ]; then
-      rm -rf /tmp/sonic_site && mkdir -p /tmp/sonic_site && tar -xJf .sonic/site.tar.xz -C /tmp/sonic_site &&
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/sonic_site .sonic/*.whl \
-          > "$OUT/sonic_install.log" 2>&1 &&
-        PEERS+=(--sonicmoe benchmarks/peers/sonicmoe_pipeline.py) &&
-        export PYTHONPATH=/tmp/sonic_site:/tmp/sonic_site/nvidia_cutlass_dsl/python_packages${PYTHONPATH:+:$PYTHONPATH}
-    # SonicMoE's GEMMs (QuACK) autotune on first use, compiling every candidate configuration
-    # (most of a call's minutes on gpt-oss-120b and Mixtral): on all 16 cores, into QuACK's
-    # object cache, which comes back as $OUT/quack_cache.tar.xz and, kept in .sonic/, is
-    # unpacked again by the next call (run 70: 374 s for those two layers without it).
-    export QUACK_COMPILE_WORKERS=${QUACK_COMPILE_WORKERS:-16} QUACK_CACHE_DIR=/tmp/qc
-    mkdir -p /tmp/qc && [ -f .sonic/quack_cache.tar.xz ] && tar -xJf .sonic/quack_cache.tar.xz -C /tmp
+    # SonicMoE where its packages travelled (sonic_setup, above).
+    if [[ $WANT == *" sonicmoe "* ]] && sonic_setup; then
+      PEERS+=(--sonicmoe benchmarks/peers/sonicmoe_pipeline.py)
     fi
     # BENCH_SETS="configs@tokens ...": one benchmark run per set (configs x tokens within a set),
     # each peer script stopped after PEER_TIMEOUT seconds; the JSON of all sets merged.
@@ -267,6 +279,13 @@ PY
   done
   tar -czf "$OUT/kernels.tar.gz" -C "$KDIR" .
 fi
+# The profile steps' summary of an ncu log: per kernel its clock, duration, throughputs, and the
+# warps' stall reasons above 0.2 cycles per issued instruction.
+profile_summary() {
+  grep -E "Context [0-9]+, Stream|SM Frequency|Duration|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|L1/TEX Hit|L2 Hit Rate|hmma_cycles|srcunit_tex_op_read|Memory Throughput|Warp Cycles Per Issued" "$1" | head -${PROFILE_LINES:-150}
+  awk '/Context [0-9]+, Stream/ {print "  " substr($0, 1, 90)} /issue_stalled_.*per_issue_active/ && $NF + 0 >= 0.2 {sub(/smsp__average_warps_issue_stalled_/, "", $1); sub(/_per_issue_active.ratio/, "", $1); printf "      %-22s %s\n", $1, $NF}' "$1" | head -${PROFILE_LINES:-150}
+}
+NCU_METRICS=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sectors_srcunit_tex_op_read.sum.per_second,regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio
 if has profile; then
   # Nsight Compute on the fused layer's expert GEMMs and cuBLAS's dense GEMMs of the same FLOPs
   # (bench_moe_variants, one timed run each): speed of light, memory workload, SM clock; whether
@@ -281,7 +300,7 @@ if has profile; then
   # PROFILE_SOURCE=1 also keeps the report and prints the SASS lines with the most stall samples.
   REP=(); [ "${PROFILE_SOURCE:-0}" = 1 ] && REP=(--section SourceCounters --import-source no -f -o "$OUT/profile")
   ncu "${SECTIONS[@]}" "${REP[@]}" \
-    --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sectors_srcunit_tex_op_read.sum.per_second,regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio \
+    --metrics $NCU_METRICS \
     --kernel-name regex:"${PROFILE_KERNELS:-ws_kernel|wgmma_kernel|nvjet|xmma|gemm}" --launch-skip "${PROFILE_SKIP:-0}" --launch-count "${PROFILE_COUNT:-24}" \
     $BUILD/bin/bench_moe_variants --configs "${PROFILE_CONFIG:-qwen3-30b-a3b@16384}" --no-sequential --variants "${PROFILE_VARIANTS:-fused,dense_cublas}" \
     --reps 1 --warmup 0 > "$OUT/profile.log" 2>&1
@@ -290,9 +309,7 @@ if has profile; then
     ncu -i "$OUT/profile.ncu-rep" --page details >> "$OUT/profile.log" 2>&1
     ncu -i "$OUT/profile.ncu-rep" --page source --csv --print-source sass > "$OUT/profile_sass.csv" 2>&1
   fi
-  grep -E "Context [0-9]+, Stream|SM Frequency|Duration|Compute \(SM\) Throughput|L2 Cache Throughput|DRAM Throughput|L1/TEX Hit|L2 Hit Rate|hmma_cycles|srcunit_tex_op_read|Memory Throughput|Warp Cycles Per Issued" "$OUT/profile.log" | head -${PROFILE_LINES:-150}
-  # stall reasons above 0.2 cycles per issued instruction, per kernel
-  awk '/Context [0-9]+, Stream/ {print "  " substr($0, 1, 90)} /issue_stalled_.*per_issue_active/ && $NF + 0 >= 0.2 {sub(/smsp__average_warps_issue_stalled_/, "", $1); sub(/_per_issue_active.ratio/, "", $1); printf "      %-22s %s\n", $1, $NF}' "$OUT/profile.log" | head -${PROFILE_LINES:-150}
+  profile_summary "$OUT/profile.log"
   if [ -s "$OUT/profile_sass.csv" ]; then
     python3 - "$OUT/profile_sass.csv" <<'PY'
 import csv, sys
@@ -320,6 +337,27 @@ for i in order[:30]:
                 print(f"             after: {body[j][src][:100]}")
 PY
   fi
+fi
+if has profile_sonic; then
+  # The same profile of SonicMoE's expert GEMMs (QuACK) on the same layer's inputs, to set beside
+  # ours (`profile`): the benchmark dumps the inputs, then ncu runs the SonicMoE peer script on
+  # them. Its first forward (the check, general routing) launches its up- and down-projection
+  # once before the timed path's: SONIC_PROFILE_SKIP (default 2) passes over them.
+  cfg=${PROFILE_CONFIG:-qwen3-30b-a3b@16384}
+  rm -rf /tmp/prof_in
+  if sonic_setup && $BUILD/bin/bench_moe_variants --configs "$cfg" --no-sequential --variants fused --reps 1 --warmup 0 \
+       --dump /tmp/prof_in > "$OUT/profile_sonic_dump.log" 2>&1; then
+    SECTIONS=()
+    for sec in ${PROFILE_SECTIONS:-SpeedOfLight MemoryWorkloadAnalysis ComputeWorkloadAnalysis}; do SECTIONS+=(--section "$sec"); done
+    timeout ${PEER_TIMEOUT:-400} ncu "${SECTIONS[@]}" --metrics $NCU_METRICS --kernel-name regex:"${SONIC_PROFILE_KERNELS:-quackgemm}" \
+      --launch-skip "${SONIC_PROFILE_SKIP:-2}" --launch-count "${SONIC_PROFILE_COUNT:-2}" \
+      python3 benchmarks/peers/sonicmoe_pipeline.py /tmp/prof_in/* > "$OUT/profile_sonic.log" 2>&1
+    note "profile_sonic rc=$? ($cfg)"
+    profile_summary "$OUT/profile_sonic.log"
+  else
+    note "profile_sonic: SonicMoE or the inputs' dump missing (.sonic/ carried? $OUT/profile_sonic_dump.log)"
+  fi
+  rm -rf /tmp/prof_in
 fi
 (cd "$OUT" && tar czf logs.tgz --exclude=logs.tgz *.log 2>/dev/null && rm -f cmake.log build.log tests_cpu.log bench_*.log sonic_install.log)
 echo

@@ -78,11 +78,10 @@
 // - Ping-pong down-projection (kModeDownPP, heuristics.hpp ws_pingpong; off by default, 3-10%
 //   slower than the cooperative tile, H200 run 122): each consumer warpgroup takes every other
 //   tile of the block, 128 rows x 128 columns of its own (two m64n128 accumulators over the same
-//   weight box), reading only its own
-//   tiles' stages (it passes over the other's, the tiles having one K) and its own slot of the
-//   tile queue, so that one warpgroup's epilogue runs while the other's math does (their k loops
-//   take turns: order barriers, below); the stage layout is the cooperative one's (a k step uses
-//   32 of its 48 KiB).
+//   weight box), reading only its own tiles' stages (it passes over the other's, the tiles having
+//   one K) and its own slot of the tile queue, so that one warpgroup's epilogue runs while the
+//   other's math does (their k loops take turns: order barriers, below); the stage layout is the
+//   cooperative one's (a k step uses 32 of its 48 KiB).
 // The launcher takes it where it applies (H100/H200, K, N, strides multiples of 8, 16-byte
 // aligned operands; up-projections gated); everything else goes to grouped_gemm.cu.
 #include <cuda_bf16.h>

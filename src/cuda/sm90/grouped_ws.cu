@@ -183,6 +183,11 @@ struct WsCtl {
   bool a_tma, expert_raster;
   int csize;
   bool mcast, lock, expert_units, serpentine;
+  // The consumers' fence.proxy.async after waiting for a gathered stage: the PTX memory model
+  // wants it (cp.async writes through the generic proxy, wgmma reads through the async proxy).
+  // TILEMOE_WS_GATHER_FENCE=0 leaves it out, only to time what it costs (QuACK's gathered GEMM,
+  // read in its source, issues none); results without it are not guaranteed.
+  bool gather_fence;
 };
 
 // The weight tile of a k step (kBN rows: the up-projection's 128 gate and 128 up rows, the
@@ -689,7 +694,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       for (int kt = 0; kt < ktiles; ++kt) {
         ptx::mbarrier_wait(&full[s], phase);
-        if (gather) ptx::fence_proxy_async_shared();  // the producers' cp.async writes
+        if (gather && ctl.gather_fence) ptx::fence_proxy_async_shared();  // the producers' cp.async writes
         ptx::wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
@@ -871,7 +876,8 @@ void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::
   const bool mcast = !env_is("TILEMOE_WS_CLUSTER_MCAST", "0");
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
             a_tma, expert_raster(), cs, mcast, mcast || !env_is("TILEMOE_WS_CLUSTER_LOCK", "0"),
-            !env_is("TILEMOE_WS_CLUSTER_UNITS", "fixed"), !env_is("TILEMOE_WS_SERPENTINE", "0")};
+            !env_is("TILEMOE_WS_CLUSTER_UNITS", "fixed"), !env_is("TILEMOE_WS_SERPENTINE", "0"),
+            !env_is("TILEMOE_WS_GATHER_FENCE", "0")};
   if (cs == 1 && ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
   // (Units from each expert's first row: at most E (cs - 1) / cs more than of consecutive tiles.)
   const std::int64_t tiles = (max_tiles + std::int64_t(g.E) * (cs - 1) + cs - 1) / cs * p.ncol;
@@ -887,7 +893,7 @@ void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64
   const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
   int* counters = tile_counters(max_tiles);
   const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
-                  counters + kTileCounterHead, true, expert_raster(), 1, false, false, false, false};
+                  counters + kTileCounterHead, true, expert_raster(), 1, false, false, false, false, true};
   run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 

@@ -188,6 +188,10 @@ struct WsCtl {
   // TILEMOE_WS_GATHER_FENCE=0 leaves it out, only to time what it costs (QuACK's gathered GEMM,
   // read in its source, issues none); results without it are not guaranteed.
   bool gather_fence;
+  // The gathering producer's weight loads from thread 0 of warp k mod 4 at k step k instead of
+  // always from thread 0, which also issues its own row copies (QuACK rotates the warp that
+  // issues TMA; TILEMOE_WS_TMA_ROTATE=1, an A/B).
+  bool tma_rotate;
 };
 
 // The weight tile of a k step (kBN rows: the up-projection's 128 gate and 128 up rows, the
@@ -520,7 +524,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int shared = cur.shared;
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
-          if (tid == 0) {
+          if (tid == (ctl.tma_rotate ? 32 * (kt & 3) : 0)) {
             ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesB);
             load_b(p0, true, kt * kBK, brow, shared, s);
           }
@@ -877,7 +881,7 @@ void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
             a_tma, expert_raster(), cs, mcast, mcast || !env_is("TILEMOE_WS_CLUSTER_LOCK", "0"),
             !env_is("TILEMOE_WS_CLUSTER_UNITS", "fixed"), !env_is("TILEMOE_WS_SERPENTINE", "0"),
-            !env_is("TILEMOE_WS_GATHER_FENCE", "0")};
+            !env_is("TILEMOE_WS_GATHER_FENCE", "0"), env_is("TILEMOE_WS_TMA_ROTATE", "1")};
   if (cs == 1 && ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
   // (Units from each expert's first row: at most E (cs - 1) / cs more than of consecutive tiles.)
   const std::int64_t tiles = (max_tiles + std::int64_t(g.E) * (cs - 1) + cs - 1) / cs * p.ncol;
@@ -893,7 +897,7 @@ void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64
   const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
   int* counters = tile_counters(max_tiles);
   const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
-                  counters + kTileCounterHead, true, expert_raster(), 1, false, false, false, false, true};
+                  counters + kTileCounterHead, true, expert_raster(), 1, false, false, false, false, true, false};
   run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 

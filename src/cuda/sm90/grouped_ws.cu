@@ -194,7 +194,7 @@ struct WsCtl {
   // issues TMA; TILEMOE_WS_TMA_ROTATE=1, an A/B).
   bool tma_rotate;
   // The L2 prefetch size hinted on the gathered row copies: 0 (none), 128 or 256 bytes (a row's
-  // k step is 128 bytes, the next k step's the next 128; CUTLASS's cp.async hints 128).
+  // k step is 128 bytes, the next k step's the next 128; GEMMs' cp.async copies often hint 128).
   // TILEMOE_WS_GATHER_L2=128|256, an A/B.
   int gather_l2;
 };

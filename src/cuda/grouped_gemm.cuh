@@ -74,12 +74,15 @@ struct UnitSpan {
   std::int64_t first;
   int units;
 };
+__device__ __forceinline__ int units_of_expert(const GemmArgs& g, int e, int unit_rows) {
+  return static_cast<int>((g.offsets[e + 1] - g.offsets[e] + unit_rows - 1) / unit_rows);
+}
 __device__ __forceinline__ UnitSpan expert_of_unit_warp(const GemmArgs& g, std::int64_t t, int unit_rows, int ncol) {
   const int lane = threadIdx.x & 31;
   std::int64_t base = 0;
   for (int e0 = 0; e0 < g.E; e0 += 32) {
     const int e = e0 + lane;
-    const int units = e < g.E ? static_cast<int>((g.offsets[e + 1] - g.offsets[e] + unit_rows - 1) / unit_rows) : 0;
+    const int units = e < g.E ? units_of_expert(g, e, unit_rows) : 0;
     std::int64_t incl = std::int64_t(units) * ncol;
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
@@ -99,8 +102,7 @@ __device__ __forceinline__ UnitSpan expert_of_unit_warp(const GemmArgs& g, std::
 // The units of expert_of_unit_warp over all experts (a whole warp).
 __device__ __forceinline__ int count_units_warp(const GemmArgs& g, int unit_rows) {
   int sum = 0;
-  for (int e = threadIdx.x & 31; e < g.E; e += 32)
-    sum += static_cast<int>((g.offsets[e + 1] - g.offsets[e] + unit_rows - 1) / unit_rows);
+  for (int e = threadIdx.x & 31; e < g.E; e += 32) sum += units_of_expert(g, e, unit_rows);
   return __reduce_add_sync(0xffffffffu, sum);
 }
 template <int kBM>

@@ -76,12 +76,12 @@
 //   from L2 per block with two: d 4096 / n 1024 up-projection 7.40, 7.36 -> 7.00, 6.85 ms (H200
 //   run 116), 8.82, 8.92 -> 8.35, 8.23 (run 117, a hotter card; docs/hopper.md).
 // - Ping-pong down-projection (kModeDownPP, heuristics.hpp ws_pingpong; off by default, 3-10%
-//   slower than the cooperative tile, H200 run 122): each consumer warpgroup takes every other tile of the block, 128 rows x 128
-//   columns of its own (two m64n128 accumulators over the same weight box), reading only its own
-//   tiles' stages (it passes over the other's, the tiles having one K) and its own slot of the
-//   tile queue, so that one warpgroup's epilogue runs while the other's math does (their k loops
-//   take turns: order barriers, below); the stage layout is the cooperative one's (a k step uses
-//   32 of its 48 KiB).
+//   slower than the cooperative tile, H200 run 122): each consumer warpgroup takes every other
+//   tile of the block, 128 rows x 128 columns of its own (two m64n128 accumulators over the same
+//   weight box), reading only its own tiles' stages (it passes over the other's, the tiles having
+//   one K) and its own slot of the tile queue, so that one warpgroup's epilogue runs while the
+//   other's math does (their k loops take turns: order barriers, below); the stage layout is the
+//   cooperative one's (a k step uses 32 of its 48 KiB).
 // The launcher takes it where it applies (H100/H200, K, N, strides multiples of 8, 16-byte
 // aligned operands; up-projections gated); everything else goes to grouped_gemm.cu.
 #include <cuda_bf16.h>
@@ -387,7 +387,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     // this block's slice (rank r: slice r) into every block (multicast), the others sending
     // theirs: each block's "full" barrier counts the whole tile either way.
     auto load_b = [&](const WsPass& p, bool up, int k0, int brow, int shared, int s) {
-      const int slices = weight_slices(up, cs), h = slices == 4 ? kBN / 4 : slices == 2 ? kBN / 2 : kBN;
+      constexpr int kRowsB = kPP ? kBNpp : kBN;  // the weight tile's rows
+      const int slices = weight_slices(up, cs), h = slices == 4 ? kRowsB / 4 : slices == 2 ? kRowsB / 2 : kRowsB;
       auto src_row = [&](int i) {
         const int r = i * h;
         return up && r >= kBN / 2 ? brow + static_cast<int>(p.g.N) + r - kBN / 2 : brow + r;
@@ -411,12 +412,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           ptx::tma_load_2d(smem + stage_a(s), &p.map_a, k0,
                            static_cast<int>(p.g.a_local ? rt.m0 - p.g.offsets[e] : rt.m0), &full[s]);
         load_b(p, true, k0, static_cast<int>(e * 2 * p.g.N) + j0, shared, s);
-      } else if (kPP) {  // one box of kBNpp weight rows
-        ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesBpp);
-        ptx::tma_load_2d(smem + stage_a(s), &p.map_a, k0, static_cast<int>(rt.m0), &full[s]);
-        ptx::tma_load_2d(smem + stage_b(s), &p.map_b, k0, static_cast<int>(e * p.g.N) + j0, &full[s]);
-      } else {
-        ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + kTileBytesB);
+      } else {  // (ping-pong: kBNpp weight rows)
+        ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesA + (kPP ? kTileBytesBpp : kTileBytesB));
         ptx::tma_load_2d(smem + stage_a(s), &p.map_a, k0, static_cast<int>(rt.m0), &full[s]);
         load_b(p, false, k0, static_cast<int>(e * p.g.N) + j0, shared, s);
       }
@@ -786,7 +783,7 @@ WsPass make_pass(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_
                  int csize = 1, bool pingpong = false) {
   WsPass p{};
   const std::int64_t rows_b = up ? 2 * g.N : g.N;
-  p.map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, pingpong ? kBNpp : kBN / weight_slices(up, csize));
+  p.map_b = make_tensor_map_bf16(g.B, g.E * rows_b, g.K, g.K, (pingpong ? kBNpp : kBN) / weight_slices(up, csize));
   p.map_a = a_tma ? make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM) : p.map_b;
   // The output's TMA stores take whole 64-row blocks of a tile, all below offsets[E]. Its extent:
   // the down-projection's y has a_rows rows; for the up-projection's act, max_tiles * kBM bounds

@@ -652,6 +652,26 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
       compare(y, y_ref, d, d, "down-projection");
     }
   }
+  // The gathering producer's A/B settings, without clusters and in clusters of two: its weight
+  // loads issued from a rotating warp (TILEMOE_WS_TMA_ROTATE=1), its row copies with an L2
+  // prefetch-size hint (TILEMOE_WS_GATHER_L2=128|256).
+  for (auto [name, value] : {std::pair<const char*, const char*>{"TILEMOE_WS_TMA_ROTATE", "1"},
+                             {"TILEMOE_WS_GATHER_L2", "128"}, {"TILEMOE_WS_GATHER_L2", "256"}})
+    for (const char* size : {"1", "2"}) {
+      SCOPED_TRACE(std::string(name) + "=" + value + ", clusters of " + size);
+      const test::ScopedEnv setting_env(name, value);
+      const test::ScopedEnv up_env("TILEMOE_WS_CLUSTER_UP", size);
+      const test::ScopedEnv gather_env("TILEMOE_UP_GATHER", "kernel");
+      Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
+      ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);
+      ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
+      up(act, {true, 0}, &y);
+      down(act, y, {true, 0});
+      if (test::is_hopper()) {
+        compare(act, act_ref, n, lda, "up-projection");
+        compare(y, y_ref, d, d, "down-projection");
+      }
+    }
   // The down-projection in ping-pong (each consumer warpgroup its own 128 x 128 tiles), at each
   // pipeline depth, statically and dynamically scheduled, on the reference activations.
   for (const char* sched : {"static", "dynamic"})

@@ -15,6 +15,19 @@ __device__ __forceinline__ void cp_async_cg_16(std::uint32_t dst, const void* sr
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
 
+// Copies 16 bytes from src to dst, with a hint that L2 fetch the aligned kL2Bytes (64, 128 or 256)
+// around them from memory (.L2::<n>B prefetch size).
+template <int kL2Bytes>
+__device__ __forceinline__ void cp_async_cg_16_l2(std::uint32_t dst, const void* src) {
+  static_assert(kL2Bytes == 64 || kL2Bytes == 128 || kL2Bytes == 256, "prefetch sizes of PTX");
+  if constexpr (kL2Bytes == 64)
+    asm volatile("cp.async.cg.shared.global.L2::64B [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+  else if constexpr (kL2Bytes == 128)
+    asm volatile("cp.async.cg.shared.global.L2::128B [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+  else
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
+
 __device__ __forceinline__ void cp_async_commit_group() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 template <int N>

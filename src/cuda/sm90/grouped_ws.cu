@@ -92,6 +92,7 @@
 #include <map>
 #include <mutex>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "../activation.cuh"
@@ -183,6 +184,19 @@ struct WsCtl {
   bool a_tma, expert_raster;
   int csize;
   bool mcast, lock, expert_units, serpentine;
+  // The consumers' fence.proxy.async after waiting for a gathered stage: the PTX memory model
+  // wants it (cp.async writes through the generic proxy, wgmma reads through the async proxy).
+  // TILEMOE_WS_GATHER_FENCE=0 leaves it out, only to time what it costs (QuACK's gathered GEMM,
+  // read in its source, issues none); results without it are not guaranteed.
+  bool gather_fence;
+  // The gathering producer's weight loads from thread 0 of warp k mod 4 at k step k instead of
+  // always from thread 0, which also issues its own row copies (QuACK rotates the warp that
+  // issues TMA; TILEMOE_WS_TMA_ROTATE=1, an A/B).
+  bool tma_rotate;
+  // The L2 prefetch size hinted on the gathered row copies: 0 (none), 128 or 256 bytes (a row's
+  // k step is 128 bytes, the next k step's the next 128; GEMMs' cp.async copies often hint 128).
+  // TILEMOE_WS_GATHER_L2=128|256, an A/B.
+  int gather_l2;
 };
 
 // The weight tile of a k step (kBN rows: the up-projection's 128 gate and 128 up rows, the
@@ -512,16 +526,25 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int shared = cur.shared;
         for (int kt = 0; kt < ktiles; ++kt) {
           ptx::mbarrier_wait(&empty[s], phase ^ 1);  // a fresh barrier passes parity 1 at once
-          if (tid == 0) {
+          if (tid == (ctl.tma_rotate ? 32 * (kt & 3) : 0)) {
             ptx::mbarrier_arrive_expect_tx(&full[s], kTileBytesB);
             load_b(p0, true, kt * kBK, brow, shared, s);
           }
           const std::uint32_t dst = dst0 + stage_a(s);  // row lr + 16 i at + 2048 i (same swizzle)
           const uint4* a16 = reinterpret_cast<const uint4*>(g.A) + (lc + kt * (kBK / 8));  // row 0's chunk
           if (kt < full_k) {
+            auto copies = [&](auto l2) {
+              constexpr int kL2 = decltype(l2)::value;
 #pragma unroll
-            for (int i = 0; i < 8; ++i)
-              if ((live >> i) & 1u) ptx::cp_async_cg_16(dst + 2048 * i, a16 + std::uint64_t(src[i]) * lda16);
+              for (int i = 0; i < 8; ++i)
+                if ((live >> i) & 1u) {
+                  if constexpr (kL2 == 0) ptx::cp_async_cg_16(dst + 2048 * i, a16 + std::uint64_t(src[i]) * lda16);
+                  else ptx::cp_async_cg_16_l2<kL2>(dst + 2048 * i, a16 + std::uint64_t(src[i]) * lda16);
+                }
+            };
+            if (ctl.gather_l2 == 256) copies(std::integral_constant<int, 256>{});
+            else if (ctl.gather_l2 == 128) copies(std::integral_constant<int, 128>{});
+            else copies(std::integral_constant<int, 0>{});
           } else {
             // The k tail: chunks past K are zero-filled (K is a multiple of 8: whole chunks), their
             // address the row's first chunk (no bytes are read from it; a second base pointer for
@@ -686,7 +709,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       for (int kt = 0; kt < ktiles; ++kt) {
         ptx::mbarrier_wait(&full[s], phase);
-        if (gather) ptx::fence_proxy_async_shared();  // the producers' cp.async writes
+        if (gather && ctl.gather_fence) ptx::fence_proxy_async_shared();  // the producers' cp.async writes
         ptx::wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
@@ -868,7 +891,9 @@ void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::
   const bool mcast = !env_is("TILEMOE_WS_CLUSTER_MCAST", "0");
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
             a_tma, expert_raster(), cs, mcast, mcast || !env_is("TILEMOE_WS_CLUSTER_LOCK", "0"),
-            !env_is("TILEMOE_WS_CLUSTER_UNITS", "fixed"), !env_is("TILEMOE_WS_SERPENTINE", "0")};
+            !env_is("TILEMOE_WS_CLUSTER_UNITS", "fixed"), !env_is("TILEMOE_WS_SERPENTINE", "0"),
+            !env_is("TILEMOE_WS_GATHER_FENCE", "0"), env_is("TILEMOE_WS_TMA_ROTATE", "1"),
+            env_int("TILEMOE_WS_GATHER_L2", 0, 256)};
   if (cs == 1 && ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
   // (Units from each expert's first row: at most E (cs - 1) / cs more than of consecutive tiles.)
   const std::int64_t tiles = (max_tiles + std::int64_t(g.E) * (cs - 1) + cs - 1) / cs * p.ncol;
@@ -884,7 +909,7 @@ void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64
   const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
   int* counters = tile_counters(max_tiles);
   const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
-                  counters + kTileCounterHead, true, expert_raster(), 1, false, false, false, false};
+                  counters + kTileCounterHead, true, expert_raster(), 1, false, false, false, false, true, false, 0};
   run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 

@@ -178,6 +178,20 @@ inline bool ws_pingpong(std::int64_t K) {
   return env_is("TILEMOE_WS_PINGPONG", "all") || (env_is("TILEMOE_WS_PINGPONG", "1") && K < 1024);
 }
 
+// The gathering up-projection's producer (sm90/grouped_ws.cu): whether its weight loads come from
+// thread 0 of warp k mod 4 at k step k instead of always from thread 0, which also issues its own
+// row copies (QuACK rotates the warp that issues TMA), and the L2 prefetch size (0, 128 or 256
+// bytes) hinted on its row copies (a row's k step is 128 bytes, the next k step's the next 128).
+// Measured (H200 run 125, commit 250e5c3, whole layer ms, base / rotate / L2 128 / L2 256):
+// sonic-7b 1.169, 1.172 / 1.155 / 1.161 / 1.165; d 4096 / n 512 6.444, 6.488 / 6.315 / 5.974 /
+// 5.960; n 1024 12.082, 11.987 / 11.846 / 11.879 / 11.831; Qwen3-30B-A3B 2.371, 2.437 / 2.334 /
+// 2.365 / 2.359; OLMoE 2.808, 2.902 / 2.766 / 2.798 / 2.809. Both on; TILEMOE_WS_TMA_ROTATE=0 and
+// TILEMOE_WS_GATHER_L2=0|128 for A/B timing.
+inline bool ws_tma_rotate() { return !env_is("TILEMOE_WS_TMA_ROTATE", "0"); }
+inline int ws_gather_l2() {
+  return env_is("TILEMOE_WS_GATHER_L2", "0") ? 0 : env_is("TILEMOE_WS_GATHER_L2", "128") ? 128 : 256;
+}
+
 // Whether the fused path runs both projections in one launch (sm90/grouped_ws.cu, pair mode: every
 // up-projection tile, then every down-projection tile, each waiting for its row tile's
 // activations) instead of two. At decode sizes (about one row tile per expert or less, as

@@ -652,11 +652,11 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
       compare(y, y_ref, d, d, "down-projection");
     }
   }
-  // The gathering producer's A/B settings, without clusters and in clusters of two: its weight
-  // loads issued from a rotating warp (TILEMOE_WS_TMA_ROTATE=1), its row copies with an L2
-  // prefetch-size hint (TILEMOE_WS_GATHER_L2=128|256).
-  for (auto [name, value] : {std::pair<const char*, const char*>{"TILEMOE_WS_TMA_ROTATE", "1"},
-                             {"TILEMOE_WS_GATHER_L2", "128"}, {"TILEMOE_WS_GATHER_L2", "256"}})
+  // The gathering producer's settings other than the defaults (a rotating TMA warp, a 256-byte
+  // L2 prefetch hint), without clusters and in clusters of two: weight loads from thread 0 only
+  // (TILEMOE_WS_TMA_ROTATE=0), row copies with a 128-byte hint or none (TILEMOE_WS_GATHER_L2).
+  for (auto [name, value] : {std::pair<const char*, const char*>{"TILEMOE_WS_TMA_ROTATE", "0"},
+                             {"TILEMOE_WS_GATHER_L2", "0"}, {"TILEMOE_WS_GATHER_L2", "128"}})
     for (const char* size : {"1", "2"}) {
       SCOPED_TRACE(std::string(name) + "=" + value + ", clusters of " + size);
       const test::ScopedEnv setting_env(name, value);

@@ -184,18 +184,9 @@ struct WsCtl {
   bool a_tma, expert_raster;
   int csize;
   bool mcast, lock, expert_units, serpentine;
-  // The consumers' fence.proxy.async after waiting for a gathered stage: the PTX memory model
-  // wants it (cp.async writes through the generic proxy, wgmma reads through the async proxy).
-  // TILEMOE_WS_GATHER_FENCE=0 leaves it out, only to time what it costs (QuACK's gathered GEMM,
-  // read in its source, issues none); results without it are not guaranteed.
-  bool gather_fence;
-  // The gathering producer's weight loads from thread 0 of warp k mod 4 at k step k instead of
-  // always from thread 0, which also issues its own row copies (QuACK rotates the warp that
-  // issues TMA; TILEMOE_WS_TMA_ROTATE=1, an A/B).
+  // The gathering producer's weight loads from a rotating warp, and the L2 prefetch size (0, 128
+  // or 256 bytes) hinted on its row copies (heuristics.hpp ws_tma_rotate, ws_gather_l2).
   bool tma_rotate;
-  // The L2 prefetch size hinted on the gathered row copies: 0 (none), 128 or 256 bytes (a row's
-  // k step is 128 bytes, the next k step's the next 128; GEMMs' cp.async copies often hint 128).
-  // TILEMOE_WS_GATHER_L2=128|256, an A/B.
   int gather_l2;
 };
 
@@ -709,7 +700,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       }
       for (int kt = 0; kt < ktiles; ++kt) {
         ptx::mbarrier_wait(&full[s], phase);
-        if (gather && ctl.gather_fence) ptx::fence_proxy_async_shared();  // the producers' cp.async writes
+        if (gather) ptx::fence_proxy_async_shared();  // the producers' cp.async writes
         ptx::wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < kBK / 16; ++kk) {
@@ -892,8 +883,7 @@ void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
             a_tma, expert_raster(), cs, mcast, mcast || !env_is("TILEMOE_WS_CLUSTER_LOCK", "0"),
             !env_is("TILEMOE_WS_CLUSTER_UNITS", "fixed"), !env_is("TILEMOE_WS_SERPENTINE", "0"),
-            !env_is("TILEMOE_WS_GATHER_FENCE", "0"), env_is("TILEMOE_WS_TMA_ROTATE", "1"),
-            env_int("TILEMOE_WS_GATHER_L2", 0, 256)};
+            ws_tma_rotate(), ws_gather_l2()};
   if (cs == 1 && ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
   // (Units from each expert's first row: at most E (cs - 1) / cs more than of consecutive tiles.)
   const std::int64_t tiles = (max_tiles + std::int64_t(g.E) * (cs - 1) + cs - 1) / cs * p.ncol;
@@ -909,7 +899,7 @@ void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64
   const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
   int* counters = tile_counters(max_tiles);
   const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
-                  counters + kTileCounterHead, true, expert_raster(), 1, false, false, false, false, true, false, 0};
+                  counters + kTileCounterHead, true, expert_raster(), 1, false, false, false, false, false, 0};
   run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 

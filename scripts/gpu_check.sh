@@ -238,14 +238,14 @@ if has kernels; then
   # the card's rate. KERNELS_CONFIG (comma list of the benchmark's config@T), KERNELS_VARIANTS
   # (default fused and fused+rounding; one timed forward each plus one for the stage times),
   # NCU_ARGS (more profiler flags: "--clock-control none --cache-control none" for the card's own
-  # clocks and warm caches).
+  # clocks and warm caches), KERNELS_ARGS (more benchmark flags, e.g. "--router-dtype bf16").
   # One table per entry of KERNELS_CONFIG (space-separated); the CSVs go to $OUT/kernels.tar.gz.
   KDIR=$(mktemp -d)
   # An entry "config@T/variants" names its own variants.
   for entry in ${KERNELS_CONFIG:-sonic-7b:E256:K4@24576}; do
   kc=${entry%%/*}; kv=${KERNELS_VARIANTS:-fused,fused+rounding}; [[ $entry == */* ]] && kv=${entry#*/}
   ncu ${NCU_ARGS:-} --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed --csv \
-    $BUILD/bin/bench_moe_variants --configs "$kc" --no-sequential \
+    $BUILD/bin/bench_moe_variants ${KERNELS_ARGS:-} --configs "$kc" --no-sequential \
     --variants "$kv" --reps 1 --warmup 0 > "$KDIR/$kc.csv" 2>> "$OUT/kernels.log"
   note "kernels rc=$? ($kc, $kv)"
   python3 - "$KDIR/$kc.csv" <<'PY'

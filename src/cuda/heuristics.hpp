@@ -226,6 +226,12 @@ inline int metadata_one_block_threads(std::int64_t A) {
   return A <= 2048 && !env_is("TILEMOE_META_SMALL256", "0") ? 256 : 1024;
 }
 
+// Whether the combine runs a block per token (its threads over the token's 8-column chunks)
+// instead of a thread per (token, chunk) item grid-stride (a 64-bit division per item, the
+// token's assignment range looked up by each thread). The item kernel moves 3.9 TB/s on d 4096
+// (H200 run 123) against SonicMoE's 4.5. TILEMOE_COMBINE=token: an A/B, not yet measured.
+inline bool combine_block_per_token(std::int64_t /*d*/) { return env_is("TILEMOE_COMBINE", "token"); }
+
 // Row stride (elements) of the bf16 activation between the two GEMMs: a multiple of 8 so that
 // its rows stay 16-byte aligned for cp.async.
 inline std::int64_t act_row_stride(std::int64_t n) { return (n + 7) / 8 * 8; }

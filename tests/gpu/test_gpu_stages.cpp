@@ -361,11 +361,28 @@ TEST(GpuCombine, MatchesCpu) {
     const Tensor ref = combine(r, m, y.to(DType::f32));
     std::vector<std::int32_t> slot(m.slot.begin(), m.slot.end());
     Tensor yd = y.to(Device::cuda), sd = dev_i32(slot), wd = dev_f32(r.weight);
-    Tensor out = Tensor::empty({T, d}, DType::f32, Device::cuda);
-    detail::gpu::combine(yd.raw(), true, nullptr, 0, wd.data<float>(), sd.data<std::int32_t>(), nullptr, K, T, d,
-                         out.raw(), false);
-    const auto g = out.to_floats(), c = ref.to_floats();
-    EXPECT_LT(relative_error(g, std::vector<double>(c.begin(), c.end())), 1e-6);
+    // A shared expert's rows (added with weight 1) and the tokens' assignment ranges given as
+    // offsets (as rounding makes them), in the second pass.
+    const Tensor ysh = random_tokens(T, d, DType::bf16, seed + 5);
+    const Tensor ysd = ysh.to(Device::cuda);
+    Tensor toff = Tensor::empty({T + 1}, DType::i64);
+    for (std::int64_t t = 0; t <= T; ++t) toff.data<std::int64_t>()[t] = t * K;
+    const Tensor toffd = toff.to(Device::cuda);
+    const auto c = ref.to_floats(), ys = ysh.to(DType::f32).to_floats();
+    // Both kernels: a thread per (token, 8 columns) and a block per token (TILEMOE_COMBINE=token).
+    for (const char* kernel : {"items", "token"})
+      for (const bool shared : {false, true}) {
+        SCOPED_TRACE(std::string(kernel) + (shared ? ", a shared expert, token offsets" : ""));
+        const test::ScopedEnv env("TILEMOE_COMBINE", kernel);
+        Tensor out = Tensor::empty({T, d}, DType::f32, Device::cuda);
+        detail::gpu::combine(yd.raw(), true, shared ? ysd.raw() : nullptr, shared ? 1 : 0, wd.data<float>(),
+                             sd.data<std::int32_t>(), shared ? toffd.data<std::int64_t>() : nullptr, K, T, d,
+                             out.raw(), false);
+        std::vector<double> want(c.begin(), c.end());
+        if (shared)
+          for (std::size_t i = 0; i < want.size(); ++i) want[i] += ys[i];
+        EXPECT_LT(relative_error(out.to_floats(), want), 1e-6);
+      }
   }
 }
 

@@ -178,19 +178,17 @@ inline bool ws_pingpong(std::int64_t K) {
   return env_is("TILEMOE_WS_PINGPONG", "all") || (env_is("TILEMOE_WS_PINGPONG", "1") && K < 1024);
 }
 
-// The gathering up-projection's producer (sm90/grouped_ws.cu): whether its weight loads come from
+// Whether the gathering up-projection's producer (sm90/grouped_ws.cu) issues its weight loads from
 // thread 0 of warp k mod 4 at k step k instead of always from thread 0, which also issues its own
-// row copies (QuACK rotates the warp that issues TMA), and the L2 prefetch size (0, 128 or 256
-// bytes) hinted on its row copies (a row's k step is 128 bytes, the next k step's the next 128).
-// Measured (H200 run 125, commit 250e5c3, whole layer ms, base / rotate / L2 128 / L2 256):
-// sonic-7b 1.169, 1.172 / 1.155 / 1.161 / 1.165; d 4096 / n 512 6.444, 6.488 / 6.315 / 5.974 /
-// 5.960; n 1024 12.082, 11.987 / 11.846 / 11.879 / 11.831; Qwen3-30B-A3B 2.371, 2.437 / 2.334 /
-// 2.365 / 2.359; OLMoE 2.808, 2.902 / 2.766 / 2.798 / 2.809. Both on; TILEMOE_WS_TMA_ROTATE=0 and
-// TILEMOE_WS_GATHER_L2=0|128 for A/B timing.
+// row copies (QuACK rotates the warp that issues TMA). Measured with the 256-byte L2 prefetch
+// hint on the row copies (H200 run 125, commit 250e5c3, whole layer ms, neither / rotate / hint
+// / H200 run 126, commit 27faa4b, neither / both, two rounds each): sonic-7b 1.169, 1.172 /
+// 1.155 / 1.165 // 1.165, 1.171 / 1.171, 1.144; d 4096 / n 512 6.444, 6.488 / 6.315 / 5.960 //
+// 6.494, 6.427 / 5.915, 5.833; n 1024 12.082, 11.987 / 11.846 / 11.831 // 12.065, 12.160 /
+// 11.920, 11.942; Qwen3-30B-A3B 2.371, 2.437 / 2.334 / 2.359 // 2.365, 2.366 / 2.342, 2.316;
+// OLMoE 2.808, 2.902 / 2.766 / 2.809 // 2.870, 2.821 / 2.809, 2.739. On; TILEMOE_WS_TMA_ROTATE=0
+// for A/B timing.
 inline bool ws_tma_rotate() { return !env_is("TILEMOE_WS_TMA_ROTATE", "0"); }
-inline int ws_gather_l2() {
-  return env_is("TILEMOE_WS_GATHER_L2", "0") ? 0 : env_is("TILEMOE_WS_GATHER_L2", "128") ? 128 : 256;
-}
 
 // Whether the fused path runs both projections in one launch (sm90/grouped_ws.cu, pair mode: every
 // up-projection tile, then every down-projection tile, each waiting for its row tile's
@@ -226,11 +224,19 @@ inline int metadata_one_block_threads(std::int64_t A) {
   return A <= 2048 && !env_is("TILEMOE_META_SMALL256", "0") ? 256 : 1024;
 }
 
-// Whether the combine runs a block per token (its threads over the token's 8-column chunks)
-// instead of a thread per (token, chunk) item grid-stride (a 64-bit division per item, the
-// token's assignment range looked up by each thread). The item kernel moves 3.9 TB/s on d 4096
-// (H200 run 123) against SonicMoE's 4.5. TILEMOE_COMBINE=token: an A/B, not yet measured.
-inline bool combine_block_per_token(std::int64_t /*d*/) { return env_is("TILEMOE_COMBINE", "token"); }
+// Whether the combine runs a block per token (its threads over the token's 8-column chunks, d / 8
+// of them up to 512) instead of a thread per (token, chunk) item grid-stride (a 64-bit division
+// per item, the token's assignment range looked up by each thread). Measured (H200 run 126,
+// commit 27faa4b, combine stage ms, two rounds, items / block per token): d 4096 (T 32768)
+// 0.610, 0.609, 0.608 / 0.564, 0.564; Qwen3-30B-A3B and OLMoE (d 2048) 0.158 / 0.148, 0.147;
+// Mixtral (d 4096, T 4096) 0.038 / 0.029; slower on sonic-7b (d 1536) 0.178 / 0.187 and
+// gpt-oss-120b (d 2880, 360 threads) 0.067 / 0.069. So from d 2048 on where d / 8 is whole warps.
+// TILEMOE_COMBINE=token|items forces one (A/B timing, tests).
+inline bool combine_block_per_token(std::int64_t d) {
+  if (env_is("TILEMOE_COMBINE", "token")) return true;
+  if (env_is("TILEMOE_COMBINE", "items")) return false;
+  return d >= 2048 && d % 256 == 0;
+}
 
 // Row stride (elements) of the bf16 activation between the two GEMMs: a multiple of 8 so that
 // its rows stay 16-byte aligned for cp.async.

@@ -28,9 +28,10 @@ has() { [[ " $STEPS " == *" $1 "* ]]; }
 SUMMARY=()
 note() { SUMMARY+=("$1"); echo "== $1"; }
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-# The commit the benchmarks name: git's where the copy has it, else a .commit file carried along
-# (git-ignored: `git rev-parse --short HEAD > .commit`, then carry .commit).
-export TILEMOE_COMMIT=${TILEMOE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || cat .commit 2>/dev/null || echo unknown)}
+# The commit the benchmarks name: a .commit file carried along (git-ignored: `git rev-parse --short
+# HEAD > .commit`, then carry .commit), else git's where the copy has it (the copy's git named an
+# older commit than the code that ran in run 128: carry .commit).
+export TILEMOE_COMMIT=${TILEMOE_COMMIT:-$(cat .commit 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
 # SonicMoE where its packages travelled in .sonic/ (git-ignored; carried): site.tar.xz, the
 # unpacked sonic-moe, quack-kernels and nvidia-cutlass-dsl wheels, and the small wheels of their

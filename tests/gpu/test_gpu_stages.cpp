@@ -669,11 +669,9 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
       compare(y, y_ref, d, d, "down-projection");
     }
   }
-  // The gathering producer's settings other than the defaults, without clusters and in clusters
-  // of two: weight loads from thread 0 only (TILEMOE_WS_TMA_ROTATE=0), row copies with an L2
-  // eviction priority (TILEMOE_WS_GATHER_EVICT).
-  for (auto [name, value] : {std::pair<const char*, const char*>{"TILEMOE_WS_TMA_ROTATE", "0"},
-                             {"TILEMOE_WS_GATHER_EVICT", "last"}, {"TILEMOE_WS_GATHER_EVICT", "first"}})
+  // The gathering producer's setting other than the default, without clusters and in clusters
+  // of two: weight loads from thread 0 only (TILEMOE_WS_TMA_ROTATE=0).
+  for (auto [name, value] : {std::pair<const char*, const char*>{"TILEMOE_WS_TMA_ROTATE", "0"}})
     for (const char* size : {"1", "2"}) {
       SCOPED_TRACE(std::string(name) + "=" + value + ", clusters of " + size);
       const test::ScopedEnv setting_env(name, value);

@@ -28,25 +28,6 @@ __device__ __forceinline__ void cp_async_cg_16_l2(std::uint32_t dst, const void*
     asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
 
-// cp_async_cg_16_l2<256> with an L2 eviction priority on the lines it reads: evicted last
-// (kLast) or first of the L2's lines (a policy made by createpolicy.fractional, fraction 1, in
-// the same asm: no register held between copies).
-template <bool kLast>
-__device__ __forceinline__ void cp_async_cg_16_l2_256_evict(std::uint32_t dst, const void* src) {
-  if constexpr (kLast)
-    asm volatile(
-        "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_last.b64 pol, 1.0;\n"
-        " cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, pol;\n}\n" ::"r"(dst),
-        "l"(src)
-        : "memory");
-  else
-    asm volatile(
-        "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
-        " cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, pol;\n}\n" ::"r"(dst),
-        "l"(src)
-        : "memory");
-}
-
 __device__ __forceinline__ void cp_async_commit_group() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 
 template <int N>

@@ -186,11 +186,9 @@ struct WsCtl {
   bool mcast, lock, expert_units, serpentine;
   // The gathering producer's weight loads from a rotating warp (heuristics.hpp ws_tma_rotate). Its
   // row copies hint a 256-byte L2 prefetch (the row's next k step; H200 run 125: d 4096 / n 512
-  // 6.44, 6.49 -> 5.96 ms, the other layers 0-3% faster than without) and may carry an L2
-  // eviction priority: 0 none, 1 evict last (a row tile's rows are read again by its other
-  // column tiles), 2 evict first. TILEMOE_WS_GATHER_EVICT=last|first, an A/B.
+  // 6.44, 6.49 -> 5.96 ms, the other layers 0-3% faster than without; an L2 eviction priority
+  // on them was slower, run 127).
   bool tma_rotate;
-  int gather_evict;
 };
 
 // The weight tile of a k step (kBN rows: the up-projection's 128 gate and 128 up rows, the
@@ -527,19 +525,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           const std::uint32_t dst = dst0 + stage_a(s);  // row lr + 16 i at + 2048 i (same swizzle)
           const uint4* a16 = reinterpret_cast<const uint4*>(g.A) + (lc + kt * (kBK / 8));  // row 0's chunk
           if (kt < full_k) {
-            auto copies = [&](auto evict) {
-              constexpr int kEvict = decltype(evict)::value;  // 256: no eviction priority; -1 last, -2 first
 #pragma unroll
-              for (int i = 0; i < 8; ++i)
-                if ((live >> i) & 1u) {
-                  const uint4* from = a16 + std::uint64_t(src[i]) * lda16;
-                  if constexpr (kEvict < 0) ptx::cp_async_cg_16_l2_256_evict<kEvict == -1>(dst + 2048 * i, from);
-                  else ptx::cp_async_cg_16_l2<256>(dst + 2048 * i, from);
-                }
-            };
-            if (ctl.gather_evict == 1) copies(std::integral_constant<int, -1>{});
-            else if (ctl.gather_evict == 2) copies(std::integral_constant<int, -2>{});
-            else copies(std::integral_constant<int, 256>{});
+            for (int i = 0; i < 8; ++i)
+              if ((live >> i) & 1u) ptx::cp_async_cg_16_l2<256>(dst + 2048 * i, a16 + std::uint64_t(src[i]) * lda16);
           } else {
             // The k tail: chunks past K are zero-filled (K is a multiple of 8: whole chunks), their
             // address the row's first chunk (no bytes are read from it; a second base pointer for
@@ -887,7 +875,7 @@ void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::
   WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), nullptr, nullptr,
             a_tma, expert_raster(), cs, mcast, mcast || !env_is("TILEMOE_WS_CLUSTER_LOCK", "0"),
             !env_is("TILEMOE_WS_CLUSTER_UNITS", "fixed"), !env_is("TILEMOE_WS_SERPENTINE", "0"),
-            ws_tma_rotate(), env_is("TILEMOE_WS_GATHER_EVICT", "last") ? 1 : env_is("TILEMOE_WS_GATHER_EVICT", "first") ? 2 : 0};
+            ws_tma_rotate()};
   if (cs == 1 && ws_dynamic_tiles(max_tiles, g.E, a_tma)) ctl.counters = tile_counters();
   // (Units from each expert's first row: at most E (cs - 1) / cs more than of consecutive tiles.)
   const std::int64_t tiles = (max_tiles + std::int64_t(g.E) * (cs - 1) + cs - 1) / cs * p.ncol;
@@ -903,7 +891,7 @@ void launch_grouped_ws_pair(const GemmArgs& up, const GemmArgs& down, std::int64
   const WsPass p1 = make_pass(down, false, max_tiles, a_rows_down, true);
   int* counters = tile_counters(max_tiles);
   const WsCtl ctl{kRasterRows, std::clamp(stages <= 0 ? ws_stages() : stages, 1, WsShape<true>::kStages), counters,
-                  counters + kTileCounterHead, true, expert_raster(), 1, false, false, false, false, false, 0};
+                  counters + kTileCounterHead, true, expert_raster(), 1, false, false, false, false, false};
   run_act<kModePair>(up.act, p0, p1, max_tiles * (p0.ncol + p1.ncol), ctl);
 }
 

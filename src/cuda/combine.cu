@@ -134,10 +134,10 @@ void launch(const Y* y, const Y* ys, int S, const float* weight, const std::int3
                    (reinterpret_cast<std::uintptr_t>(ys) & 15) == 0 &&
                    (reinterpret_cast<std::uintptr_t>(out) & 15) == 0;
   const std::int64_t chunks = (d + 7) / 8, items = T * chunks;
-  if (combine_block_per_token(d)) {
-    // Threads: the token's chunks rounded up to whole warps, at most 512; blocks: 4096 threads'
-    // worth per SM (as below), at most one per token.
-    const int threads = static_cast<int>(std::min<std::int64_t>(512, (chunks + 31) / 32 * 32));
+  // Block per token: the token's chunks rounded up to whole warps, at most 512 threads; blocks:
+  // 4096 threads' worth per SM (as below), at most one per token.
+  const int threads = static_cast<int>(std::min<std::int64_t>(512, (chunks + 31) / 32 * 32));
+  if (combine_block_per_token(T, d, std::int64_t(device_props().sm_count) * (2048 / threads))) {
     const int blocks = static_cast<int>(
         std::max<std::int64_t>(1, std::min<std::int64_t>(T, std::int64_t(device_props().sm_count) * 4096 / threads)));
     if (vec)

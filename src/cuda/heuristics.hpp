@@ -231,11 +231,14 @@ inline int metadata_one_block_threads(std::int64_t A) {
 // 0.610, 0.609, 0.608 / 0.564, 0.564; Qwen3-30B-A3B and OLMoE (d 2048) 0.158 / 0.148, 0.147;
 // Mixtral (d 4096, T 4096) 0.038 / 0.029; slower on sonic-7b (d 1536) 0.178 / 0.187 and
 // gpt-oss-120b (d 2880, 360 threads) 0.067 / 0.069. So from d 2048 on where d / 8 is whole warps.
-// TILEMOE_COMBINE=token|items forces one (A/B timing, tests).
-inline bool combine_block_per_token(std::int64_t d) {
+// Below a card's worth of resident blocks (resident_blocks: SMs x 2048 / threads) the block per
+// token leaves SMs short of threads: at decode sizes the item kernel was faster (H200 run 129,
+// commit 747596a, combine stage ms, block per token / items: Qwen3 and OLMoE T 64 0.008 /
+// 0.006, T 256 0.008 / 0.007-0.008). TILEMOE_COMBINE=token|items forces one (A/B timing, tests).
+inline bool combine_block_per_token(std::int64_t T, std::int64_t d, std::int64_t resident_blocks) {
   if (env_is("TILEMOE_COMBINE", "token")) return true;
   if (env_is("TILEMOE_COMBINE", "items")) return false;
-  return d >= 2048 && d % 256 == 0;
+  return d >= 2048 && d % 256 == 0 && T >= resident_blocks;
 }
 
 // Row stride (elements) of the bf16 activation between the two GEMMs: a multiple of 8 so that

@@ -153,6 +153,11 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
 // 0.313, d 4096 / n 1024 3.23 / 3.44). (Runs 113-115 had clusters far slower: the remote
 // arrivals released at cluster scope, which cost 37%, run 115.) Only above decode sizes. Where no
 // cluster fits at once on the card, the up-projection runs without (sm90/grouped_ws.cu run).
+// Since the rotating TMA warp and the 256-byte L2 hint (ws_tma_rotate), H200 run 130 (commit
+// 3f14e80), whole layer ms, three rounds, two / none: d 4096 / n 512 6.394, 6.162, 6.417 / 6.261,
+// 6.221, 6.259; Qwen3-30B-A3B 2.336, 2.351, 2.370 / 2.293, 2.280, 2.304; OLMoE 2.816, 2.791, 2.837
+// / 2.772, 2.744, 2.710: none ahead by ~2%. d 4096 / n 1024, where two gained most (runs
+// 116-117), is not re-measured: two stays until it is.
 // TILEMOE_WS_CLUSTER_UP / TILEMOE_WS_CLUSTER_DOWN = 1, 2 or 4 force a size;
 // TILEMOE_WS_CLUSTER_MCAST=0 loads every weight tile in each block (A/B), and with it
 // TILEMOE_WS_CLUSTER_LOCK=0 releases stages to the own block only.

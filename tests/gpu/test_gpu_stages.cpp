@@ -628,7 +628,9 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
   // every block (TILEMOE_WS_CLUSTER_MCAST=0), the x rows gathered or staged; a cluster of two at
   // each pipeline depth; the up-projection's fallback where no cluster fits (run alone); units
   // of consecutive row tiles (spanning experts) instead of units from each expert's first row,
-  // and the units' columns without the serpentine order.
+  // the units' columns without the serpentine order; the gathering producer's weight loads from
+  // thread 0 only (TILEMOE_WS_TMA_ROTATE=0, the default rotating its warp), alone and in clusters
+  // of two.
   struct ClusterCase {
     const char* size;
     const char* mcast;
@@ -638,6 +640,7 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
     const char* nofit = nullptr;
     const char* units = nullptr;       // TILEMOE_WS_CLUSTER_UNITS (fixed: consecutive row tiles)
     const char* serpentine = nullptr;  // TILEMOE_WS_SERPENTINE
+    const char* rotate = nullptr;      // TILEMOE_WS_TMA_ROTATE
   };
   std::vector<ClusterCase> cluster_cases;
   for (const char* size : {"1", "2", "4"})
@@ -648,15 +651,18 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
   for (const char* size : {"2", "4"})
     for (const char* gather : {"kernel", "staged"}) cluster_cases.push_back({size, "1", gather, 0, nullptr, nullptr, "fixed"});
   cluster_cases.push_back({"2", "1", "kernel", 0, nullptr, nullptr, nullptr, "0"});
+  for (const char* size : {"1", "2"}) cluster_cases.push_back({size, "1", "kernel", 0, nullptr, nullptr, nullptr, nullptr, "0"});
   for (const ClusterCase& cc : cluster_cases) {
     SCOPED_TRACE(std::string("clusters of ") + cc.size + ", multicast " + cc.mcast + ", x rows " + cc.gather +
                  ", stages=" + std::to_string(cc.stages) + (cc.nofit ? ", none fitting" : "") +
-                 (cc.units ? ", units of consecutive row tiles" : "") + (cc.serpentine ? ", no serpentine" : ""));
+                 (cc.units ? ", units of consecutive row tiles" : "") + (cc.serpentine ? ", no serpentine" : "") +
+                 (cc.rotate ? ", weight loads from thread 0" : ""));
     const test::ScopedEnv up_env("TILEMOE_WS_CLUSTER_UP", cc.size);
     const test::ScopedEnv down_env("TILEMOE_WS_CLUSTER_DOWN", cc.down_size ? cc.down_size : cc.size);
     const test::ScopedEnv nofit_env("TILEMOE_WS_CLUSTER_NOFIT", cc.nofit);
     const test::ScopedEnv units_env("TILEMOE_WS_CLUSTER_UNITS", cc.units);
     const test::ScopedEnv serpentine_env("TILEMOE_WS_SERPENTINE", cc.serpentine);
+    const test::ScopedEnv rotate_env("TILEMOE_WS_TMA_ROTATE", cc.rotate);
     const test::ScopedEnv mcast_env("TILEMOE_WS_CLUSTER_MCAST", cc.mcast);
     const test::ScopedEnv gather_env("TILEMOE_UP_GATHER", cc.gather);
     Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
@@ -669,24 +675,6 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
       compare(y, y_ref, d, d, "down-projection");
     }
   }
-  // The gathering producer's setting other than the default, without clusters and in clusters
-  // of two: weight loads from thread 0 only (TILEMOE_WS_TMA_ROTATE=0).
-  for (auto [name, value] : {std::pair<const char*, const char*>{"TILEMOE_WS_TMA_ROTATE", "0"}})
-    for (const char* size : {"1", "2"}) {
-      SCOPED_TRACE(std::string(name) + "=" + value + ", clusters of " + size);
-      const test::ScopedEnv setting_env(name, value);
-      const test::ScopedEnv up_env("TILEMOE_WS_CLUSTER_UP", size);
-      const test::ScopedEnv gather_env("TILEMOE_UP_GATHER", "kernel");
-      Tensor act = Tensor::empty({A, lda}, DType::bf16, Device::cuda), y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
-      ASSERT_EQ(cudaMemset(act.raw(), 0xff, act.nbytes()), cudaSuccess);
-      ASSERT_EQ(cudaMemset(y.raw(), 0xff, y.nbytes()), cudaSuccess);
-      up(act, {true, 0}, &y);
-      down(act, y, {true, 0});
-      if (test::is_hopper()) {
-        compare(act, act_ref, n, lda, "up-projection");
-        compare(y, y_ref, d, d, "down-projection");
-      }
-    }
   // The down-projection in ping-pong (each consumer warpgroup its own 128 x 128 tiles), at each
   // pipeline depth, statically and dynamically scheduled, on the reference activations.
   for (const char* sched : {"static", "dynamic"})

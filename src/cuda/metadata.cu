@@ -1,11 +1,10 @@
-// Routing metadata on the GPU, without a host synchronization: per-expert counts (shared-memory
-// histogram), exclusive scans of the counts and of their row tiles (one block), a stable radix
-// sort of the assignments by expert (CUB) and the inverse map. Positions fit int32 (A < 2^31);
-// row offsets into activations are int64. Small routings (decode) take a one-kernel path with
-// the same outputs: a stable counting sort in one block.
+// Routing metadata on the GPU, without a host synchronization: a stable counting sort of the
+// assignments by expert, giving per-expert counts, exclusive scans of the counts and of their row
+// tiles, the sorted order, its inverse and the sorted tokens. Small routings (decode) take one
+// block in one kernel; larger ones chunks of the assignments, a block each, in three kernels
+// (count, scan, place). Positions fit int32 (A < 2^31); row offsets into activations are int64.
 #include <algorithm>
 #include <cub/block/block_scan.cuh>
-#include <cub/device/device_radix_sort.cuh>
 
 #include "buffer.cuh"
 #include "context.cuh"
@@ -22,22 +21,6 @@ constexpr int kMaxExperts = 4096;
 constexpr std::int64_t kSmallMaxAssignments = metadata_one_block_max_assignments();
 constexpr int kSmallMaxExperts = metadata_one_block_max_experts();
 
-__global__ void histogram_kernel(const std::int32_t* __restrict__ expert, std::int64_t A, int E,
-                                 std::int32_t* __restrict__ counts, std::int32_t* __restrict__ iota) {
-  __shared__ std::int32_t h[kMaxExperts];
-  for (int e = threadIdx.x; e < E; e += blockDim.x) h[e] = 0;
-  __syncthreads();
-  for (std::int64_t a = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; a < A;
-       a += std::int64_t(gridDim.x) * blockDim.x) {
-    const int e = expert[a];
-    if (e < E) atomicAdd(&h[e], 1);  // e == E marks an unused slot (rounded routing)
-    iota[a] = static_cast<std::int32_t>(a);
-  }
-  __syncthreads();
-  for (int e = threadIdx.x; e < E; e += blockDim.x)
-    if (h[e]) atomicAdd(&counts[e], h[e]);
-}
-
 // The scans: one block of kScanThreads threads, kScanItems experts each; scan_threads(E) picks
 // the smallest block that covers E (one warp at E <= 128: a block of 1024 took 5.6 us at E 128,
 // most of it at its barriers, Nsight Compute, H200 run 91; the metadata stage 2-5 us shorter on
@@ -46,10 +29,11 @@ constexpr int kScanItems = 4;
 constexpr int scan_threads(int E) { return E <= 32 * kScanItems ? 32 : E <= 256 * kScanItems ? 256 : 1024; }
 static_assert(1024 * kScanItems >= kMaxExperts, "the scans cover every expert");
 
-template <int kScanThreads>
-__global__ void __launch_bounds__(kScanThreads) scan_kernel(const std::int32_t* __restrict__ counts, int E, int tile_m,
-                                                           std::int64_t* __restrict__ offsets,
-                                                           std::int32_t* __restrict__ tile_offsets) {
+// The scans by one block of kScanThreads threads: offsets and tile_offsets [E + 1] of the counts
+// count(e), e < E.
+template <int kScanThreads, class Count>
+__device__ void scan_offsets(Count count, int E, int tile_m, std::int64_t* __restrict__ offsets,
+                             std::int32_t* __restrict__ tile_offsets) {
   using Scan64 = cub::BlockScan<long long, kScanThreads>;
   using Scan32 = cub::BlockScan<int, kScanThreads>;
   __shared__ typename Scan64::TempStorage t64;
@@ -58,7 +42,7 @@ __global__ void __launch_bounds__(kScanThreads) scan_kernel(const std::int32_t* 
   int tl[kScanItems];
   for (int i = 0; i < kScanItems; ++i) {
     const int e = threadIdx.x * kScanItems + i;
-    c[i] = e < E ? counts[e] : 0;
+    c[i] = e < E ? count(e) : 0;
     tl[i] = static_cast<int>((c[i] + tile_m - 1) / tile_m);
   }
   long long total = 0;
@@ -78,15 +62,11 @@ __global__ void __launch_bounds__(kScanThreads) scan_kernel(const std::int32_t* 
   }
 }
 
-__global__ void inverse_kernel(const std::int32_t* __restrict__ sorted, const std::int32_t* __restrict__ token_of,
-                               int K, std::int64_t A, std::int32_t* __restrict__ slot,
-                               std::int32_t* __restrict__ sorted_token) {
-  for (std::int64_t p = blockIdx.x * std::int64_t(blockDim.x) + threadIdx.x; p < A;
-       p += std::int64_t(gridDim.x) * blockDim.x) {
-    const std::int32_t a = sorted[p];
-    slot[a] = static_cast<std::int32_t>(p);
-    sorted_token[p] = token_of ? token_of[a] : a / K;
-  }
+template <int kScanThreads>
+__global__ void __launch_bounds__(kScanThreads) scan_kernel(const std::int32_t* __restrict__ counts, int E, int tile_m,
+                                                           std::int64_t* __restrict__ offsets,
+                                                           std::int32_t* __restrict__ tile_offsets) {
+  scan_offsets<kScanThreads>([&](int e) { return counts[e]; }, E, tile_m, offsets, tile_offsets);
 }
 
 __global__ void uniform_offsets_kernel(std::int64_t rows, int E, int tile_m, std::int64_t* offsets,
@@ -219,46 +199,170 @@ void launch_small(const std::int32_t* expert, const std::int32_t* token_of, int 
   TILEMOE_CHECK_LAUNCH();
 }
 
-// Bits of the sort keys: experts 0..E-1 and the unused-slot marker E.
-int end_bit(int E) {
-  int b = 1;
-  while ((1 << b) < E + 1) ++b;
-  return b;
+// The general path: the one-block kernel's counting sort over chunks of the assignments, a block
+// of kChunkWarps warps per chunk, in three launches:
+// 1. chunk_count_kernel: block b's counts per expert, into cnt[b][e] (E + 1 columns, column E the
+//    unused slots);
+// 2. chunk_scan_kernel (one block): the counts over the chunks, the scans of rows and tiles, and
+//    cnt[b][e] <- where chunk b's first assignment of expert e goes (offsets[e] + earlier chunks');
+// 3. chunk_place_kernel: block b counts again per warp, turns the counters into positions from
+//    cnt[b][e] and places its assignments, in order within each expert.
+// Until this commit a shared-memory histogram, the scans, CUB's radix sort of (expert, index)
+// pairs and an inverse-map kernel: ~7 launches, 0.037 ms on sonic-7b T 24576 (A 196608, H200 run
+// 128).
+constexpr int kChunkWarps = 8, kChunkThreads = kChunkWarps * 32;
+constexpr int kChunkRun = 8;            // 32-assignment groups a warp loads before counting them
+constexpr std::int64_t kChunkMin = 2048;  // assignments per chunk, at least (a multiple of kChunkThreads)
+constexpr int kChunkCells = 24576;      // chunks x (E + 1) counters, at most: the scan block's 96 KiB
+static_assert(kChunkMin % kChunkThreads == 0, "a warp's segment is whole groups of 32");
+
+struct Chunks {
+  int count;          // chunks (blocks)
+  std::int64_t size;  // assignments per chunk, a multiple of kChunkThreads (the last may hold fewer)
+};
+Chunks chunks_for(std::int64_t A, int E) {
+  const std::int64_t most = std::max<std::int64_t>(1, kChunkCells / (E + 1));
+  const std::int64_t want = std::clamp<std::int64_t>((A + kChunkMin - 1) / kChunkMin, 1, most);
+  const std::int64_t per = std::max<std::int64_t>(1, (A + want - 1) / want);
+  const std::int64_t size = (per + kChunkThreads - 1) / kChunkThreads * kChunkThreads;
+  return {static_cast<int>(std::max<std::int64_t>(1, (A + size - 1) / size)), size};
 }
 
-struct SortScratch {
-  std::int32_t* keys_out;
-  std::int32_t* iota;
-  void* cub_temp;
-  std::size_t cub_bytes;
+// Warp `warp` of chunk block blockIdx.x: its segment of the chunk, [begin, end).
+struct Segment {
+  std::int64_t begin, end;
 };
+__device__ __forceinline__ Segment warp_segment(std::int64_t A, std::int64_t chunk, int warp) {
+  const std::int64_t seg = chunk / kChunkWarps;
+  const std::int64_t b = blockIdx.x * chunk + warp * seg;
+  return {min(b, A), min(b + seg, A)};
+}
 
-SortScratch carve(void* base, std::int64_t A, int E) {
-  std::size_t cub_bytes = 0;
-  TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, cub_bytes, static_cast<const std::int32_t*>(nullptr),
-                                                     static_cast<std::int32_t*>(nullptr),
-                                                     static_cast<const std::int32_t*>(nullptr),
-                                                     static_cast<std::int32_t*>(nullptr), static_cast<int>(A), 0,
-                                                     end_bit(E), current_stream()));
-  Carver c(base);
-  SortScratch s;
-  s.keys_out = c.take<std::int32_t>(static_cast<std::size_t>(A));
-  s.iota = c.take<std::int32_t>(static_cast<std::size_t>(A));
-  s.cub_bytes = cub_bytes;
-  s.cub_temp = c.take<unsigned char>(cub_bytes);
-  return s;
+// Walks a warp's segment 32 assignments at a time, kChunkRun groups loaded at once; per group
+// f(e, peers): e the lane's expert (-1 past the end or out of [0, E]), peers the lanes of the same
+// expert. f's shared-memory updates are seen by the next group's (__syncwarp).
+template <class F>
+__device__ __forceinline__ void for_each_group(const std::int32_t* __restrict__ expert, Segment sg, int E, F f) {
+  const int lane = threadIdx.x & 31;
+  for (std::int64_t g0 = sg.begin; g0 < sg.end; g0 += 32 * kChunkRun) {
+    int ex[kChunkRun];
+#pragma unroll
+    for (int i = 0; i < kChunkRun; ++i) {
+      const std::int64_t a = g0 + i * 32 + lane;
+      const int e = a < sg.end ? expert[a] : -1;
+      ex[i] = static_cast<unsigned>(e) <= static_cast<unsigned>(E) ? e : -1;
+    }
+#pragma unroll
+    for (int i = 0; i < kChunkRun; ++i) {
+      if (g0 + i * 32 >= sg.end) break;  // uniform over the warp
+      f(g0 + i * 32 + lane, ex[i], __match_any_sync(0xffffffffu, ex[i]));
+      __syncwarp();
+    }
+  }
+}
+
+// The warps' counts of the block's chunk: cw [kChunkWarps][E + 1] in shared memory, zeroed here.
+__device__ void chunk_warp_counts(const std::int32_t* __restrict__ expert, std::int64_t A, int E, std::int64_t chunk,
+                                  int* c) {
+  const int cols = E + 1, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int i = threadIdx.x; i < kChunkWarps * cols; i += kChunkThreads) c[i] = 0;
+  __syncthreads();
+  int* cw = c + warp * cols;
+  for_each_group(expert, warp_segment(A, chunk, warp), E, [&](std::int64_t, int e, unsigned peers) {
+    if (e >= 0 && lane == __ffs(peers) - 1) cw[e] += __popc(peers);
+  });
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kChunkThreads) chunk_count_kernel(const std::int32_t* __restrict__ expert,
+                                                                   std::int64_t A, int E, std::int64_t chunk,
+                                                                   std::int32_t* __restrict__ cnt) {
+  extern __shared__ int c[];
+  chunk_warp_counts(expert, A, E, chunk, c);
+  const int cols = E + 1;
+  for (int e = threadIdx.x; e < cols; e += kChunkThreads) {
+    int n = 0;
+    for (int w = 0; w < kChunkWarps; ++w) n += c[w * cols + e];
+    cnt[std::int64_t(blockIdx.x) * cols + e] = n;
+  }
+}
+
+__global__ void __launch_bounds__(1024) chunk_scan_kernel(std::int32_t* __restrict__ cnt, int chunks, int E, int tile_m,
+                                                         Metadata m) {
+  extern __shared__ int sc[];  // [chunks][E + 1], then the totals [E + 1]
+  const int cols = E + 1, cells = chunks * cols;
+  int* tot = sc + cells;
+  for (int i = threadIdx.x; i < cells; i += blockDim.x) sc[i] = cnt[i];
+  __syncthreads();
+  for (int e = threadIdx.x; e < cols; e += blockDim.x) {
+    int n = 0;
+    for (int b = 0; b < chunks; ++b) n += sc[b * cols + e];
+    tot[e] = n;
+    if (e < E) m.counts[e] = n;
+  }
+  __syncthreads();
+  scan_offsets<1024>([&](int e) { return tot[e]; }, E, tile_m, m.offsets, m.tile_offsets);
+  __syncthreads();  // offsets[] written by this block: visible to it after the barrier
+  for (int e = threadIdx.x; e < cols; e += blockDim.x) {
+    std::int64_t next = m.offsets[e];  // at e = E: the real assignments' total, where the unused slots start
+    for (int b = 0; b < chunks; ++b) {
+      const int n = sc[b * cols + e];
+      cnt[b * cols + e] = static_cast<std::int32_t>(next);
+      next += n;
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kChunkThreads) chunk_place_kernel(const std::int32_t* __restrict__ expert,
+                                                                   const std::int32_t* __restrict__ token_of, int K,
+                                                                   std::int64_t A, int E, std::int64_t chunk,
+                                                                   const std::int32_t* __restrict__ cnt, Metadata m) {
+  extern __shared__ int c[];
+  chunk_warp_counts(expert, A, E, chunk, c);
+  const int cols = E + 1, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int e = threadIdx.x; e < cols; e += kChunkThreads) {
+    int next = cnt[std::int64_t(blockIdx.x) * cols + e];
+    for (int w = 0; w < kChunkWarps; ++w) {
+      const int n = c[w * cols + e];
+      c[w * cols + e] = next;
+      next += n;
+    }
+  }
+  __syncthreads();
+  int* cw = c + warp * cols;
+  for_each_group(expert, warp_segment(A, chunk, warp), E, [&](std::int64_t a, int e, unsigned peers) {
+    const int leader = __ffs(peers) - 1;
+    int pos = 0;
+    if (e >= 0 && lane == leader) {
+      pos = cw[e];
+      cw[e] = pos + __popc(peers);
+    }
+    pos = __shfl_sync(0xffffffffu, pos, leader) + __popc(peers & ((1u << lane) - 1));
+    if (e >= 0) {
+      m.sorted[pos] = static_cast<std::int32_t>(a);
+      m.slot[a] = pos;
+      m.sorted_token[pos] = token_of ? token_of[a] : static_cast<std::int32_t>(a / K);
+    }
+  });
+}
+
+std::size_t chunk_smem_bytes(int E) { return sizeof(int) * kChunkWarps * (static_cast<std::size_t>(E) + 1); }
+std::size_t chunk_scan_smem_bytes(int chunks, int E) {
+  return sizeof(int) * (static_cast<std::size_t>(chunks) + 1) * (static_cast<std::size_t>(E) + 1);
+}
+
+template <class Kernel>
+void allow_smem(Kernel k, std::size_t bytes) {
+  if (bytes > 48 * 1024)
+    TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
 }
 
 }  // namespace
 
 std::size_t metadata_scratch_bytes(std::int64_t A, int E) {
   if (small_path(A, E)) return 0;  // the one-block path needs none
-  SortScratch s = carve(nullptr, A, E);
-  Carver c;
-  c.take<std::int32_t>(static_cast<std::size_t>(A));
-  c.take<std::int32_t>(static_cast<std::size_t>(A));
-  c.take<unsigned char>(s.cub_bytes);
-  return c.bytes();
+  const Chunks ch = chunks_for(A, E);
+  return sizeof(std::int32_t) * static_cast<std::size_t>(ch.count) * (static_cast<std::size_t>(E) + 1);
 }
 
 void build_metadata(const std::int32_t* expert, const std::int32_t* token_of, int K, std::int64_t A, int E,
@@ -274,20 +378,17 @@ void build_metadata(const std::int32_t* expert, const std::int32_t* token_of, in
     else launch_small<SmallBig>(expert, token_of, K, A, E, tile_m, m);
     return;
   }
-  TILEMOE_CUDA_CHECK(cudaMemsetAsync(m.counts, 0, sizeof(std::int32_t) * E, st));
-  SortScratch s = carve(scratch, A, E);
-  const int sms = device_props().sm_count;
-  if (A > 0) {
-    const int blocks = static_cast<int>(std::min<std::int64_t>((A + 1023) / 1024, sms * 4));
-    histogram_kernel<<<blocks, 1024, 0, st>>>(expert, A, E, m.counts, s.iota);
-    TILEMOE_CHECK_LAUNCH();
-  }
-  metadata_offsets(m.counts, E, tile_m, m.offsets, m.tile_offsets);
-  if (A == 0) return;
-  TILEMOE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(s.cub_temp, s.cub_bytes, expert, s.keys_out, s.iota, m.sorted,
-                                                     static_cast<int>(A), 0, end_bit(E), st));
-  const int blocks = static_cast<int>(std::min<std::int64_t>((A + 255) / 256, sms * 16));
-  inverse_kernel<<<blocks, 256, 0, st>>>(m.sorted, token_of, K, A, m.slot, m.sorted_token);
+  const Chunks ch = chunks_for(A, E);
+  auto* cnt = static_cast<std::int32_t*>(scratch);
+  const std::size_t smem = chunk_smem_bytes(E), scan_smem = chunk_scan_smem_bytes(ch.count, E);
+  allow_smem(chunk_count_kernel, smem);
+  allow_smem(chunk_place_kernel, smem);
+  allow_smem(chunk_scan_kernel, scan_smem);
+  chunk_count_kernel<<<ch.count, kChunkThreads, smem, st>>>(expert, A, E, ch.size, cnt);
+  TILEMOE_CHECK_LAUNCH();
+  chunk_scan_kernel<<<1, 1024, scan_smem, st>>>(cnt, ch.count, E, tile_m, m);
+  TILEMOE_CHECK_LAUNCH();
+  chunk_place_kernel<<<ch.count, kChunkThreads, smem, st>>>(expert, token_of, K, A, E, ch.size, cnt, m);
   TILEMOE_CHECK_LAUNCH();
 }
 

@@ -369,34 +369,46 @@ __global__ void __launch_bounds__(256) topk_reg_kernel(TopkParams p, const float
         for (int j = 0; j < J; ++j)
           if (lane + 32 * j < E) probs[t * E + lane + 32 * j] = c[j] / sum;
     }
-    unsigned taken = 0;  // bit j: expert lane + 32 j chosen
-    float wk = 0.0f;     // lane k < K holds weight k
+    // The lane's candidates best first by better() (a transposition network, once), so that
+    // each of the K rounds puts one head per lane into the warp's arg-max and only the winning
+    // lane moves its list up. Lanes past E and NaN scores (never chosen, as better() decides)
+    // hold (-inf, INT_MAX), below every candidate. hw: what the weight needs, the score (top-k
+    // then softmax) or the exponential. Until then each round compared all J entries of every
+    // lane against a taken mask (Nsight Compute, H200 run 131: the ALU pipe 70% busy, issue-bound).
+    float hv[J], hw[J];
+    int hi[J];
+#pragma unroll
+    for (int j = 0; j < J; ++j) {
+      const int e = lane + 32 * j;
+      const bool ok = e < E && !isnan(s[j]);
+      hv[j] = ok ? s[j] : -INFINITY;
+      hi[j] = ok ? e : INT_MAX;
+      hw[j] = ok ? (p.kind == RouterKind::topk_softmax ? s[j] : c[j]) : 0.0f;
+    }
+#pragma unroll
+    for (int r = 0; r < J; ++r)
+#pragma unroll
+      for (int j = r & 1; j + 1 < J; j += 2)
+        if (better(hv[j + 1], hi[j + 1], hv[j], hi[j])) {
+          const float v = hv[j], w = hw[j];
+          const int i = hi[j];
+          hv[j] = hv[j + 1], hw[j] = hw[j + 1], hi[j] = hi[j + 1];
+          hv[j + 1] = v, hw[j + 1] = w, hi[j + 1] = i;
+        }
+    float vk = 0.0f;  // lane k < K holds choice k's score or exponential
     int ik = 0;
     for (int k = 0; k < K; ++k) {
-      float bv = -INFINITY;
-      int bi = INT_MAX;
+      const int win = warp_best(hv[0], hi[0]);
+      const int owner = win & 31;
+      const float v = __shfl_sync(0xffffffffu, hw[0], owner);  // 0 where none is left (win INT_MAX)
+      if (lane == owner) {
 #pragma unroll
-      for (int j = 0; j < J; ++j) {
-        const int e = lane + 32 * j;
-        if (e < E && !((taken >> j) & 1u) && better(s[j], e, bv, bi)) {
-          bv = s[j];
-          bi = e;
-        }
+        for (int j = 0; j + 1 < J; ++j) hv[j] = hv[j + 1], hw[j] = hw[j + 1], hi[j] = hi[j + 1];
+        hv[J - 1] = -INFINITY, hw[J - 1] = 0.0f, hi[J - 1] = INT_MAX;
       }
-      bi = warp_best(bv, bi);
-      const int owner = bi & 31, jj = bi >> 5;
-      // The chosen expert's score (top-k then softmax) or exponential, from its lane.
-      float v = 0.0f;
-#pragma unroll
-      for (int j = 0; j < J; ++j)
-        if (j == jj) v = p.kind == RouterKind::topk_softmax ? s[j] : c[j];
-      if (lane == owner) taken |= 1u << jj;
-      v = __shfl_sync(0xffffffffu, v, owner);
-      if (lane == k) {
-        ik = bi;
-        wk = p.kind == RouterKind::topk_softmax ? v : v / sum;
-      }
+      if (lane == k) ik = win, vk = v;
     }
+    const float wk = p.kind == RouterKind::topk_softmax ? vk : vk / sum;
     store_choices(p, t, ik, wk, ids, weights);
   }
 }

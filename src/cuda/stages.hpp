@@ -43,7 +43,7 @@ struct Metadata {
   std::int32_t* slot = nullptr;          // [A] assignment -> sorted position
   std::int32_t* sorted_token = nullptr;  // [A] sorted position -> token
 };
-// Bytes of scratch the metadata of A assignments over E experts needs (CUB's sort included; 0
+// Bytes of scratch the metadata of A assignments over E experts needs (the chunks' counters; 0
 // for small A, which one kernel of one block sorts).
 std::size_t metadata_scratch_bytes(std::int64_t A, int E);
 // Stable sort of the assignments by expert. token_of [A] gives each assignment's token; null

@@ -291,9 +291,11 @@ void check_metadata(const std::vector<std::int32_t>& expert, const std::vector<s
 
 }  // namespace
 
-// The one-block path of small A (decode) and the general path on either side of its limits
-// (src/cuda/metadata.cu: A <= 16384, E <= 1024 where shared memory allows), on shapes the
-// router's output does not give: empty experts, one expert, runs across chunks, unused slots.
+// The one-block path of small A (decode) and the general path (chunks of the assignments, a
+// block each) on either side of its limits (src/cuda/metadata.cu: A <= 16384, E <= 1024 where
+// shared memory allows), on shapes the router's output does not give: empty experts, one expert,
+// runs across chunks, unused slots; the general path also with many chunks, with few large ones
+// (E 4096: as many as its scan's counters allow) and with none filled (A 0, E above 1024).
 // The one-block path's 256-thread block (A <= 2048) and its 1024-thread block on both sides of
 // that limit, and again for A <= 2048 with the 1024-thread block (TILEMOE_META_SMALL256=0).
 TEST(GpuMetadata, SmallPathMatchesReference) {
@@ -315,11 +317,13 @@ TEST(GpuMetadata, SmallPathMatchesReference) {
                      C{kSmall, 1024, 16, unused}, C{kSmall, 7, 2, runs}, C{kSmall - 1, 128, 1, one_expert},
                      C{kSmall + 1, 1024, 16, unused}, C{kSmall + 1, 64, 1, runs}, C{2048, 1025, 8, unused},
                      C{2048, 4096, 2, random}, C{2048, 1024, 8, unused}, C{2048, 128, 8, runs},
-                     C{2049, 64, 8, random}, C{1500, 1024, 1, even_only}})
+                     C{2049, 64, 8, random}, C{1500, 1024, 1, even_only}, C{200003, 128, 8, unused},
+                     C{300000, 4096, 2, random}, C{20000, 2000, 8, runs}, C{0, 2048, 1, random},
+                     C{100000, 1, 1, one_expert}, C{4 * kSmall + 7, 256, 8, even_only}})
     for (const char* env : {static_cast<const char*>(nullptr), "0"})
     for (bool with_token_of : {false, true})
       for (int tile : {g::grouped_tile_m(), 3}) {
-        if (env && c.A > 2048) continue;
+        if ((env && c.A > 2048) || (test::sanitizing() && c.A > 70000)) continue;
         const test::ScopedEnv block("TILEMOE_META_SMALL256", env);
         const std::uint64_t seed = fresh_seed();
         SCOPED_TRACE("A=" + std::to_string(c.A) + " E=" + std::to_string(c.E) + " K=" + std::to_string(c.K) + " " +

@@ -217,9 +217,10 @@ inline bool ws_pair(std::int64_t max_tiles, int E) {
 constexpr std::int64_t router_small_tokens() { return 512; }
 
 // Routing metadata in one block (metadata.cu's one-kernel stable counting sort) up to this many
-// assignments and experts; above, the general path (histogram, scans, CUB's radix sort, inverse
-// map: ~7 launches, ~24 us on an H100 at A = 512, docs/gpu.md run 21). The counters, 32 warps x
-// (E + 1) int32 in shared memory (131 KB at E = 1024), bound E.
+// assignments and experts; above, the general path (the same sort over chunks of the
+// assignments in three launches; until bc709d1 a histogram, scans, CUB's radix sort and an
+// inverse map, ~7 launches, ~24 us on an H100 at A = 512, docs/gpu.md run 21). The counters,
+// 32 warps x (E + 1) int32 in shared memory (131 KB at E = 1024), bound E.
 constexpr std::int64_t metadata_one_block_max_assignments() { return 16384; }
 constexpr int metadata_one_block_max_experts() { return 1024; }
 // Its block: 256 threads up to 2048 assignments (decode sizes: a quarter of the per-expert passes

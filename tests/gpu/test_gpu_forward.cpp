@@ -323,7 +323,7 @@ TEST(GpuForward, WorkspaceWithinBound) {
   const double A = double(T) * c.top_k;
   const double act_y = 2.0 * A * ((c.d_expert + 7) / 8 * 8 + c.d_model);
   // Routing scratch: the logits (up to three fp32 partial logits per expert, router.cu), ids,
-  // weights, the metadata and CUB's sort space.
+  // weights, the metadata and its chunks' counters.
   const double metadata = 3.0 * T * c.num_experts * 4 + 48.0 * A + (4 << 20);
   EXPECT_GE(double(tr.workspace_bytes), act_y);
   EXPECT_LE(double(tr.workspace_bytes), act_y + metadata) << "act + y " << act_y << " bytes";

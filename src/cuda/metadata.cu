@@ -78,6 +78,25 @@ __global__ void uniform_offsets_kernel(std::int64_t rows, int E, int tile_m, std
   }
 }
 
+// Places assignment a of expert e (-1: none) at its warp's next position for e (cw[e], which the
+// lowest lane of e's peers, the warp's lanes of the same expert, moves on) plus its rank among the
+// peers: sorted, slot and sorted_token. By a whole warp.
+__device__ __forceinline__ void place(std::int64_t a, int e, unsigned peers, int* cw,
+                                      const std::int32_t* __restrict__ token_of, int K, const Metadata& m) {
+  const int lane = threadIdx.x & 31, leader = __ffs(peers) - 1;
+  int pos = 0;
+  if (e >= 0 && lane == leader) {
+    pos = cw[e];
+    cw[e] = pos + __popc(peers);
+  }
+  pos = __shfl_sync(0xffffffffu, pos, leader) + __popc(peers & ((1u << lane) - 1));
+  if (e >= 0) {
+    m.sorted[pos] = static_cast<std::int32_t>(a);
+    m.slot[a] = pos;
+    m.sorted_token[pos] = token_of ? token_of[a] : static_cast<std::int32_t>(a / K);
+  }
+}
+
 // The one-block kernel's shape: kThreads threads for up to kMaxA assignments (chunks of 32 per
 // warp: kChunks; experts per thread in the scans: kCols); heuristics.hpp
 // metadata_one_block_threads picks one.
@@ -159,21 +178,7 @@ __global__ void __launch_bounds__(Sh::kWarps * 32) small_metadata_kernel(const s
 #pragma unroll
   for (int i = 0; i < kSmallChunks; ++i) {
     if (i >= chunks) break;
-    const int e = ex[i];
-    const unsigned peers = __match_any_sync(0xffffffffu, e);
-    const int leader = __ffs(peers) - 1;
-    int pos = 0;
-    if (e >= 0 && lane == leader) {
-      pos = cw[e];
-      cw[e] = pos + __popc(peers);
-    }
-    pos = __shfl_sync(0xffffffffu, pos, leader) + __popc(peers & ((1u << lane) - 1));
-    if (e >= 0) {
-      const int a = begin + i * 32 + lane;
-      m.sorted[pos] = a;
-      m.slot[a] = pos;
-      m.sorted_token[pos] = token_of ? token_of[a] : a / K;
-    }
+    place(begin + i * 32 + lane, ex[i], __match_any_sync(0xffffffffu, ex[i]), cw, token_of, K, m);
     __syncwarp();
   }
 }
@@ -319,7 +324,7 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_place_kernel(const std::i
                                                                    const std::int32_t* __restrict__ cnt, Metadata m) {
   extern __shared__ int c[];
   chunk_warp_counts(expert, A, E, chunk, c);
-  const int cols = E + 1, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int cols = E + 1, warp = threadIdx.x / 32;
   for (int e = threadIdx.x; e < cols; e += kChunkThreads) {
     int next = cnt[std::int64_t(blockIdx.x) * cols + e];
     for (int w = 0; w < kChunkWarps; ++w) {
@@ -331,18 +336,7 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_place_kernel(const std::i
   __syncthreads();
   int* cw = c + warp * cols;
   for_each_group(expert, warp_segment(A, chunk, warp), E, [&](std::int64_t a, int e, unsigned peers) {
-    const int leader = __ffs(peers) - 1;
-    int pos = 0;
-    if (e >= 0 && lane == leader) {
-      pos = cw[e];
-      cw[e] = pos + __popc(peers);
-    }
-    pos = __shfl_sync(0xffffffffu, pos, leader) + __popc(peers & ((1u << lane) - 1));
-    if (e >= 0) {
-      m.sorted[pos] = static_cast<std::int32_t>(a);
-      m.slot[a] = pos;
-      m.sorted_token[pos] = token_of ? token_of[a] : static_cast<std::int32_t>(a / K);
-    }
+    place(a, e, peers, cw, token_of, K, m);
   });
 }
 

@@ -169,8 +169,9 @@ inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {
 }
 
 // Whether the fused path's down-projection (outside the decode pair launch) runs in ping-pong
-// (sm90/grouped_ws.cu kModeDownPP): each consumer warpgroup takes every other tile, 128 x 128 of
-// its own, so that one's epilogue overlaps the other's math, against the default 128 x 256 tile
+// (sm90/grouped_ws.cu kModeDownPP): each consumer warpgroup takes every other tile, 128 x 192 of
+// its own (128 x 128 until the measurements below), so that one's epilogue overlaps the other's
+// math, against the default 128 x 256 tile
 // that both warpgroups compute and then both store. Where the K loop is short (n = K below 1024:
 // d 4096 / n 512, Qwen3-30B-A3B, sonic-7b) the cooperative tile spends ~1.4-1.8 us per tile
 // beyond its tensor work (H200 run 118); SonicMoE runs these down-projections in ping-pong

@@ -679,8 +679,9 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
       compare(y, y_ref, d, d, "down-projection");
     }
   }
-  // The down-projection in ping-pong (each consumer warpgroup its own 128 x 128 tiles), at each
-  // pipeline depth, statically and dynamically scheduled, on the reference activations.
+  // The down-projection in ping-pong (each consumer warpgroup its own 128 x 192 tiles; d 256: a
+  // whole column tile and one of 64 columns), at each pipeline depth, statically and dynamically
+  // scheduled, on the reference activations.
   for (const char* sched : {"static", "dynamic"})
     for (int stages : {0, 1, 2, 4}) {
       SCOPED_TRACE(std::string("ping-pong down-projection, schedule ") + sched + ", stages=" + std::to_string(stages));

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes wgmma.cuh: the wgmma wrappers, m64nNk16 bf16 for each N in NS, from one template
 (each wrapper needs N/2 accumulator operands spelled out). Run from src/cuda/ptx/."""
-NS = [256, 128]
+NS = [256, 192, 128]
 
 
 def variant(n):

@@ -75,13 +75,15 @@
 //   cluster-scope release they cost the up-projection 37%, H200 run 115). A third less traffic
 //   from L2 per block with two: d 4096 / n 1024 up-projection 7.40, 7.36 -> 7.00, 6.85 ms (H200
 //   run 116), 8.82, 8.92 -> 8.35, 8.23 (run 117, a hotter card; docs/hopper.md).
-// - Ping-pong down-projection (kModeDownPP, heuristics.hpp ws_pingpong; off by default, 3-10%
-//   slower than the cooperative tile, H200 run 122): each consumer warpgroup takes every other
-//   tile of the block, 128 rows x 128 columns of its own (two m64n128 accumulators over the same
-//   weight box), reading only its own tiles' stages (it passes over the other's, the tiles having
-//   one K) and its own slot of the tile queue, so that one warpgroup's epilogue runs while the
-//   other's math does (their k loops take turns: order barriers, below); the stage layout is the
-//   cooperative one's (a k step uses 32 of its 48 KiB).
+// - Ping-pong down-projection (kModeDownPP, heuristics.hpp ws_pingpong; off by default): each
+//   consumer warpgroup takes every other tile of the block, 128 rows x 192 columns of its own
+//   (two m64n192 accumulators over the same weight box, SonicMoE's tile for n below 1024; with
+//   128 x 128 tiles it was 3-10% slower than the cooperative tile, H200 run 122), reading only
+//   its own tiles' stages (it passes over the other's, the tiles having one K) and its own slot
+//   of the tile queue, so that one warpgroup's epilogue runs while the other's math does (their
+//   k loops take turns: order barriers, below); the stage layout is the cooperative one's (a k
+//   step uses 40 of its 48 KiB), and the epilogue stages a 64-row half of the tile in two rounds
+//   (128, then 64 columns) in the warpgroup's 16 KiB.
 // The launcher takes it where it applies (H100/H200, K, N, strides multiples of 8, 16-byte
 // aligned operands; up-projections gated); everything else goes to grouped_gemm.cu.
 #include <cuda_bf16.h>
@@ -151,10 +153,10 @@ static_assert(WsShape<true>::kSmem == WsShape<false>::kSmem &&
 // up-projection tile first, then every down-projection tile, a down tile's loads waiting until
 // the up-projection has written all of its row tile's activations.
 // DownPP: the down-projection in ping-pong: each consumer warpgroup takes every other tile of
-// the block, 128 rows x kBNpp columns of its own (two m64n128 accumulators), so that one's
+// the block, 128 rows x kBNpp columns of its own (two m64n192 accumulators), so that one's
 // epilogue runs while the other's math does (the tiles' K loops are short where n is small).
 enum WsMode { kModeUp = 0, kModeDown = 1, kModePair = 2, kModeDownPP = 3 };
-constexpr int kBNpp = 128, kTileBytesBpp = kBNpp * kBK * 2;
+constexpr int kBNpp = 192, kTileBytesBpp = kBNpp * kBK * 2;
 static_assert(kTileBytesA + kTileBytesBpp <= WsShape<false>::kStageBytes, "a ping-pong k step fits in a stage");
 
 // One projection of a launch: its tensor maps (weights, TMA-loaded rows of A, output), its
@@ -197,6 +199,13 @@ struct WsCtl {
 // up-projection.
 __host__ __device__ constexpr int weight_slices(bool up, int csize) {
   return csize > (up ? 2 : 1) ? csize : (up ? 2 : 1);
+}
+
+// Calls f(std::integral_constant<int, i>) for i in the sequence, in order (the epilogue's rounds:
+// constant accumulator indices in each).
+template <int... I, class F>
+__device__ __forceinline__ void for_each_round(std::integer_sequence<int, I...>, F&& f) {
+  (f(std::integral_constant<int, I>{}), ...);
 }
 
 template <int kMode, Activation kAct>
@@ -550,13 +559,15 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else {
     // ---------------- consumers ----------------
-    ptx::setmaxnreg_inc<224>();
+    ptx::setmaxnreg_inc<224>();  // (ping-pong's 192 accumulators fit too: no spills)
     const int cw = wg - 1;  // rows 64 cw .. 64 cw + 63 of the tile (ping-pong: tiles cw, cw + 2, ...)
     const int w = tid >> 5, l = tid & 31;
     unsigned char* my_out = out_stage + cw * 64 * Shape::kRoundCols * 2;
     int s = 0, prev = 0;
     std::uint32_t phase = 0;
-    float acc[kBN / 2];  // ping-pong: rows 0-63 of the tile in acc[0, 64), rows 64-127 in acc[64, 128)
+    // Ping-pong: rows 0-63 of the tile in acc[0, kBNpp / 2), rows 64-127 in acc[kBNpp / 2, kBNpp).
+    constexpr int kAcc = kPP ? kBNpp : kBN / 2;
+    float acc[kAcc];
     int q = kPP ? cw : 0;  // ping-pong: a warpgroup's tiles are all in its own slot
     std::uint32_t qphase = 0;
     // Ping-pong: the stages of the other warpgroup's tile (the tiles have one K) are passed over.
@@ -600,9 +611,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto epilogue = [&](auto up_c, const WsPass& p, const TileSlot& cur) {
       constexpr bool kUp = decltype(up_c)::value;
       using Out = WsShape<kUp>;
+      // Ping-pong: per 64-row half of the tile, rounds of up to two panels (kBNpp 192: two, then
+      // one), so that a round's staging is the warpgroup's 16 KiB as in the cooperative tile.
+      constexpr int kSub = (kBNpp / 64 + 1) / 2;  // ping-pong rounds per half
+      constexpr int kRounds = kPP ? 2 * kSub : Out::kRounds;
       const RowTile rt{cur.expert, cur.m0, cur.rows};
-#pragma unroll
-      for (int round = 0; round < Out::kRounds; ++round) {
+      auto round_fn = [&](auto round_c) {
+        constexpr int round = decltype(round_c)::value;
+        constexpr int kHalf = round / kSub, kPart = round % kSub;
+        // The round's 64-column panels and its first accumulator block (8 columns each).
+        constexpr int kPanels = kPP ? (kBNpp / 64 - 2 * kPart < 2 ? kBNpp / 64 - 2 * kPart : 2) : Out::kRoundCols / 64;
+        constexpr int kB0 = kPP ? kHalf * (kBNpp / 8) + kPart * 16 : round * (Out::kRoundCols / 8);
         // The stores issued from the staged panels (last round or last tile) have read them.
         if (tid == 0) ptx::bulk_wait_group_read_all();
         ptx::named_barrier_sync(1 + cw, 128);
@@ -611,8 +630,8 @@ __global__ void __launch_bounds__(kThreads, 1)
           const int rr = 16 * w + (l >> 2) + 8 * h;
           unsigned char* row = my_out + rr * 128 + (l & 3) * 4;
 #pragma unroll
-          for (int bb = 0; bb < Out::kRoundCols / 8; ++bb) {
-            const int b = round * (Out::kRoundCols / 8) + bb;
+          for (int bb = 0; bb < kPanels * 8; ++bb) {
+            const int b = kB0 + bb;
             float v0 = acc[4 * b + 2 * h], v1 = acc[4 * b + 2 * h + 1];
             if constexpr (kUp) {
               v0 = activate_gated<kAct>(v0, acc[4 * (b + 16) + 2 * h]);
@@ -623,9 +642,9 @@ __global__ void __launch_bounds__(kThreads, 1)
           }
         }
         // The round's 64 rows and first column: the warpgroup's rows, the round's 128 columns; in
-        // ping-pong the round's half of the tile's rows, all of its kBNpp columns.
-        const int row0 = kPP ? round * 64 : cw * 64;
-        const int j0 = kPP ? cur.col * kBNpp : cur.col * Out::kOutCols + round * Out::kRoundCols;
+        // ping-pong the round's half of the tile's rows, its part of the kBNpp columns.
+        const int row0 = kPP ? kHalf * 64 : cw * 64;
+        const int j0 = kPP ? cur.col * kBNpp + kPart * 128 : cur.col * Out::kOutCols + round * Out::kRoundCols;
         if (row0 + 64 <= rt.rows) {  // all 64 rows are this tile's
           // One thread hands the panels to TMA stores, and the warpgroup goes on (to the next
           // round, or its next tile) while they drain; columns past N are clipped.
@@ -633,7 +652,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           ptx::named_barrier_sync(1 + cw, 128);
           if (tid == 0) {
 #pragma unroll
-            for (int pnl = 0; pnl < Out::kRoundCols / 64; ++pnl)
+            for (int pnl = 0; pnl < kPanels; ++pnl)
               if (j0 + pnl * 64 < p.g.N)
                 ptx::tma_store_2d(&p.map_c, j0 + pnl * 64, static_cast<int>(rt.m0 + row0),
                                   my_out + pnl * Out::kPanelBytes);
@@ -643,7 +662,7 @@ __global__ void __launch_bounds__(kThreads, 1)
           // Rows past the count belong to the next expert's tile: 16-byte stores with the row
           // and column predicates.
           ptx::named_barrier_sync(1 + cw, 128);
-          constexpr int kChunks = Out::kRoundCols / 8;  // 16-byte chunks per row
+          constexpr int kChunks = kPanels * 8;  // 16-byte chunks per row
 #pragma unroll 4
           for (int qq = tid; qq < 64 * kChunks; qq += 128) {
             const int rr = qq / kChunks, c = qq % kChunks;
@@ -656,7 +675,8 @@ __global__ void __launch_bounds__(kThreads, 1)
             }
           }
         }
-      }
+      };
+      for_each_round(std::make_integer_sequence<int, kRounds>{}, round_fn);
     };
     for (;;) {
       ptx::mbarrier_wait(&q_full[q], qphase);
@@ -685,7 +705,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         continue;
       }
 #pragma unroll
-      for (int i = 0; i < kBN / 2; ++i) acc[i] = 0.0f;
+      for (int i = 0; i < kAcc; ++i) acc[i] = 0.0f;
       if (kPP) {
         if (waits_order) ptx::mbarrier_wait(&order[cw ^ 1], ophase), ophase ^= 1;
         waits_order = true;
@@ -698,10 +718,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         for (int kk = 0; kk < kBK / 16; ++kk) {
           const std::uint64_t db = ptx::smem_desc_sw128(sbase + stage_b(s) + kk * 32);
           if constexpr (kPP) {  // the tile's two 64-row halves against the same weights
-            float(&lo)[64] = *reinterpret_cast<float(*)[64]>(acc);
-            float(&hi)[64] = *reinterpret_cast<float(*)[64]>(acc + 64);
-            ptx::wgmma_m64n128k16_bf16(lo, ptx::smem_desc_sw128(sbase + stage_a(s) + kk * 32), db, 1);
-            ptx::wgmma_m64n128k16_bf16(hi, ptx::smem_desc_sw128(sbase + stage_a(s) + 64 * 128 + kk * 32), db, 1);
+            float(&lo)[kBNpp / 2] = *reinterpret_cast<float(*)[kBNpp / 2]>(acc);
+            float(&hi)[kBNpp / 2] = *reinterpret_cast<float(*)[kBNpp / 2]>(acc + kBNpp / 2);
+            ptx::wgmma_m64n192k16_bf16(lo, ptx::smem_desc_sw128(sbase + stage_a(s) + kk * 32), db, 1);
+            ptx::wgmma_m64n192k16_bf16(hi, ptx::smem_desc_sw128(sbase + stage_a(s) + 64 * 128 + kk * 32), db, 1);
           } else {
             const std::uint64_t da = ptx::smem_desc_sw128(sbase + stage_a(s) + cw * 64 * 128 + kk * 32);
             ptx::wgmma_m64n256k16_bf16(acc, da, db, 1);

@@ -178,8 +178,12 @@ inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {
 // (128 x 192 with 2 x 1 clusters). Measured slower (H200 run 122, down-projection ms, two rounds,
 // cooperative / ping-pong): sonic-7b 0.283, 0.284 / 0.312, 0.312; d 4096 / n 512 1.829, 1.920 /
 // 1.910, 1.912; Qwen3-30B-A3B 0.644, 0.676 / 0.684, 0.693 (its 128 x 128 tiles read 32 KiB from L2
-// per 2.1 MFLOP against 48 per 4.2). Off unless TILEMOE_WS_PINGPONG=1 (then for K below 1024) or
-// =all.
+// per 2.1 MFLOP against 48 per 4.2). With 128 x 192 tiles (commit 6468ddc; 40 KiB per 3.1 MFLOP),
+// H200 runs 138-139 (down-projection ms, cooperative / ping-pong): d 4096 / n 512 1.930, 1.870,
+// 1.852 / 1.690, 1.720, 1.765; Qwen3-30B-A3B 0.628, 0.647, 0.635 / 0.616, 0.620, 0.616; sonic-7b
+// 0.283 / 0.283. Still off until the whole GPU suite and the sanitizers have run with it on
+// (only GpuGroupedGemm.FusedKernelsManyTilesPerBlock has, run 138). Off unless
+// TILEMOE_WS_PINGPONG=1 (then for K below 1024) or =all.
 inline bool ws_pingpong(std::int64_t K) {
   return env_is("TILEMOE_WS_PINGPONG", "all") || (env_is("TILEMOE_WS_PINGPONG", "1") && K < 1024);
 }

@@ -205,7 +205,7 @@ void launch_small(const std::int32_t* expert, const std::int32_t* token_of, int 
 }
 
 // The general path: the one-block kernel's counting sort over chunks of the assignments, a block
-// of kChunkWarps warps per chunk, in three launches:
+// per chunk (8 warps, fewer where shared memory is short for E), in three launches:
 // 1. chunk_count_kernel: block b's counts per expert, into cnt[b][e] (E + 1 columns, column E the
 //    unused slots);
 // 2. chunk_scan_kernel (one block): the counts over the chunks, the scans of rows and tiles, and
@@ -215,18 +215,29 @@ void launch_small(const std::int32_t* expert, const std::int32_t* token_of, int 
 // Until this commit a shared-memory histogram, the scans, CUB's radix sort of (expert, index)
 // pairs and an inverse-map kernel: ~7 launches, 0.037 ms on sonic-7b T 24576 (A 196608, H200 run
 // 128).
-constexpr int kChunkWarps = 8, kChunkThreads = kChunkWarps * 32;
+constexpr int kChunkWarps = 8, kChunkThreads = kChunkWarps * 32;  // at most
 constexpr int kChunkRun = 8;            // 32-assignment groups a warp loads before counting them
 constexpr std::int64_t kChunkMin = 2048;  // assignments per chunk, at least (a multiple of kChunkThreads)
 constexpr int kChunkCells = 24576;      // chunks x (E + 1) counters, at most: the scan block's 96 KiB
 static_assert(kChunkMin % kChunkThreads == 0, "a warp's segment is whole groups of 32");
+
+// Warps per chunk block: 8, or fewer where their counters [warps][E + 1] would not fit in the
+// device's shared memory (E 4096 takes 131 KiB with 8).
+int chunk_warps(int E) {
+  int w = kChunkWarps;
+  while (w > 1 && sizeof(int) * w * (static_cast<std::size_t>(E) + 1) > device_props().smem_optin) w /= 2;
+  return w;
+}
 
 struct Chunks {
   int count;          // chunks (blocks)
   std::int64_t size;  // assignments per chunk, a multiple of kChunkThreads (the last may hold fewer)
 };
 Chunks chunks_for(std::int64_t A, int E) {
-  const std::int64_t most = std::max<std::int64_t>(1, kChunkCells / (E + 1));
+  // The scan block holds every chunk's counters and the totals in shared memory (16 KiB left for
+  // its scans' own).
+  const std::int64_t room = static_cast<std::int64_t>(device_props().smem_optin) / 4 - 4096 - (E + 1);
+  const std::int64_t most = std::max<std::int64_t>(1, std::min<std::int64_t>(kChunkCells, room) / (E + 1));
   const std::int64_t want = std::clamp<std::int64_t>((A + kChunkMin - 1) / kChunkMin, 1, most);
   const std::int64_t per = std::max<std::int64_t>(1, (A + want - 1) / want);
   const std::int64_t size = (per + kChunkThreads - 1) / kChunkThreads * kChunkThreads;
@@ -238,7 +249,7 @@ struct Segment {
   std::int64_t begin, end;
 };
 __device__ __forceinline__ Segment warp_segment(std::int64_t A, std::int64_t chunk, int warp) {
-  const std::int64_t seg = chunk / kChunkWarps;
+  const std::int64_t seg = chunk / (blockDim.x >> 5);
   const std::int64_t b = blockIdx.x * chunk + warp * seg;
   return {min(b, A), min(b + seg, A)};
 }
@@ -266,11 +277,11 @@ __device__ __forceinline__ void for_each_group(const std::int32_t* __restrict__ 
   }
 }
 
-// The warps' counts of the block's chunk: cw [kChunkWarps][E + 1] in shared memory, zeroed here.
+// The warps' counts of the block's chunk: cw [warps][E + 1] in shared memory, zeroed here.
 __device__ void chunk_warp_counts(const std::int32_t* __restrict__ expert, std::int64_t A, int E, std::int64_t chunk,
                                   int* c) {
   const int cols = E + 1, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  for (int i = threadIdx.x; i < kChunkWarps * cols; i += kChunkThreads) c[i] = 0;
+  for (int i = threadIdx.x; i < static_cast<int>(blockDim.x >> 5) * cols; i += blockDim.x) c[i] = 0;
   __syncthreads();
   int* cw = c + warp * cols;
   for_each_group(expert, warp_segment(A, chunk, warp), E, [&](std::int64_t, int e, unsigned peers) {
@@ -285,9 +296,9 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_count_kernel(const std::i
   extern __shared__ int c[];
   chunk_warp_counts(expert, A, E, chunk, c);
   const int cols = E + 1;
-  for (int e = threadIdx.x; e < cols; e += kChunkThreads) {
+  for (int e = threadIdx.x; e < cols; e += blockDim.x) {
     int n = 0;
-    for (int w = 0; w < kChunkWarps; ++w) n += c[w * cols + e];
+    for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) n += c[w * cols + e];
     cnt[std::int64_t(blockIdx.x) * cols + e] = n;
   }
 }
@@ -325,9 +336,9 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_place_kernel(const std::i
   extern __shared__ int c[];
   chunk_warp_counts(expert, A, E, chunk, c);
   const int cols = E + 1, warp = threadIdx.x / 32;
-  for (int e = threadIdx.x; e < cols; e += kChunkThreads) {
+  for (int e = threadIdx.x; e < cols; e += blockDim.x) {
     int next = cnt[std::int64_t(blockIdx.x) * cols + e];
-    for (int w = 0; w < kChunkWarps; ++w) {
+    for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) {
       const int n = c[w * cols + e];
       c[w * cols + e] = next;
       next += n;
@@ -340,7 +351,7 @@ __global__ void __launch_bounds__(kChunkThreads) chunk_place_kernel(const std::i
   });
 }
 
-std::size_t chunk_smem_bytes(int E) { return sizeof(int) * kChunkWarps * (static_cast<std::size_t>(E) + 1); }
+std::size_t chunk_smem_bytes(int warps, int E) { return sizeof(int) * warps * (static_cast<std::size_t>(E) + 1); }
 std::size_t chunk_scan_smem_bytes(int chunks, int E) {
   return sizeof(int) * (static_cast<std::size_t>(chunks) + 1) * (static_cast<std::size_t>(E) + 1);
 }
@@ -374,15 +385,16 @@ void build_metadata(const std::int32_t* expert, const std::int32_t* token_of, in
   }
   const Chunks ch = chunks_for(A, E);
   auto* cnt = static_cast<std::int32_t*>(scratch);
-  const std::size_t smem = chunk_smem_bytes(E), scan_smem = chunk_scan_smem_bytes(ch.count, E);
+  const int warps = chunk_warps(E);
+  const std::size_t smem = chunk_smem_bytes(warps, E), scan_smem = chunk_scan_smem_bytes(ch.count, E);
   allow_smem(chunk_count_kernel, smem);
   allow_smem(chunk_place_kernel, smem);
   allow_smem(chunk_scan_kernel, scan_smem);
-  chunk_count_kernel<<<ch.count, kChunkThreads, smem, st>>>(expert, A, E, ch.size, cnt);
+  chunk_count_kernel<<<ch.count, warps * 32, smem, st>>>(expert, A, E, ch.size, cnt);
   TILEMOE_CHECK_LAUNCH();
   chunk_scan_kernel<<<1, 1024, scan_smem, st>>>(cnt, ch.count, E, tile_m, m);
   TILEMOE_CHECK_LAUNCH();
-  chunk_place_kernel<<<ch.count, kChunkThreads, smem, st>>>(expert, token_of, K, A, E, ch.size, cnt, m);
+  chunk_place_kernel<<<ch.count, warps * 32, smem, st>>>(expert, token_of, K, A, E, ch.size, cnt, m);
   TILEMOE_CHECK_LAUNCH();
 }
 

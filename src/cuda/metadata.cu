@@ -212,7 +212,7 @@ void launch_small(const std::int32_t* expert, const std::int32_t* token_of, int 
 //    cnt[b][e] <- where chunk b's first assignment of expert e goes (offsets[e] + earlier chunks');
 // 3. chunk_place_kernel: block b counts again per warp, turns the counters into positions from
 //    cnt[b][e] and places its assignments, in order within each expert.
-// Until this commit a shared-memory histogram, the scans, CUB's radix sort of (expert, index)
+// Until bc709d1 a shared-memory histogram, the scans, CUB's radix sort of (expert, index)
 // pairs and an inverse-map kernel: ~7 launches, 0.037 ms on sonic-7b T 24576 (A 196608, H200 run
 // 128).
 constexpr int kChunkWarps = 8, kChunkThreads = kChunkWarps * 32;  // at most

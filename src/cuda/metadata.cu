@@ -211,7 +211,9 @@ void launch_small(const std::int32_t* expert, const std::int32_t* token_of, int 
 // 2. chunk_scan_kernel (one block): the counts over the chunks, the scans of rows and tiles, and
 //    cnt[b][e] <- where chunk b's first assignment of expert e goes (offsets[e] + earlier chunks');
 // 3. chunk_place_kernel: block b counts again per warp, turns the counters into positions from
-//    cnt[b][e] and places its assignments, in order within each expert.
+//    cnt[b][e] and places its assignments, in order within each expert. (Counting twice is on
+//    purpose: keeping the per-warp counts from step 1 would make step 2's counters, all in one
+//    block's shared memory, eight times as many.)
 // Until bc709d1 a shared-memory histogram, the scans, CUB's radix sort of (expert, index)
 // pairs and an inverse-map kernel: ~7 launches, 0.037 ms on sonic-7b T 24576 (A 196608, H200 run
 // 128).

@@ -181,11 +181,11 @@ inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {
 // per 2.1 MFLOP against 48 per 4.2). With 128 x 192 tiles (commit 6468ddc; 40 KiB per 3.1 MFLOP),
 // H200 runs 138-139 (down-projection ms, cooperative / ping-pong): d 4096 / n 512 1.930, 1.870,
 // 1.852 / 1.690, 1.720, 1.765; Qwen3-30B-A3B 0.628, 0.647, 0.635 / 0.616, 0.620, 0.616; sonic-7b
-// 0.283 / 0.283. Still off until the whole GPU suite and the sanitizers have run with it on
-// (only GpuGroupedGemm.FusedKernelsManyTilesPerBlock has, run 138). Off unless
-// TILEMOE_WS_PINGPONG=1 (then for K below 1024) or =all.
+// 0.283 / 0.283. The whole GPU suite passes with it on (run 140). On below K 1024;
+// TILEMOE_WS_PINGPONG=0 keeps the cooperative tile everywhere, =all takes ping-pong at every K.
 inline bool ws_pingpong(std::int64_t K) {
-  return env_is("TILEMOE_WS_PINGPONG", "all") || (env_is("TILEMOE_WS_PINGPONG", "1") && K < 1024);
+  if (env_is("TILEMOE_WS_PINGPONG", "0")) return false;
+  return env_is("TILEMOE_WS_PINGPONG", "all") || K < 1024;
 }
 
 // Whether the gathering up-projection's producer (sm90/grouped_ws.cu) issues its weight loads from

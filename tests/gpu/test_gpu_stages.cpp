@@ -661,6 +661,9 @@ TEST(GpuGroupedGemm, FusedKernelsManyTilesPerBlock) {
                  ", stages=" + std::to_string(cc.stages) + (cc.nofit ? ", none fitting" : "") +
                  (cc.units ? ", units of consecutive row tiles" : "") + (cc.serpentine ? ", no serpentine" : "") +
                  (cc.rotate ? ", weight loads from thread 0" : ""));
+    // The cooperative down-projection (ping-pong, the default at this K, takes no clusters; its
+    // cases follow).
+    const test::ScopedEnv coop_env("TILEMOE_WS_PINGPONG", "0");
     const test::ScopedEnv up_env("TILEMOE_WS_CLUSTER_UP", cc.size);
     const test::ScopedEnv down_env("TILEMOE_WS_CLUSTER_DOWN", cc.down_size ? cc.down_size : cc.size);
     const test::ScopedEnv nofit_env("TILEMOE_WS_CLUSTER_NOFIT", cc.nofit);

@@ -266,10 +266,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     for (int q = 0; q < 2; ++q) {
       ptx::mbarrier_init(&q_full[q], 1);
-      // The consumers' arrivals: one per warp, or in a pair one per thread (below); + the TMA
-      // thread's, which reads the slots too where the scheduler is a warp of its own.
-      // (Ping-pong: slot q holds warpgroup q's tiles only.)
-      ptx::mbarrier_init(&q_empty[q], (kPair ? 256 : kPP ? 4 : 8) + (gather ? 0 : 1));
+      // The consumers' arrivals: one per warp, or in a pair and in ping-pong one per thread
+      // (below); + the TMA thread's, which reads the slots too where the scheduler is a warp of
+      // its own. (Ping-pong: slot q holds warpgroup q's tiles only.)
+      ptx::mbarrier_init(&q_empty[q], (kPair ? 256 : kPP ? 128 : 8) + (gather ? 0 : 1));
       ptx::mbarrier_init(&order[q], 4);  // a warpgroup's warps
     }
     ptx::fence_barrier_init();
@@ -681,10 +681,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (;;) {
       ptx::mbarrier_wait(&q_full[q], qphase);
       const TileSlot cur = read_slot(tile_q[q]);
-      // After the warp's reads of the slot. In a pair every thread arrives for its own reads
-      // (racecheck reported the slot's rewrite racing with the reads of the lanes whose warp's
-      // lane 0 had arrived for them, in this mode only: H200 runs 98-101).
-      if (kPair) ptx::mbarrier_arrive(&q_empty[q]);
+      // After the warp's reads of the slot. In a pair and in ping-pong every thread arrives for
+      // its own reads (racecheck reported the slot's rewrite racing with the reads of the lanes
+      // whose warp's lane 0 had arrived for them, in these modes only: H200 runs 98-101 and 141).
+      if (kPair || kPP) ptx::mbarrier_arrive(&q_empty[q]);
       else arrive(&q_empty[q]);
       if (kPP) qphase ^= 1;
       else if (++q == 2) q = 0, qphase ^= 1;

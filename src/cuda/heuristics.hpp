@@ -171,7 +171,7 @@ inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {
 // Whether the fused path's down-projection (outside the decode pair launch) runs in ping-pong
 // (sm90/grouped_ws.cu kModeDownPP): each consumer warpgroup takes every other tile, 128 x 192 of
 // its own (128 x 128 until the measurements below), so that one's epilogue overlaps the other's
-// math, against the default 128 x 256 tile
+// math, against the cooperative 128 x 256 tile
 // that both warpgroups compute and then both store. Where the K loop is short (n = K below 1024:
 // d 4096 / n 512, Qwen3-30B-A3B, sonic-7b) the cooperative tile spends ~1.4-1.8 us per tile
 // beyond its tensor work (H200 run 118); SonicMoE runs these down-projections in ping-pong
@@ -181,7 +181,8 @@ inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {
 // per 2.1 MFLOP against 48 per 4.2). With 128 x 192 tiles (commit 6468ddc; 40 KiB per 3.1 MFLOP),
 // H200 runs 138-139 (down-projection ms, cooperative / ping-pong): d 4096 / n 512 1.930, 1.870,
 // 1.852 / 1.690, 1.720, 1.765; Qwen3-30B-A3B 0.628, 0.647, 0.635 / 0.616, 0.620, 0.616; sonic-7b
-// 0.283 / 0.283. The whole GPU suite passes with it on (run 140). On below K 1024;
+// 0.283 / 0.283; run 142 (commit 4044405, default / =0): d 4096 / n 512 1.702, 1.718 / 1.932,
+// 1.837; Qwen3-30B-A3B 0.635, 0.630 / 0.651, 0.654; sonic-7b 0.286 / 0.284, 0.286. On below K 1024;
 // TILEMOE_WS_PINGPONG=0 keeps the cooperative tile everywhere, =all takes ping-pong at every K.
 inline bool ws_pingpong(std::int64_t K) {
   if (env_is("TILEMOE_WS_PINGPONG", "0")) return false;

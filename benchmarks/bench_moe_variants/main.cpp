@@ -16,7 +16,11 @@
 //                     benchmarks/peers/scattermoe_pipeline.py (--scattermoe)
 //   sonicmoe          SonicMoE (PyPI sonic-moe, QuACK / CuTe-DSL kernels) on the same inputs,
 //                     benchmarks/peers/sonicmoe_pipeline.py (--sonicmoe)
-// Each time: warm-up, then the median of --reps runs, each after an L2 flush, by CUDA events.
+// Each time: warm-up, then the median of --reps runs, each after an L2 flush, by CUDA events. A
+// layer's variants take turns (--order interleaved, the default): rep r of every variant, then rep
+// r + 1, so that the card's clock and temperature, which drift over a layer's seconds of timing,
+// fall on each variant alike (timed one after another, the same configuration measured 4.36 and
+// 4.92 ms in one run, H200 run 143; --order blocks times them so).
 // The memory roofline of a layer: the bytes it must move (the touched experts' weights, the
 // shared experts', the router's, x and out) over the device-to-device copy bandwidth measured in
 // the same run (%mem: roofline time / measured time; what bounds small token counts).
@@ -30,6 +34,8 @@
 #include <cstdlib>
 #include <ctime>
 #include <fstream>
+#include <functional>
+#include <memory>
 #include <map>
 #include <sstream>
 #include <string>
@@ -58,6 +64,7 @@ struct Args {
   std::uint64_t seed = 1234;
   bool sequential = true;
   bool stages = false;
+  bool interleaved = true;  // --order: the variants' reps in turns (interleaved) or in blocks
   DType router_dtype = DType::f32;  // bf16: the router weights as checkpoints store them (one bf16 GEMM)
   std::vector<std::string> variants;  // empty: all of ours
   // What to run, from configs and tokens: an entry "spec@T" at token count T only (the issue's
@@ -79,6 +86,7 @@ void usage() {
       "                          [--json out.json] [--dump dir --torch peers/torch_pipeline.py [--python python3]]\n"
       "                          [--scattermoe peers/scattermoe_pipeline.py] [--sonicmoe peers/sonicmoe_pipeline.py] (with --dump)\n"
       "                          [--no-sequential] [--stages] [--seed S] [--router-dtype fp32|bf16]\n"
+      "                          [--order interleaved|blocks] (our variants' reps in turns, or each variant's in a block)\n"
       "                          [--variants grouped,fused,...] (ours to time; default all: sequential, grouped,\n"
       "                           grouped+rounding, fused, fused_1stage, fused_4stage, fused+rounding, fused_graph,\n"
       "                           dense_cublas)");
@@ -111,6 +119,12 @@ Args parse(int argc, char** argv) {
     else if (k == "--stages") a.stages = true;
     else if (k == "--variants") a.variants = split(val());
     else if (k == "--router-dtype") a.router_dtype = parse_dtype(val(), "--router-dtype");
+    else if (k == "--order") {
+      const std::string o = val();
+      if (o != "interleaved" && o != "blocks")
+        throw InvalidArgument("--order: '" + o + "' is not one of interleaved, blocks");
+      a.interleaved = o == "interleaved";
+    }
     else if (k == "--help" || k == "-h") { usage(); std::exit(0); }
     else throw InvalidArgument("argument '" + k + "': unknown (see --help)");
   }
@@ -181,23 +195,30 @@ class Timer {
     cudaEventDestroy(a_);
     cudaEventDestroy(b_);
   }
-  // Median ms of fn() over reps, each after an L2 flush; fn enqueues on cudaStreamPerThread.
+  // ms of one fn() after an L2 flush (rep i picks the flush's byte); fn enqueues on
+  // cudaStreamPerThread.
+  template <class Fn>
+  double once_ms(Fn&& fn, int i) {
+    cudaStream_t s = cudaStreamPerThread;
+    CK(cudaMemsetAsync(flush_, i & 0xff, flush_bytes_, s));
+    CK(cudaEventRecord(a_, s));
+    fn();
+    CK(cudaEventRecord(b_, s));
+    CK(cudaEventSynchronize(b_));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, a_, b_));
+    return ms;
+  }
+  // Median ms of fn() over reps, each after an L2 flush.
   template <class Fn>
   double median_ms(Fn&& fn, int warmup, int reps) {
-    cudaStream_t s = cudaStreamPerThread;
     for (int i = 0; i < warmup; ++i) fn();
-    CK(cudaStreamSynchronize(s));
+    CK(cudaStreamSynchronize(cudaStreamPerThread));
     std::vector<double> v;
-    for (int i = 0; i < reps; ++i) {
-      CK(cudaMemsetAsync(flush_, i & 0xff, flush_bytes_, s));
-      CK(cudaEventRecord(a_, s));
-      fn();
-      CK(cudaEventRecord(b_, s));
-      CK(cudaEventSynchronize(b_));
-      float ms = 0;
-      CK(cudaEventElapsedTime(&ms, a_, b_));
-      v.push_back(ms);
-    }
+    for (int i = 0; i < reps; ++i) v.push_back(once_ms(fn, i));
+    return median(v);
+  }
+  static double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
   }
@@ -225,29 +246,38 @@ double copy_tbps(Timer& timer, const Args& a) {
 // The forward captured once in a CUDA graph and replayed, as a serving stack runs its decode
 // steps: the same kernels, without the host's launch work between them (the layer has no host
 // synchronization, so it captures).
-template <class Fwd>
-double graph_ms(Timer& timer, const Args& a, Fwd&& forward) {
-  cudaStream_t s = cudaStreamPerThread;
-  (void)forward();  // scratch sized, handles created, kernels loaded: nothing allocates while capturing
-  CK(cudaStreamSynchronize(s));
-  cudaGraph_t graph = nullptr;
-  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
-  Tensor out;
-  try {
-    out = forward();
-  } catch (...) {
-    cudaStreamEndCapture(s, &graph);
-    throw;
+class GraphReplay {
+ public:
+  template <class Fwd>
+  explicit GraphReplay(Fwd&& forward) {
+    cudaStream_t s = cudaStreamPerThread;
+    (void)forward();  // scratch sized, handles created, kernels loaded: nothing allocates while capturing
+    CK(cudaStreamSynchronize(s));
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+    try {
+      out_ = forward();  // the graph writes into this tensor: it lives as long as the graph
+    } catch (...) {
+      cudaStreamEndCapture(s, &graph_);
+      if (graph_) cudaGraphDestroy(graph_);
+      throw;
+    }
+    CK(cudaStreamEndCapture(s, &graph_));
+    CK(cudaGraphInstantiate(&exec_, graph_, 0));
   }
-  CK(cudaStreamEndCapture(s, &graph));
-  cudaGraphExec_t exec = nullptr;
-  CK(cudaGraphInstantiate(&exec, graph, 0));
-  const double ms = timer.median_ms([&] { CK(cudaGraphLaunch(exec, s)); }, a.warmup, a.reps);
-  CK(cudaStreamSynchronize(s));
-  CK(cudaGraphExecDestroy(exec));
-  CK(cudaGraphDestroy(graph));
-  return ms;
-}
+  GraphReplay(const GraphReplay&) = delete;
+  GraphReplay& operator=(const GraphReplay&) = delete;
+  ~GraphReplay() {
+    cudaStreamSynchronize(cudaStreamPerThread);
+    if (exec_) cudaGraphExecDestroy(exec_);
+    if (graph_) cudaGraphDestroy(graph_);
+  }
+  void launch() { CK(cudaGraphLaunch(exec_, cudaStreamPerThread)); }
+
+ private:
+  cudaGraph_t graph_ = nullptr;
+  cudaGraphExec_t exec_ = nullptr;
+  Tensor out_;
+};
 
 // Bytes a forward must move at least: the weights of the experts that received tokens, the shared
 // experts' and the router's, x in and out.
@@ -262,40 +292,69 @@ double layer_bytes(const MoeConfig& c, std::int64_t T, const std::vector<std::in
 }
 
 // The upper bound: dense GEMM pairs with the routed (M = T*K) and shared (M = T*S) shapes.
-double dense_ms(const MoeConfig& c, std::int64_t T, Timer& timer, const Args& a) {
-  cublasHandle_t h;
-  CB(cublasCreate(&h));
-  CB(cublasSetStream(h, cudaStreamPerThread));
-  struct Pair { std::int64_t M, n; };
-  std::vector<Pair> pairs{{T * c.top_k, c.d_expert}};
-  if (c.num_shared > 0) pairs.push_back({T * c.num_shared, c.d_shared});
-  const std::int64_t d = c.d_model;
-  const bool gated = is_gated(c.activation);
-  std::vector<Tensor> bufs;
-  struct G { int m, n, k; const void *A, *B; void* C; };
-  std::vector<G> gemms;
-  for (auto [M, n] : pairs) {
-    const std::int64_t r13 = gated ? 2 * n : n;
-    Tensor x = random_uniform({M, d}, DType::bf16, 1.0f, 11).to(Device::cuda);
-    Tensor w1 = random_uniform({r13, d}, DType::bf16, 0.02f, 12).to(Device::cuda);
-    Tensor h1 = Tensor::empty({M, r13}, DType::bf16, Device::cuda);
-    Tensor a1 = random_uniform({M, n}, DType::bf16, 1.0f, 13).to(Device::cuda);
-    Tensor w2 = random_uniform({d, n}, DType::bf16, 0.02f, 14).to(Device::cuda);
-    Tensor y = Tensor::empty({M, d}, DType::bf16, Device::cuda);
-    gemms.push_back({int(r13), int(M), int(d), w1.raw(), x.raw(), h1.raw()});
-    gemms.push_back({int(d), int(M), int(n), w2.raw(), a1.raw(), y.raw()});
-    for (auto* t : {&x, &w1, &h1, &a1, &w2, &y}) bufs.push_back(*t);
+class DensePairs {
+ public:
+  DensePairs(const MoeConfig& c, std::int64_t T) {
+    CB(cublasCreate(&h_));
+    CB(cublasSetStream(h_, cudaStreamPerThread));
+    struct Pair { std::int64_t M, n; };
+    std::vector<Pair> pairs{{T * c.top_k, c.d_expert}};
+    if (c.num_shared > 0) pairs.push_back({T * c.num_shared, c.d_shared});
+    const std::int64_t d = c.d_model;
+    const bool gated = is_gated(c.activation);
+    for (auto [M, n] : pairs) {
+      const std::int64_t r13 = gated ? 2 * n : n;
+      Tensor x = random_uniform({M, d}, DType::bf16, 1.0f, 11).to(Device::cuda);
+      Tensor w1 = random_uniform({r13, d}, DType::bf16, 0.02f, 12).to(Device::cuda);
+      Tensor h1 = Tensor::empty({M, r13}, DType::bf16, Device::cuda);
+      Tensor a1 = random_uniform({M, n}, DType::bf16, 1.0f, 13).to(Device::cuda);
+      Tensor w2 = random_uniform({d, n}, DType::bf16, 0.02f, 14).to(Device::cuda);
+      Tensor y = Tensor::empty({M, d}, DType::bf16, Device::cuda);
+      gemms_.push_back({int(r13), int(M), int(d), w1.raw(), x.raw(), h1.raw()});
+      gemms_.push_back({int(d), int(M), int(n), w2.raw(), a1.raw(), y.raw()});
+      for (auto* t : {&x, &w1, &h1, &a1, &w2, &y}) bufs_.push_back(*t);
+    }
   }
-  const float one = 1.0f, zero = 0.0f;
-  auto run = [&] {
-    for (const G& g : gemms)
-      CB(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, g.m, g.n, g.k, &one, g.A, CUDA_R_16BF, g.k, g.B, CUDA_R_16BF, g.k,
+  DensePairs(const DensePairs&) = delete;
+  DensePairs& operator=(const DensePairs&) = delete;
+  ~DensePairs() {
+    cudaStreamSynchronize(cudaStreamPerThread);
+    cublasDestroy(h_);
+  }
+  void run() {
+    const float one = 1.0f, zero = 0.0f;
+    for (const G& g : gemms_)
+      CB(cublasGemmEx(h_, CUBLAS_OP_T, CUBLAS_OP_N, g.m, g.n, g.k, &one, g.A, CUDA_R_16BF, g.k, g.B, CUDA_R_16BF, g.k,
                       &zero, g.C, CUDA_R_16BF, g.m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  };
-  const double ms = timer.median_ms(run, a.warmup, a.reps);
+  }
+
+ private:
+  struct G { int m, n, k; const void *A, *B; void* C; };
+  cublasHandle_t h_ = nullptr;
+  std::vector<Tensor> bufs_;
+  std::vector<G> gemms_;
+};
+
+// A layer's variants, each a callable that enqueues one forward.
+struct Timed {
+  std::string name;
+  std::function<void()> run;
+  std::vector<double> ms;
+};
+
+// Every variant's warm-up, then its reps: in turns (interleaved: rep r of each variant, then rep
+// r + 1) or in blocks (all of one variant's, then the next's).
+void time_all(Timer& timer, std::vector<Timed>& vs, int warmup, int reps, bool interleaved) {
+  for (Timed& v : vs)
+    for (int i = 0; i < warmup; ++i) v.run();
   CK(cudaStreamSynchronize(cudaStreamPerThread));
-  cublasDestroy(h);
-  return ms;
+  if (interleaved) {
+    for (int i = 0; i < reps; ++i)
+      for (Timed& v : vs) v.ms.push_back(timer.once_ms(v.run, i));
+  } else {
+    for (Timed& v : vs)
+      for (int i = 0; i < reps; ++i) v.ms.push_back(timer.once_ms(v.run, i));
+  }
 }
 #endif
 
@@ -317,8 +376,9 @@ int main(int argc, char** argv) {
     const std::string card = prop.name;
     const char* commit_env = std::getenv("TILEMOE_COMMIT");
     const std::string commit = commit_env ? commit_env : "unknown";
-    std::printf("card: %s   commit: %s   date: %s   reps %d (median), warm-up %d, L2 flushed\n", card.c_str(),
-                commit.c_str(), now_utc().c_str(), a.reps, a.warmup);
+    std::printf("card: %s   commit: %s   date: %s   reps %d (median), warm-up %d, L2 flushed, variants %s\n",
+                card.c_str(), commit.c_str(), now_utc().c_str(), a.reps, a.warmup,
+                a.interleaved ? "interleaved" : "in blocks");
     Timer timer;
     const double copy_bw = copy_tbps(timer, a);
     std::printf("device-to-device copy: %.2f TB/s (read + write), the memory roofline's bandwidth\n", copy_bw);
@@ -357,36 +417,55 @@ int main(int argc, char** argv) {
           if (std::string(v) == "sequential" && !a.sequential) return false;
           return a.variants.empty() || std::find(a.variants.begin(), a.variants.end(), v) != a.variants.end();
         };
-        if (want("sequential")) {
-          ForwardOptions os;
-          os.algorithm = Algorithm::sequential;
-          add("sequential", timer.median_ms([&] { (void)moe_forward(c, w, x, os); }, a.warmup, a.reps));
-        }
-        if (want("grouped")) add("grouped", timer.median_ms([&] { (void)moe_forward(c, w, x, og); }, a.warmup, a.reps));
+        // Our variants, each checked by one forward first (token rounding can refuse a layer).
+        std::vector<Timed> vs;
+        auto enlist = [&](const char* name, std::function<void()> run) {
+          if (!want(name)) return;
+          try {
+            run();
+            CK(cudaStreamSynchronize(cudaStreamPerThread));
+          } catch (const InvalidArgument& e) {
+            std::printf("  %s skipped: %s\n", name, e.what());
+            return;
+          }
+          vs.push_back({name, std::move(run), {}});
+        };
+        ForwardOptions os;
+        os.algorithm = Algorithm::sequential;
+        enlist("sequential", [&] { (void)moe_forward(c, w, x, os); });
+        enlist("grouped", [&] { (void)moe_forward(c, w, x, og); });
         ForwardOptions orr = og;
         orr.rounding = RoundingOptions{};
-        if (want("grouped+rounding")) {
-          try {
-            add("grouped+rounding", timer.median_ms([&] { (void)moe_forward(c, w, x, orr); }, a.warmup, a.reps));
-          } catch (const Error& e) {
-            std::printf("  grouped+rounding skipped: %s\n", e.what());
-          }
-        }
+        enlist("grouped+rounding", [&] { (void)moe_forward(c, w, x, orr); });
         ForwardOptions of = og;
         of.algorithm = Algorithm::fused;
-        if (want("fused")) add("fused", timer.median_ms([&] { (void)moe_forward(c, w, x, of); }, a.warmup, a.reps));
-        ForwardOptions of1 = of;
+        enlist("fused", [&] { (void)moe_forward(c, w, x, of); });
+        ForwardOptions of1 = of, of4 = of;
         of1.pipeline_stages = 1;
-        if (want("fused_1stage"))
-          add("fused_1stage", timer.median_ms([&] { (void)moe_forward(c, w, x, of1); }, a.warmup, a.reps));
-        of1.pipeline_stages = 4;
-        if (want("fused_4stage"))
-          add("fused_4stage", timer.median_ms([&] { (void)moe_forward(c, w, x, of1); }, a.warmup, a.reps));
+        of4.pipeline_stages = 4;
+        enlist("fused_1stage", [&] { (void)moe_forward(c, w, x, of1); });
+        enlist("fused_4stage", [&] { (void)moe_forward(c, w, x, of4); });
         ForwardOptions ofr = of;
         ofr.rounding = RoundingOptions{};
-        if (want("fused+rounding"))
-          add("fused+rounding", timer.median_ms([&] { (void)moe_forward(c, w, x, ofr); }, a.warmup, a.reps));
-        if (want("fused_graph")) add("fused_graph", graph_ms(timer, a, [&] { return moe_forward(c, w, x, of); }));
+        enlist("fused+rounding", [&] { (void)moe_forward(c, w, x, ofr); });
+        // The graph is captured after every eager variant has run once: the library's grow-only
+        // scratch, which the graph's kernels address, has reached its size, so the eager forwards
+        // timed between the replays never reallocate it under the graph.
+        std::unique_ptr<GraphReplay> graph;
+        if (want("fused_graph")) {
+          graph = std::make_unique<GraphReplay>([&] { return moe_forward(c, w, x, of); });
+          enlist("fused_graph", [&] { graph->launch(); });
+        }
+        std::unique_ptr<DensePairs> dense;
+        if (want("dense_cublas")) {
+          dense = std::make_unique<DensePairs>(c, T);
+          enlist("dense_cublas", [&] { dense->run(); });
+        }
+        time_all(timer, vs, a.warmup, a.reps, a.interleaved);
+        for (const Timed& v : vs) add(v.name, Timer::median(v.ms));
+        vs.clear();
+        graph.reset();
+        dense.reset();
         for (const ForwardOptions* o : {&of, &ofr}) {  // where the time goes: stage medians over reps
           const char* name = o == &of ? "fused" : "fused+rounding";
           if (!want(name)) continue;
@@ -435,7 +514,6 @@ int main(int argc, char** argv) {
               r.host_us = host_us;
             }
         }
-        if (want("dense_cublas")) add("dense_cublas", dense_ms(c, T, timer, a));
         if (a.stages) bench::time_stages(c, w, x, a.reps);
 
         if (!a.dump.empty()) {
@@ -547,6 +625,7 @@ int main(int argc, char** argv) {
       f << "{\"card\": \"" << card << "\", \"date\": \"" << now_utc() << "\", \"commit\": \"" << commit
         << "\", \"reps\": " << a.reps << ", \"warmup\": " << a.warmup << ", \"copy_tbps\": " << copy_bw
         << ", \"router_dtype\": \"" << to_string(a.router_dtype) << "\""
+        << ", \"order\": \"" << (a.interleaved ? "interleaved" : "blocks") << "\""
         << ",\n \"results\": [\n";
       for (std::size_t i = 0; i < results.size(); ++i) {
         const auto& r = results[i];

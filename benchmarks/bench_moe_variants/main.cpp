@@ -342,18 +342,23 @@ struct Timed {
   std::vector<double> ms;
 };
 
-// Every variant's warm-up, then its reps: in turns (interleaved: rep r of each variant, then rep
-// r + 1) or in blocks (all of one variant's, then the next's).
+// The variants' reps in turns (interleaved: every variant's warm-up, then rep r of each variant,
+// then rep r + 1) or in blocks (one variant's warm-up and reps, then the next's: the order of
+// every run up to H200 run 143).
 void time_all(Timer& timer, std::vector<Timed>& vs, int warmup, int reps, bool interleaved) {
-  for (Timed& v : vs)
+  auto warm = [&](Timed& v) {
     for (int i = 0; i < warmup; ++i) v.run();
-  CK(cudaStreamSynchronize(cudaStreamPerThread));
+    CK(cudaStreamSynchronize(cudaStreamPerThread));
+  };
   if (interleaved) {
+    for (Timed& v : vs) warm(v);
     for (int i = 0; i < reps; ++i)
       for (Timed& v : vs) v.ms.push_back(timer.once_ms(v.run, i));
   } else {
-    for (Timed& v : vs)
+    for (Timed& v : vs) {
+      warm(v);
       for (int i = 0; i < reps; ++i) v.ms.push_back(timer.once_ms(v.run, i));
+    }
   }
 }
 #endif

@@ -209,15 +209,6 @@ class Timer {
     CK(cudaEventElapsedTime(&ms, a_, b_));
     return ms;
   }
-  // Median ms of fn() over reps, each after an L2 flush.
-  template <class Fn>
-  double median_ms(Fn&& fn, int warmup, int reps) {
-    for (int i = 0; i < warmup; ++i) fn();
-    CK(cudaStreamSynchronize(cudaStreamPerThread));
-    std::vector<double> v;
-    for (int i = 0; i < reps; ++i) v.push_back(once_ms(fn, i));
-    return median(v);
-  }
   static double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
@@ -229,6 +220,33 @@ class Timer {
   std::size_t flush_bytes_ = 0;
 };
 
+// Something timed (a layer's variant, the copy): a callable that enqueues it once, its reps' ms.
+struct Timed {
+  std::string name;
+  std::function<void()> run;
+  std::vector<double> ms;
+};
+
+// The variants' reps in turns (interleaved: every variant's warm-up, then rep r of each variant,
+// then rep r + 1) or in blocks (one variant's warm-up and reps, then the next's: the order of
+// every run up to H200 run 143).
+void time_all(Timer& timer, std::vector<Timed>& vs, int warmup, int reps, bool interleaved) {
+  auto warm = [&](Timed& v) {
+    for (int i = 0; i < warmup; ++i) v.run();
+    CK(cudaStreamSynchronize(cudaStreamPerThread));
+  };
+  if (interleaved) {
+    for (Timed& v : vs) warm(v);
+    for (int i = 0; i < reps; ++i)
+      for (Timed& v : vs) v.ms.push_back(timer.once_ms(v.run, i));
+  } else {
+    for (Timed& v : vs) {
+      warm(v);
+      for (int i = 0; i < reps; ++i) v.ms.push_back(timer.once_ms(v.run, i));
+    }
+  }
+}
+
 // Copy bandwidth (read + write, TB/s): a 1 GiB device-to-device copy, median of --reps.
 double copy_tbps(Timer& timer, const Args& a) {
   const std::size_t bytes = std::size_t(1) << 30;
@@ -236,8 +254,10 @@ double copy_tbps(Timer& timer, const Args& a) {
   CK(cudaMalloc(&src, bytes));
   CK(cudaMalloc(&dst, bytes));
   CK(cudaMemset(src, 1, bytes));
-  const double ms = timer.median_ms(
-      [&] { CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cudaStreamPerThread)); }, a.warmup, a.reps);
+  std::vector<Timed> copy{
+      {"copy", [&] { CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cudaStreamPerThread)); }, {}}};
+  time_all(timer, copy, a.warmup, a.reps, false);
+  const double ms = Timer::median(copy[0].ms);
   cudaFree(src);
   cudaFree(dst);
   return 2.0 * static_cast<double>(bytes) / (ms * 1e-3) / 1e12;
@@ -335,32 +355,6 @@ class DensePairs {
   std::vector<G> gemms_;
 };
 
-// A layer's variants, each a callable that enqueues one forward.
-struct Timed {
-  std::string name;
-  std::function<void()> run;
-  std::vector<double> ms;
-};
-
-// The variants' reps in turns (interleaved: every variant's warm-up, then rep r of each variant,
-// then rep r + 1) or in blocks (one variant's warm-up and reps, then the next's: the order of
-// every run up to H200 run 143).
-void time_all(Timer& timer, std::vector<Timed>& vs, int warmup, int reps, bool interleaved) {
-  auto warm = [&](Timed& v) {
-    for (int i = 0; i < warmup; ++i) v.run();
-    CK(cudaStreamSynchronize(cudaStreamPerThread));
-  };
-  if (interleaved) {
-    for (Timed& v : vs) warm(v);
-    for (int i = 0; i < reps; ++i)
-      for (Timed& v : vs) v.ms.push_back(timer.once_ms(v.run, i));
-  } else {
-    for (Timed& v : vs) {
-      warm(v);
-      for (int i = 0; i < reps; ++i) v.ms.push_back(timer.once_ms(v.run, i));
-    }
-  }
-}
 #endif
 
 }  // namespace

@@ -182,12 +182,14 @@ inline int ws_cluster_size(std::int64_t max_tiles, int E, bool up, bool a_tma) {
 // H200 runs 138-139 (down-projection ms, cooperative / ping-pong): d 4096 / n 512 1.930, 1.870,
 // 1.852 / 1.690, 1.720, 1.765; Qwen3-30B-A3B 0.628, 0.647, 0.635 / 0.616, 0.620, 0.616; sonic-7b
 // 0.283 / 0.283; run 142 (commit 4044405, default / =0): d 4096 / n 512 1.702, 1.718 / 1.932,
-// 1.837; Qwen3-30B-A3B 0.635, 0.630 / 0.651, 0.654; sonic-7b 0.286 / 0.284, 0.286. On below K 1024;
-// TILEMOE_WS_PINGPONG=0 keeps the cooperative tile everywhere, =all takes ping-pong at every K.
-inline bool ws_pingpong(std::int64_t K) {
-  if (env_is("TILEMOE_WS_PINGPONG", "0")) return false;
-  return env_is("TILEMOE_WS_PINGPONG", "all") || K < 1024;
-}
+// 1.837; Qwen3-30B-A3B 0.635, 0.630 / 0.651, 0.654; sonic-7b 0.286 / 0.284, 0.286. At K 1024 and
+// above too (H200 runs 145-146, commit fde57e7, cooperative / ping-pong, four rounds): gpt-oss-120b
+// (K 2880, d 2880 = 15 x 192 columns against 11.25 x 256) 1.106, 1.122, 1.113, 1.127 / 1.021,
+// 1.033, 1.045, 1.001; d 4096 / n 1024 3.417, 3.412, 3.439, 3.428 / 3.256, 3.257, 3.288, 3.230;
+// Mixtral (K 14336, two rounds) 1.528, 1.528 / 1.517, 1.526. On at every K (decode sizes run
+// the pair mode, whose down tiles are cooperative); TILEMOE_WS_PINGPONG=0 keeps the cooperative
+// tile (A/B timing, tests).
+inline bool ws_pingpong() { return !env_is("TILEMOE_WS_PINGPONG", "0"); }
 
 // Whether the gathering up-projection's producer (sm90/grouped_ws.cu) issues its weight loads from
 // thread 0 of warp k mod 4 at k step k instead of always from thread 0, which also issues its own

@@ -75,7 +75,7 @@
 //   cluster-scope release they cost the up-projection 37%, H200 run 115). A third less traffic
 //   from L2 per block with two: d 4096 / n 1024 up-projection 7.40, 7.36 -> 7.00, 6.85 ms (H200
 //   run 116), 8.82, 8.92 -> 8.35, 8.23 (run 117, a hotter card; docs/hopper.md).
-// - Ping-pong down-projection (kModeDownPP, heuristics.hpp ws_pingpong; below K 1024): each
+// - Ping-pong down-projection (kModeDownPP, heuristics.hpp ws_pingpong; the default): each
 //   consumer warpgroup takes every other tile of the block, 128 rows x 192 columns of its own
 //   (two m64n192 accumulators over the same weight box, SonicMoE's tile for n below 1024; with
 //   128 x 128 tiles it was 3-10% slower than the cooperative tile, H200 run 122), reading only
@@ -888,7 +888,7 @@ std::string ws_refusal(const GemmArgs& g, bool up, std::int64_t a_rows) {
 void launch_grouped_ws(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows, int stages) {
   if (max_tiles <= 0 || g.N <= 0) return;
   const bool a_tma = !up || !g.gather;  // rows of A contiguous: a TMA box per k tile
-  const bool pp = !up && ws_pingpong(g.K);
+  const bool pp = !up && ws_pingpong();
   const int cs = pp ? 1 : ws_cluster_size(max_tiles, g.E, up, a_tma);
   const WsPass p = make_pass(g, up, max_tiles, a_rows, a_tma, cs, pp);
   const bool mcast = !env_is("TILEMOE_WS_CLUSTER_MCAST", "0");

@@ -58,9 +58,9 @@
 //   ~1 MB tiles. Graph-replayed layer, two launches -> one (H200, same-run A/B): Qwen3-30B-A3B
 //   T 64 0.336-0.338 -> 0.315-0.317 ms (runs 98, 100), 0.337 -> 0.328-0.329 (run 101); OLMoE
 //   T 256 0.258-0.261 -> 0.246-0.248 (runs 98, 100), 0.260 -> 0.250-0.251 (run 101).
-//   The consumers arrive on the tile queue per thread in this mode: with one arrival per warp
-//   after __syncwarp (as the other modes do), racecheck reported the slot's rewrite racing with
-//   the lanes' reads of it (runs 98-101; clean since, run 102).
+//   The consumers arrive on the tile queue per thread (in every mode since run 150): with one
+//   arrival per warp after __syncwarp, racecheck reported the slot's rewrite racing with the
+//   lanes' reads of it (runs 98-101; clean since, run 102).
 // - Clusters (heuristics.hpp ws_cluster_size; the gathering up-projection above decode sizes):
 //   blocks in clusters of 2 (or 4) take that many consecutive row tiles of one column tile (a
 //   unit; static schedule). Units start at each expert's first row (expert_of_unit_warp), so all
@@ -266,10 +266,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     for (int q = 0; q < 2; ++q) {
       ptx::mbarrier_init(&q_full[q], 1);
-      // The consumers' arrivals: one per warp, or in a pair and in ping-pong one per thread
-      // (below); + the TMA thread's, which reads the slots too where the scheduler is a warp of
-      // its own. (Ping-pong: slot q holds warpgroup q's tiles only.)
-      ptx::mbarrier_init(&q_empty[q], (kPair ? 256 : kPP ? 128 : 8) + (gather ? 0 : 1));
+      // The consumers' arrivals, one per thread (below; ping-pong: slot q holds warpgroup q's
+      // tiles only), + the TMA thread's, which reads the slots too where the scheduler is a warp
+      // of its own.
+      ptx::mbarrier_init(&q_empty[q], (kPP ? 128 : 256) + (gather ? 0 : 1));
       ptx::mbarrier_init(&order[q], 4);  // a warpgroup's warps
     }
     ptx::fence_barrier_init();
@@ -282,7 +282,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (cl) ptx::cluster_sync();
 
   // One arrival per consumer warp, once all its lanes got there (__syncwarp orders their wgmma
-  // reads before lane 0's release). Per thread measured the same (H100, session 4).
+  // reads before lane 0's release; the ping-pong's order barriers).
   auto arrive = [&](std::uint64_t* bar) {
     __syncwarp();
     if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bar);
@@ -681,11 +681,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (;;) {
       ptx::mbarrier_wait(&q_full[q], qphase);
       const TileSlot cur = read_slot(tile_q[q]);
-      // After the warp's reads of the slot. In a pair and in ping-pong every thread arrives for
-      // its own reads (racecheck reported the slot's rewrite racing with the reads of the lanes
-      // whose warp's lane 0 had arrived for them, in these modes only: H200 runs 98-101 and 141).
-      if (kPair || kPP) ptx::mbarrier_arrive(&q_empty[q]);
-      else arrive(&q_empty[q]);
+      // Every thread arrives after its own reads of the slot. (With one arrival per warp after
+      // __syncwarp, racecheck reported the slot's rewrite racing with the reads of the lanes
+      // whose lane 0 had arrived for them, in the pair and ping-pong modes: H200 runs 98-101 and
+      // 141; one rule for every mode since run 150.)
+      ptx::mbarrier_arrive(&q_empty[q]);
       if (kPP) qphase ^= 1;
       else if (++q == 2) q = 0, qphase ^= 1;
       if (cur.t >= total) break;

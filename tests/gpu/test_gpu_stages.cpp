@@ -536,6 +536,19 @@ TEST(GpuHeuristics, ClusterSize) {
   }
 }
 
+// The down-projection's tile (host code, no GPU needed): ping-pong unless the A/B switch says 0.
+TEST(GpuHeuristics, PingPongDownProjection) {
+  using detail::gpu::ws_pingpong;
+  {
+    const test::ScopedEnv unset("TILEMOE_WS_PINGPONG", nullptr);
+    EXPECT_TRUE(ws_pingpong());
+  }
+  for (const char* v : {"0", "1", "all"}) {
+    const test::ScopedEnv env("TILEMOE_WS_PINGPONG", v);
+    EXPECT_EQ(ws_pingpong(), std::string(v) != "0") << v;
+  }
+}
+
 // The persistent fused kernels walk many tiles per block on large inputs (the matrices above fit
 // in one wave): each projection with each pipeline depth against the portable kernels on the
 // same inputs, row by row, naming the first rows that differ.

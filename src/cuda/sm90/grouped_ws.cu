@@ -281,8 +281,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const std::uint32_t crank = cl ? ptx::cluster_ctarank() : 0;
   if (cl) ptx::cluster_sync();
 
-  // One arrival per consumer warp, once all its lanes got there (__syncwarp orders their wgmma
-  // reads before lane 0's release; the ping-pong's order barriers).
+  // The ping-pong's order barriers: one arrival per consumer warp, once all its lanes got there
+  // (__syncwarp before lane 0's arrival).
   auto arrive = [&](std::uint64_t* bar) {
     __syncwarp();
     if ((threadIdx.x & 31) == 0) ptx::mbarrier_arrive(bar);

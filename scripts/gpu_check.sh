@@ -209,14 +209,15 @@ if has ab; then
   rm -f "$OUT/ab.log"
 fi
 if has clocks; then
-  # SM clock and power while the fused layer, then cuBLAS's dense pair, run back to back
-  # (CLOCK_CONFIG, 200 reps each): nvidia-smi samples every 20 ms, those above 300 W (under load)
-  # summarized. Whether a kernel is held back by the power limit shows as a lower clock.
+  # SM clock and power while each of CLOCK_VARIANTS (default: the fused layer, then cuBLAS's dense
+  # pair) runs back to back (CLOCK_CONFIG, 200 reps each): nvidia-smi samples every 20 ms, those
+  # above 300 W (under load) summarized. Whether a kernel is held back by the power limit shows as
+  # a lower clock.
   B=$BUILD/bin/bench_moe_variants
-  for v in fused dense_cublas; do
+  for v in ${CLOCK_VARIANTS:-fused dense_cublas}; do
     nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 20 > "$OUT/clocks_$v.csv" &
     smi=$!
-    $B --configs "${CLOCK_CONFIG:-mixtral-8x7b@4096}" --no-sequential --variants $v --reps 200 > "$OUT/clocks_$v.log" 2>&1
+    $B --configs "${CLOCK_CONFIG:-mixtral-8x7b@4096}" --variants $v --reps 200 > "$OUT/clocks_$v.log" 2>&1
     kill $smi; wait $smi 2>/dev/null
     note "clocks $v ${CLOCK_CONFIG:-mixtral-8x7b@4096}: $(python3 - "$OUT/clocks_$v.csv" <<'PY'
 import sys, statistics

@@ -16,8 +16,8 @@
 # tests, sanitize: also rerun the fast-path tests under each setting of TEST_ENVS ("A=1 B=2;C=3");
 # SANITIZE_TOOLS="" skips the full sanitizer runs (the TEST_ENVS ones still run).
 # ab: the fused layer's stage medians under each setting of AB_ENVS ("base" = none; "old" runs
-# .old/bench_moe_variants, an older commit's build carried along; "args:--flag value" passes
-# benchmark flags instead of an environment) on AB_CONFIGS,
+# .old/bench_moe_variants, an older commit's build carried along; a trailing "args:--flag value"
+# passes benchmark flags too, e.g. "TILEMOE_X=1 args:--stages") on AB_CONFIGS,
 # an A/B of kernel variants chosen by environment variables, all in one run on one card
 # (AB_VARIANTS: the benchmark's variants, default fused,dense_cublas).
 set -u
@@ -197,13 +197,17 @@ if has ab; then
   IFS=';' read -ra ENVS <<< "${AB_ENVS:-base}"
   for e in "${ENVS[@]}"; do
     start=$SECONDS
-    ev=$e; [ "$e" = base ] && ev=
-    args=; [[ $e == args:* ]] && args=${e#args:} ev=
-    B=$BUILD/bin/bench_moe_variants; [ "$e" = old ] && B=.old/bench_moe_variants ev=  # an older build, carried
+    # "[ENV=1 ...|base|old] [args:--flag value ...]": an environment, then benchmark flags
+    ev=$e args=
+    [[ $e == *args:* ]] && args=${e#*args:} ev=${e%%args:*}
+    ev=$(echo $ev)  # trimmed
+    B=$BUILD/bin/bench_moe_variants
+    [ "$ev" = old ] && B=.old/bench_moe_variants  # an older build, carried
+    [[ $ev = base || $ev = old ]] && ev=
     env $ev timeout 300 $B $args --configs "${AB_CONFIGS:-sonic-7b@24576,qwen3-30b-a3b@16384,mixtral-8x7b@4096}" --no-sequential \
       --variants "${AB_VARIANTS:-fused,dense_cublas}" > "$OUT/ab.log" 2>&1
     note "ab [$e] rc=$? ($((SECONDS - start)) s)"
-    grep -E "^  fused:|up_projection|host:|T=.*(fused|fused_graph|dense_cublas) " "$OUT/ab.log" | grep -v "^  fused:" | sed 's/^ */  /'
+    grep -E "^  fused:|up_projection|host:|T=.*(grouped|fused|fused_graph|dense_cublas) |^  stage " "$OUT/ab.log" | grep -v "^  fused:" | sed 's/^ */  /'
     { echo "=== $e"; cat "$OUT/ab.log"; } >> "$OUT/ab_all.log"
   done
   rm -f "$OUT/ab.log"

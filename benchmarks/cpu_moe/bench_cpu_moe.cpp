@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
     for (const auto& cfg : split(configs))
       for (const auto& t : split(tokens)) {
         preset(cfg);  // validates the name
-        cases.push_back({cfg, std::stoll(t), parse_dtype(dtype)});
+        cases.push_back({cfg, parse_int("--tokens", t, 1, 1ll << 24), parse_dtype(dtype)});
       }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_cpu_moe: error: %s\n", e.what());

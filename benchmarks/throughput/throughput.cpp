@@ -6,6 +6,7 @@
 // --compare is a prediction (see docs/throughput.md).
 #include <algorithm>
 #include <cmath>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -106,9 +107,11 @@ bool parse_args(int argc, char** argv, std::map<std::string, std::string>& out) 
 
 long long to_int(const std::string& name, const std::string& v) {
   char* end = nullptr;
+  errno = 0;
   const long long x = std::strtoll(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0')
-    throw InvalidArgument(detail::concat("--", name, " = '", v, "': expected an integer"));
+  if (v.empty() || *end != '\0' || errno != 0)
+    throw InvalidArgument(detail::concat("--", name, " = '", v, "': expected an integer",
+                                         errno == ERANGE ? " (out of range)" : ""));
   return x;
 }
 

@@ -1,6 +1,7 @@
 // Step 1 of the chapter: the basic MoE layer, router -> top-k -> experts -> weighted sum,
 // one stage at a time on a small preset, printing what it routed and what it computed.
 //   ./build/bin/moe_layer [--config small] [--tokens 8] [--seed 1]
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -24,11 +25,17 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "moe_layer: error: option %s needs a value\n", a.c_str());
       return 2;
     }
-    if (a == "--config") config = argv[++i];
-    else if (a == "--tokens") T = std::atoll(argv[++i]);
-    else if (a == "--seed") seed = std::atoll(argv[++i]);
-    else {
-      std::fprintf(stderr, "moe_layer: error: unknown option %s (expected --config, --tokens, --seed)\n", a.c_str());
+    const std::string v = argv[++i];
+    try {
+      if (a == "--config") config = v;
+      else if (a == "--tokens") T = parse_int(a, v, 1, 1ll << 24);
+      else if (a == "--seed") seed = parse_int(a, v, 0, LLONG_MAX);
+      else {
+        std::fprintf(stderr, "moe_layer: error: unknown option %s (expected --config, --tokens, --seed)\n", a.c_str());
+        return 2;
+      }
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "moe_layer: error: %s\n", e.what());
       return 2;
     }
   }

@@ -4,6 +4,7 @@
 // routing_comparison.svg (tile utilization and layer-output deviation against E) to --out.
 // Usage: routing_comparison --help
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -46,12 +47,12 @@ void usage() {
 }
 
 template <class Int>
-std::vector<Int> parse_list(const char* v) {
+std::vector<Int> parse_list(std::string_view flag, const char* v, long long lo, long long hi) {
   std::vector<Int> out;
   std::stringstream ss(v);
   std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(static_cast<Int>(std::stoll(item)));
-  if (out.empty()) throw InvalidArgument(std::string("list '") + v + "': expected comma-separated integers");
+  while (std::getline(ss, item, ',')) out.push_back(static_cast<Int>(parse_int(flag, item, lo, hi)));
+  if (out.empty()) throw InvalidArgument(detail::concat(flag, " = '", v, "': expected comma-separated integers"));
   return out;
 }
 
@@ -63,13 +64,13 @@ Args parse(int argc, char** argv) {
     if (i + 1 >= argc) throw InvalidArgument(std::string(f) + ": expected a value after it (see --help)");
     const char* v = argv[++i];
     if (f == "--out") a.out = v;
-    else if (f == "--tokens") a.tokens = parse_list<std::int64_t>(v);
-    else if (f == "--experts") a.experts = parse_list<int>(v);
-    else if (f == "--k") a.top_k = std::stoi(v);
-    else if (f == "--tile") a.tile = std::stoi(v);
-    else if (f == "--d") a.d = std::stoll(v);
-    else if (f == "--skew") a.skew = std::stod(v);
-    else if (f == "--seed") a.seed = std::stoull(v);
+    else if (f == "--tokens") a.tokens = parse_list<std::int64_t>(f, v, 1, 1ll << 24);
+    else if (f == "--experts") a.experts = parse_list<int>(f, v, 1, 1 << 16);
+    else if (f == "--k") a.top_k = static_cast<int>(parse_int(f, v, 1, 1 << 16));
+    else if (f == "--tile") a.tile = static_cast<int>(parse_int(f, v, 1, 1 << 20));
+    else if (f == "--d") a.d = parse_int(f, v, 2, 1 << 20);
+    else if (f == "--skew") a.skew = parse_double(f, v, 0.0, 100.0);
+    else if (f == "--seed") a.seed = static_cast<std::uint64_t>(parse_int(f, v, 0, LLONG_MAX));
     else throw InvalidArgument("unknown flag " + std::string(f) + " (see --help)");
   }
   return a;

@@ -2,6 +2,7 @@
 // preset's router, rounds each expert's token count to a multiple of the tile M and prints, per
 // expert, the count, the tiles it needs and their utilization before and after, with totals and
 // how far the layer output moves. Usage: token_rounding --help
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -40,10 +41,10 @@ Args parse(int argc, char** argv) {
     if (i + 1 >= argc) throw InvalidArgument(std::string(f) + ": expected a value after it (see --help)");
     const char* v = argv[++i];
     if (f == "--preset") a.preset = v;
-    else if (f == "--tokens") a.tokens = std::stoll(v);
-    else if (f == "--tile") a.tile = std::stoi(v);
+    else if (f == "--tokens") a.tokens = parse_int(f, v, 1, 1ll << 24);
+    else if (f == "--tile") a.tile = static_cast<int>(parse_int(f, v, 1, 1 << 20));
     else if (f == "--rule") a.rule = v;
-    else if (f == "--seed") a.seed = std::stoull(v);
+    else if (f == "--seed") a.seed = static_cast<std::uint64_t>(parse_int(f, v, 0, LLONG_MAX));
     else throw InvalidArgument("unknown flag " + std::string(f) + " (see --help)");
   }
   return a;

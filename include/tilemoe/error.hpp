@@ -1,7 +1,9 @@
 // Errors: one typed exception, thrown by every check in the library. Its message names the
 // argument, the value it had and what is allowed. The library never exits; tools catch.
 #pragma once
+#include <cerrno>
 #include <charconv>
+#include <cstdlib>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -51,6 +53,19 @@ inline long long parse_int(std::string_view name, std::string_view text, long lo
   const auto [ptr, ec] = std::from_chars(text.data(), end, v);
   if (ec != std::errc() || ptr != end || v < lo || v > hi)
     throw InvalidArgument(detail::concat(name, " = '", text, "': expected an integer in [", lo, ", ", hi, "]"));
+  return v;
+}
+
+// The same for a real number: parse_double("--skew", "x", 0, 10) throws
+// InvalidArgument("--skew = 'x': expected a number in [0, 10]"), as does a value outside
+// [lo, hi] (NaN and the infinities included, where the bounds are finite).
+inline double parse_double(std::string_view name, std::string_view text, double lo, double hi) {
+  const std::string s(text);
+  char* end = nullptr;
+  errno = 0;
+  const double v = s.empty() ? 0.0 : std::strtod(s.c_str(), &end);
+  if (s.empty() || *end != '\0' || errno != 0 || !(v >= lo && v <= hi))
+    throw InvalidArgument(detail::concat(name, " = '", text, "': expected a number in [", lo, ", ", hi, "]"));
   return v;
 }
 

@@ -1,3 +1,4 @@
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 
@@ -60,18 +61,22 @@ std::string Args::get(const std::string& name) const {
 long long Args::get_int(const std::string& name) const {
   const std::string v = get(name);
   char* end = nullptr;
+  errno = 0;
   const long long x = std::strtoll(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0')
-    throw InvalidArgument(detail::concat("--", name, " = '", v, "': expected an integer"));
+  if (v.empty() || *end != '\0' || errno != 0)
+    throw InvalidArgument(detail::concat("--", name, " = '", v, "': expected an integer",
+                                         errno == ERANGE ? " (out of range)" : ""));
   return x;
 }
 
 double Args::get_double(const std::string& name) const {
   const std::string v = get(name);
   char* end = nullptr;
+  errno = 0;
   const double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end != '\0')
-    throw InvalidArgument(detail::concat("--", name, " = '", v, "': expected a number"));
+  if (v.empty() || *end != '\0' || errno != 0)
+    throw InvalidArgument(detail::concat("--", name, " = '", v, "': expected a number",
+                                         errno == ERANGE ? " (out of range)" : ""));
   return x;
 }
 
@@ -94,9 +99,11 @@ std::vector<long long> Args::get_int_list(const std::string& name) const {
   std::vector<long long> out;
   for (const auto& s : get_list(name)) {
     char* end = nullptr;
+    errno = 0;
     const long long x = std::strtoll(s.c_str(), &end, 10);
-    if (*end != '\0')
-      throw InvalidArgument(detail::concat("--", name, " item '", s, "': expected an integer"));
+    if (*end != '\0' || errno != 0)
+      throw InvalidArgument(detail::concat("--", name, " item '", s, "': expected an integer",
+                                           errno == ERANGE ? " (out of range)" : ""));
     out.push_back(x);
   }
   return out;

@@ -13,7 +13,10 @@
 # profile / profile_sonic: Nsight Compute on our expert GEMMs and cuBLAS's, or on SonicMoE's, one
 # layer (PROFILE_CONFIG, default qwen3-30b-a3b@16384): the same sections and stall metrics.
 # tests: the GPU tests stopped after TEST_TIMEOUT seconds (default 300).
-# tests, sanitize: also rerun the fast-path tests under each setting of TEST_ENVS ("A=1 B=2;C=3");
+# tests, sanitize: also rerun the fast-path tests under each setting of TEST_ENVS ("A=1 B=2;C=3"),
+# each stopped after ENV_TEST_TIMEOUT seconds (default 150: a mode that hangs costs that, not
+# the call); a setting whose tests failed or timed out is not run under the sanitizers, nor
+# under the next tools once one timed out (ENV_SANITIZE_TIMEOUT seconds, default 300).
 # SANITIZE_TOOLS="" skips the full sanitizer runs (the TEST_ENVS ones still run).
 # ab: the fused layer's stage medians under each setting of AB_ENVS ("base" = none; "old" runs
 # .old/bench_moe_variants, an older commit's build carried along; a trailing "args:--flag value"
@@ -26,6 +29,8 @@ mkdir -p "$OUT"
 STEPS=${*:-build tests sanitize bench example}
 has() { [[ " $STEPS " == *" $1 "* ]]; }
 SUMMARY=()
+FAILED_ENVS=()  # TEST_ENVS settings whose tests failed: the sanitizers skip them
+env_failed() { local f; for f in "${FAILED_ENVS[@]}"; do [ "$f" == "$1" ] && return 0; done; return 1; }
 note() { SUMMARY+=("$1"); echo "== $1"; }
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 # The commit the benchmarks name: a .commit file carried along (git-ignored: `git rev-parse --short
@@ -75,8 +80,9 @@ if has tests; then
   for e in "${ENVS[@]}"; do
     [ -z "$e" ] && continue
     start=$SECONDS
-    env $e timeout 300 $T --gtest_brief=1 --gtest_filter="$F_FAST" > "$OUT/tests_gpu_env.log" 2>&1
+    env $e timeout ${ENV_TEST_TIMEOUT:-150} $T --gtest_brief=1 --gtest_filter="$F_FAST" > "$OUT/tests_gpu_env.log" 2>&1
     rc=$?
+    [ $rc -ne 0 ] && FAILED_ENVS+=("$e")
     note "tests_gpu [$e] rc=$rc ($((SECONDS - start)) s): $(grep -E '^\[  (PASSED|FAILED)' "$OUT/tests_gpu_env.log" | tr '\n' ' ')"
     grep -E "Failure|FAILED|Expected|Which is|seed=|actual" "$OUT/tests_gpu_env.log" | head -30
     cat "$OUT/tests_gpu_env.log" >> "$OUT/tests_gpu_envs.log"
@@ -104,14 +110,16 @@ if has sanitize; then
   IFS=';' read -ra ENVS <<< "${TEST_ENVS:-}"
   for e in "${ENVS[@]}"; do
     [ -z "$e" ] && continue
+    if env_failed "$e"; then note "sanitizers [$e] skipped: its tests failed or timed out"; continue; fi
     for tool in memcheck racecheck synccheck; do
       start=$SECONDS
-      env $e TILEMOE_SANITIZE=1 timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_brief=1 \
+      env $e TILEMOE_SANITIZE=1 timeout ${ENV_SANITIZE_TIMEOUT:-300} compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_brief=1 \
         --gtest_filter='GpuForward.FusedBf16ShapeMatrix:GpuGroupedGemm.FusedKernelsManyTilesPerBlock' > "$OUT/sanitize_env.log" 2>&1
       rc=$?
       note "sanitizer $tool [$e] rc=$rc ($((SECONDS - start)) s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_env.log" | tail -1)"
       grep -E "^=========  *(Invalid|Race|Error)" "$OUT/sanitize_env.log" | sort | uniq -c | head -10
       cat "$OUT/sanitize_env.log" >> "$OUT/sanitize_envs.log"
+      if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then note "sanitizers [$e]: $tool timed out, the rest skipped"; break; fi
     done
   done
   rm -f "$OUT/sanitize_env.log"

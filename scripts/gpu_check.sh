@@ -22,7 +22,8 @@
 # .old/bench_moe_variants, an older commit's build carried along; a trailing "args:--flag value"
 # passes benchmark flags too, e.g. "TILEMOE_X=1 args:--stages") on AB_CONFIGS,
 # an A/B of kernel variants chosen by environment variables, all in one run on one card
-# (AB_VARIANTS: the benchmark's variants, default fused,dense_cublas).
+# (AB_VARIANTS: the benchmark's variants, default fused,dense_cublas); each entry stopped after
+# AB_TIMEOUT seconds (default 300), and not run again in the call once it has been.
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -203,7 +204,11 @@ if has example; then
 fi
 if has ab; then
   IFS=';' read -ra ENVS <<< "${AB_ENVS:-base}"
+  HUNG=()  # entries that ran past AB_TIMEOUT: their repeats later in AB_ENVS are skipped
   for e in "${ENVS[@]}"; do
+    skip=
+    for h in "${HUNG[@]}"; do [ "$h" == "$e" ] && skip=1; done
+    if [ -n "$skip" ]; then note "ab [$e] skipped: it timed out before"; continue; fi
     start=$SECONDS
     # "[ENV=1 ...|base|old] [args:--flag value ...]": an environment, then benchmark flags
     ev=$e args=
@@ -212,9 +217,11 @@ if has ab; then
     B=$BUILD/bin/bench_moe_variants
     [ "$ev" = old ] && B=.old/bench_moe_variants  # an older build, carried
     [[ $ev = base || $ev = old ]] && ev=
-    env $ev timeout 300 $B $args --configs "${AB_CONFIGS:-sonic-7b@24576,qwen3-30b-a3b@16384,mixtral-8x7b@4096}" --no-sequential \
+    env $ev timeout ${AB_TIMEOUT:-300} $B $args --configs "${AB_CONFIGS:-sonic-7b@24576,qwen3-30b-a3b@16384,mixtral-8x7b@4096}" --no-sequential \
       --variants "${AB_VARIANTS:-fused,dense_cublas}" > "$OUT/ab.log" 2>&1
-    note "ab [$e] rc=$? ($((SECONDS - start)) s)"
+    rc=$?
+    note "ab [$e] rc=$rc ($((SECONDS - start)) s)"
+    [[ $rc -eq 124 || $rc -eq 137 ]] && HUNG+=("$e")
     grep -E "^  fused:|up_projection|host:|T=.*(grouped|fused|fused_graph|dense_cublas) |^  stage " "$OUT/ab.log" | grep -v "^  fused:" | sed 's/^ */  /'
     { echo "=== $e"; cat "$OUT/ab.log"; } >> "$OUT/ab_all.log"
   done

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <new>
 #include <sstream>
 
@@ -91,6 +92,8 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
   std::int64_t n = 1;
   for (auto e : shape) {
     check_arg(e >= 0, "shape", to_string(shape), "non-negative extents");
+    check_arg(e == 0 || n <= (std::numeric_limits<std::int64_t>::max() / 8) / e, "shape", to_string(shape),
+              "fewer than 2^60 elements");
     n *= e;
   }
   t.shape_ = std::move(shape);
@@ -99,7 +102,12 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
   t.device_ = device;
   const std::size_t bytes = std::max<std::size_t>(t.nbytes(), 1);
   if (device == Device::cpu) {
-    t.storage_ = host_alloc(bytes);
+    try {
+      t.storage_ = host_alloc(bytes);
+    } catch (const std::bad_alloc&) {
+      throw Error(detail::concat("out of host memory: a CPU tensor ", to_string(t.shape_), " ", to_string(dtype), " of ",
+                                 static_cast<double>(bytes) / 1e9, " GB could not be allocated"));
+    }
   } else {
     t.storage_ = detail::cuda_alloc(bytes);
   }

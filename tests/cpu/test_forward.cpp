@@ -187,6 +187,20 @@ TEST(Config, PresetVariantChangesSizesAndNamesBadModifiers) {
   expect_invalid([&] { preset_variant("nope:E8"); }, "nope");
 }
 
+// A CPU tensor that cannot be allocated is named (shape, dtype, size), not a bare std::bad_alloc.
+TEST(Tensor, NamesAnAllocationThatFails) {
+  try {
+    Tensor::empty({std::int64_t(1) << 24, std::int64_t(1) << 24, 64}, DType::f32);
+    ADD_FAILURE() << "a 72 PB tensor was allocated";
+  } catch (const tilemoe::Error& e) {
+    const std::string m = e.what();
+    EXPECT_NE(m.find("out of host memory"), std::string::npos) << m;
+    EXPECT_NE(m.find("[16777216, 16777216, 64] fp32"), std::string::npos) << m;
+  }
+  expect_invalid([] { Tensor::empty({4, -1}, DType::f32); }, "non-negative extents");
+  expect_invalid([] { Tensor::empty({std::int64_t(1) << 40, std::int64_t(1) << 40}, DType::f32); }, "fewer than 2^60");
+}
+
 TEST(Bf16, RoundsToNearestEven) {
   EXPECT_EQ(bf16::from_float(1.0f).bits, 0x3f80);
   EXPECT_EQ(bf16::from_float(1.00390625f).bits, 0x3f80);  // halfway, to even (down)

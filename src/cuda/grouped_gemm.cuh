@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string>
 
+#include "tile_order.hpp"
 #include "tilemoe/config.hpp"
 
 namespace tilemoe::detail::gpu {
@@ -111,21 +112,7 @@ __device__ __forceinline__ RowTile find_row_tile_warp(const GemmArgs& g, int til
   const std::int64_t m0 = g.offsets[e] + std::int64_t(tile - g.tile_offsets[e]) * kBM;
   return {e, m0, static_cast<int>(min(std::int64_t(kBM), g.offsets[e + 1] - m0))};
 }
-// Output tile t of a grouped launch -> (row tile, column tile), rasterized in groups of
-// group_rows row tiles: consecutive tiles walk down a group's rows, then its next column, so
-// the blocks running together share a few weight panels and a few row panels (which stay in
-// L2) instead of streaming every column of an expert's weights once per row tile.
-struct TileCoord {
-  int row, col;
-};
-__device__ __forceinline__ TileCoord raster_tile(std::int64_t t, int nrow, int ncol, int group_rows) {
-  const std::int64_t per_group = std::int64_t(group_rows) * ncol;
-  const int grp = static_cast<int>(t / per_group);
-  const int first = grp * group_rows;
-  const int rows_here = min(group_rows, nrow - first);
-  const int rem = static_cast<int>(t - grp * per_group);
-  return {first + rem % rows_here, rem / rows_here};
-}
+// Output tile t of a grouped launch -> (row tile, column tile): raster_tile (tile_order.hpp).
 
 // Output tile t -> (row tile, column tile) and its RowTile, rasterized within each expert: an
 // expert's tiles are t in [tile_offsets[e] ncol, tile_offsets[e + 1] ncol), walked in groups of
@@ -139,14 +126,8 @@ __device__ __forceinline__ RowTile expert_raster_tile(const GemmArgs& g, std::in
                                                       TileCoord& tc) {
   const int e = expert_of_tile_warp(g, t, ncol);
   const int first_tile = g.tile_offsets[e];
-  const int rows_e = g.tile_offsets[e + 1] - first_tile;
-  const std::int64_t local = t - std::int64_t(first_tile) * ncol;
-  const std::int64_t per_group = std::int64_t(group_rows) * ncol;
-  const int grp = static_cast<int>(local / per_group);
-  const int first = grp * group_rows;
-  const int rows_here = min(group_rows, rows_e - first);
-  const int rem = static_cast<int>(local - grp * per_group);
-  tc = {first_tile + first + rem % rows_here, rem / rows_here};
+  tc = raster_tile(t - std::int64_t(first_tile) * ncol, g.tile_offsets[e + 1] - first_tile, ncol, group_rows);
+  tc.row += first_tile;
   const std::int64_t m0 = g.offsets[e] + std::int64_t(tc.row - first_tile) * kBM;
   return {e, m0, static_cast<int>(min(std::int64_t(kBM), g.offsets[e + 1] - m0))};
 }

@@ -328,19 +328,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       return {t, rt.m0, rt.rows, rt.expert, tc.col, tc.row, 0};
     }
     const int group_units = ctl.group_rows > cs ? ctl.group_rows / cs : 1;
-    if (eu) {
+    if (eu) {  // unit u's block crank: rows of expert sp.expert, column tile u.col
       const UnitSpan sp = expert_of_unit_warp(p.g, t, kBM * cs, p.ncol);
-      const long long local = t - sp.first;
-      const long long per_group = static_cast<long long>(group_units) * p.ncol;
-      const int grp = static_cast<int>(local / per_group);
-      const int first = grp * group_units;
-      const int units_here = min(group_units, sp.units - first);
-      const int rem = static_cast<int>(local - grp * per_group);
-      const int col = ctl.serpentine && (grp & 1) ? p.ncol - 1 - rem / units_here : rem / units_here;
-      const long long lo = p.g.offsets[sp.expert], hi = p.g.offsets[sp.expert + 1];
-      const long long m0 = lo + (static_cast<long long>(first + rem % units_here) * cs + crank) * kBM;
-      const int rows = m0 < hi ? static_cast<int>(min(static_cast<long long>(kBM), hi - m0)) : 0;
-      return {t, rows > 0 ? m0 : lo, rows, sp.expert, col, 0, 1};
+      const TileCoord u = raster_tile(t - sp.first, sp.units, p.ncol, group_units, ctl.serpentine);
+      const RowSpan r = unit_block_rows(p.g.offsets[sp.expert], p.g.offsets[sp.expert + 1], u.row,
+                                        static_cast<int>(crank), cs, kBM);
+      return {t, r.m0, r.rows, sp.expert, u.col, 0, 1};
     }
     tc = raster_tile(t, nunit, p.ncol, group_units);
     const int r0 = cs * tc.row, rl = min(r0 + cs, nrow) - 1, rm = r0 + static_cast<int>(crank);

@@ -71,11 +71,18 @@ std::vector<Case> shape_matrix() {
   return v;
 }
 
-std::string check_case(const Case& cs, DType dt, Algorithm alg, double bound, int stages = 0) {
+// w13_scale multiplies the gate and up weights (the activations' inputs grow by as much).
+std::string check_case(const Case& cs, DType dt, Algorithm alg, double bound, int stages = 0, float w13_scale = 1) {
   const std::uint64_t seed = fresh_seed();
   SCOPED_TRACE(cs.cfg.name + " T=" + std::to_string(cs.T) + " " + to_string(dt) + " " + to_string(alg) +
-               " stages=" + std::to_string(stages) + " seed=" + std::to_string(seed));
-  const MoeWeights wh = random_weights(cs.cfg, dt, seed);
+               " stages=" + std::to_string(stages) + " w13 x " + std::to_string(w13_scale) +
+               " seed=" + std::to_string(seed));
+  MoeWeights wh = random_weights(cs.cfg, dt, seed);
+  if (w13_scale != 1) {
+    std::vector<float> w13 = wh.w13.to_floats();
+    for (float& v : w13) v *= w13_scale;
+    wh.w13 = Tensor::from_floats(wh.w13.shape(), w13, dt);
+  }
   const Tensor xh = random_tokens(cs.T, cs.cfg.d_model, dt, seed + 1);
   const MoeWeights wd = wh.to(Device::cuda);
   const Tensor xd = xh.to(Device::cuda);
@@ -147,6 +154,21 @@ TEST(GpuForward, FusedStagedRowsShapeMatrix) {
   const test::ScopedEnv env("TILEMOE_UP_GATHER", "staged");
   for (int stages : {0, 1})
     for (const Case& c : shape_matrix()) check_case(c, DType::bf16, Algorithm::fused, 1e-2, stages);
+}
+
+// The activations far out: gate and up weights 60x, so that the gates reach a few hundred, past
+// where e^-x overflows fp32 (x < -88) and where GELU's tanh argument does; every activation,
+// grouped and fused (the fused up-projection's epilogue, the portable kernels' and the plain
+// activations'), against float64. A NaN or an unbounded value from 1 + e^-x = inf fails it.
+TEST(GpuForward, ActivationsFarOutMatchReference) {
+  TILEMOE_REQUIRE_GPU();
+  for (Activation a : {Activation::swiglu, Activation::geglu, Activation::gelu, Activation::relu,
+                       Activation::clamped_swiglu}) {
+    MoeConfig c = custom(std::string("far-") + to_string(a), 64, 64, 8, 2);
+    c.activation = a;
+    for (Algorithm alg : {Algorithm::grouped, Algorithm::fused})
+      check_case({c, 200}, DType::bf16, alg, 1e-2, 0, 60.0f);
+  }
 }
 
 TEST(GpuForward, SequentialBf16ShapeMatrix) {

@@ -3,6 +3,7 @@
 // are allocated through the CUDA backend when the library is built with it.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -24,6 +25,15 @@ class Tensor {
   static Tensor zeros(Shape shape, DType dtype, Device device = Device::cpu);
   // A CPU tensor holding a copy of values, converted to dtype (f32, bf16 or f64).
   static Tensor from_floats(Shape shape, const std::vector<float>& values, DType dtype = DType::f32);
+  // A tensor over memory the caller owns, without a copy: weights already in a checkpoint
+  // buffer, or another framework's tensor (PyTorch's data_ptr()). data holds shape's elements of
+  // dtype, contiguous in row-major order, aligned to the element size, on `device` (checked: a
+  // CUDA tensor's data must be device memory of this thread's GPU, a CPU tensor's must not be
+  // device memory). data must stay valid while any copy of the tensor lives; release, if given,
+  // is called with data once the last copy is gone. The library reads inputs and weights and
+  // writes only the tensors it returns.
+  static Tensor from_blob(void* data, Shape shape, DType dtype, Device device = Device::cpu,
+                          std::function<void(void*)> release = {});
 
   bool defined() const { return storage_ != nullptr; }
   const Shape& shape() const { return shape_; }

@@ -17,6 +17,11 @@ std::shared_ptr<void> cuda_alloc(std::size_t bytes);
 enum class CopyKind { host_to_device, device_to_host, device_to_device };
 void cuda_copy(void* dst, const void* src, std::size_t bytes, CopyKind kind);
 void cuda_synchronize();
+// What memory p points into: -1 not device memory (host memory, or nothing CUDA knows), else the
+// device that holds it (device or managed memory).
+int cuda_pointer_device(const void* p);
+// This thread's GPU.
+int cuda_current_device();
 std::string cuda_device_name();
 
 Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstdint>
 #include <cstring>
 #include <limits>
 #include <new>
@@ -87,8 +88,9 @@ std::string device_name(Device device) {
   return device == Device::cuda ? detail::cuda_device_name() : std::string("cpu");
 }
 
-Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
-  Tensor t;
+namespace {
+// The elements of a shape, whose extents must be non-negative and their product below 2^60.
+std::int64_t checked_numel(const Shape& shape) {
   std::int64_t n = 1;
   for (auto e : shape) {
     check_arg(e >= 0, "shape", to_string(shape), "non-negative extents");
@@ -96,6 +98,13 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
               "fewer than 2^60 elements");
     n *= e;
   }
+  return n;
+}
+}  // namespace
+
+Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
+  Tensor t;
+  const std::int64_t n = checked_numel(shape);
   t.shape_ = std::move(shape);
   t.numel_ = n;
   t.dtype_ = dtype;
@@ -111,6 +120,34 @@ Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
   } else {
     t.storage_ = detail::cuda_alloc(bytes);
   }
+  return t;
+}
+
+Tensor Tensor::from_blob(void* data, Shape shape, DType dtype, Device device, std::function<void(void*)> release) {
+  const std::int64_t n = checked_numel(shape);
+  check_arg(data != nullptr, "from_blob: data", "null", "a pointer to the tensor's memory");
+  const std::size_t es = dtype_size(dtype);
+  check_arg(reinterpret_cast<std::uintptr_t>(data) % es == 0, "from_blob: data", data,
+            detail::concat("an address aligned to ", to_string(dtype), "'s ", es, " bytes"));
+  const int holder = detail::cuda_pointer_device(data);
+  if (device == Device::cuda) {
+    const int dev = detail::cuda_current_device();  // (throws where there is no CUDA backend)
+    check_arg(holder >= 0, "from_blob: data", data, "device memory for device = cuda (this is host memory)");
+    check_arg(holder == dev, "from_blob: data", data,
+              detail::concat("memory of this thread's GPU ", dev, " (it is GPU ", holder, "'s)"));
+  } else {
+    check_arg(holder < 0, "from_blob: data", data,
+              detail::concat("host memory for device = cpu (this is GPU ", holder, "'s memory)"));
+  }
+  Tensor t;
+  t.shape_ = std::move(shape);
+  t.numel_ = n;
+  t.dtype_ = dtype;
+  t.device_ = device;
+  if (release)
+    t.storage_ = std::shared_ptr<void>(data, std::move(release));
+  else
+    t.storage_ = std::shared_ptr<void>(data, [](void*) {});
   return t;
 }
 

@@ -93,6 +93,22 @@ std::shared_ptr<void> cuda_alloc(std::size_t bytes) {
   });
 }
 
+int cuda_pointer_device(const void* p) {
+  if (!cuda_device_present()) return -1;
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();  // not an error of the caller's stream: clear it
+    return -1;
+  }
+  return a.type == cudaMemoryTypeDevice || a.type == cudaMemoryTypeManaged ? a.device : -1;
+}
+
+int cuda_current_device() {
+  int dev = 0;
+  TILEMOE_CUDA_CHECK(cudaGetDevice(&dev));
+  return dev;
+}
+
 void cuda_copy(void* dst, const void* src, std::size_t bytes, CopyKind kind) {
   if (bytes == 0) return;
   cudaMemcpyKind k = kind == CopyKind::host_to_device   ? cudaMemcpyHostToDevice

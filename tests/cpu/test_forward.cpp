@@ -201,6 +201,63 @@ TEST(Tensor, NamesAnAllocationThatFails) {
   expect_invalid([] { Tensor::empty({std::int64_t(1) << 40, std::int64_t(1) << 40}, DType::f32); }, "fewer than 2^60");
 }
 
+// Tensor::from_blob: the caller's memory, not a copy; released once, by the last copy; the same
+// forward as over tilemoe's own tensors; bad pointers named.
+TEST(Tensor, FromBlobWrapsTheCallersMemory) {
+  std::vector<float> buf = {1, 2, 3, 4, 5, 6};
+  int released = 0;
+  {
+    Tensor t = Tensor::from_blob(buf.data(), {2, 3}, DType::f32, Device::cpu, [&](void* p) {
+      EXPECT_EQ(p, buf.data());
+      ++released;
+    });
+    EXPECT_EQ(t.raw(), buf.data());
+    EXPECT_EQ(t.shape(), (Shape{2, 3}));
+    EXPECT_EQ(t.data<float>()[4], 5.0f);
+    buf[4] = 50;
+    EXPECT_EQ(t.to_floats()[4], 50.0f);
+    t.data<float>()[0] = 10;
+    EXPECT_EQ(buf[0], 10.0f);
+    Tensor copy = t;
+    t = Tensor();
+    EXPECT_EQ(released, 0) << "released while a copy lives";
+    EXPECT_EQ(copy.clone().raw() == buf.data(), false);
+  }
+  EXPECT_EQ(released, 1);
+  { Tensor t = Tensor::from_blob(buf.data(), {6}, DType::f32); }  // no release: nothing called
+  EXPECT_EQ(buf[1], 2.0f);
+}
+
+TEST(Tensor, FromBlobForwardMatchesOwnedTensors) {
+  const MoeConfig& cfg = preset("tiny");
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const MoeWeights w = random_weights(cfg, dt, 5);
+    const Tensor x = random_tokens(37, cfg.d_model, dt, 6);
+    auto view = [](const Tensor& t) {  // the same memory, as a caller's blob
+      return Tensor::from_blob(const_cast<void*>(t.raw()), t.shape(), t.dtype(), Device::cpu);
+    };
+    MoeWeights wv = w;
+    wv.router = view(w.router);
+    wv.w13 = view(w.w13);
+    wv.w2 = view(w.w2);
+    const std::vector<float> a = moe_forward(cfg, w, x).to_floats(), b = moe_forward(cfg, wv, view(x)).to_floats();
+    EXPECT_EQ(a, b) << to_string(dt);
+  }
+}
+
+TEST(Tensor, FromBlobNamesBadPointers) {
+  std::vector<float> buf(16);
+  expect_invalid([] { Tensor::from_blob(nullptr, {4}, DType::f32); }, "from_blob: data = null");
+  expect_invalid([&] { Tensor::from_blob(reinterpret_cast<char*>(buf.data()) + 2, {4}, DType::f32); },
+                 "aligned to fp32's 4 bytes");
+  expect_invalid([&] { Tensor::from_blob(buf.data(), {4, -1}, DType::f32); }, "non-negative extents");
+  if (!cuda_available()) {  // host memory for a CUDA tensor: no backend here, or no device
+    EXPECT_THROW(Tensor::from_blob(buf.data(), {4}, DType::f32, Device::cuda), Error);
+  } else {
+    expect_invalid([&] { Tensor::from_blob(buf.data(), {4}, DType::f32, Device::cuda); }, "this is host memory");
+  }
+}
+
 TEST(Bf16, RoundsToNearestEven) {
   EXPECT_EQ(bf16::from_float(1.0f).bits, 0x3f80);
   EXPECT_EQ(bf16::from_float(1.00390625f).bits, 0x3f80);  // halfway, to even (down)

@@ -171,6 +171,39 @@ TEST(GpuForward, ActivationsFarOutMatchReference) {
   }
 }
 
+// Weights and tokens that live in the caller's device memory (here a tilemoe tensor's, wrapped
+// again with Tensor::from_blob, as another framework's would be): the same output, bit for bit,
+// with every algorithm; host memory for a CUDA tensor, and device memory for a CPU one, named.
+TEST(GpuForward, FromBlobDeviceMemory) {
+  TILEMOE_REQUIRE_GPU();
+  const MoeConfig& cfg = preset("tiny-deepseek");
+  const MoeWeights w = random_weights(cfg, DType::bf16, fresh_seed()).to(Device::cuda);
+  const Tensor x = random_tokens(300, cfg.d_model, DType::bf16, fresh_seed()).to(Device::cuda);
+  auto view = [](const Tensor& t) {
+    return t.defined() ? Tensor::from_blob(const_cast<void*>(t.raw()), t.shape(), t.dtype(), Device::cuda) : t;
+  };
+  MoeWeights wv = w;
+  for (Tensor* f : {&wv.router, &wv.router_bias, &wv.w13, &wv.w2, &wv.shared_w13, &wv.shared_w2}) *f = view(*f);
+  for (Algorithm alg : {Algorithm::grouped, Algorithm::fused, Algorithm::sequential}) {
+    ForwardOptions opt;
+    opt.algorithm = alg;
+    EXPECT_EQ(moe_forward(cfg, w, x, opt).to_floats(), moe_forward(cfg, wv, view(x), opt).to_floats()) << to_string(alg);
+  }
+  std::vector<float> host(16);
+  try {
+    Tensor::from_blob(host.data(), {16}, DType::f32, Device::cuda);
+    ADD_FAILURE() << "host memory taken as a CUDA tensor";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("this is host memory"), std::string::npos) << e.what();
+  }
+  try {
+    Tensor::from_blob(const_cast<void*>(x.raw()), x.shape(), x.dtype(), Device::cpu);
+    ADD_FAILURE() << "device memory taken as a CPU tensor";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("host memory for device = cpu"), std::string::npos) << e.what();
+  }
+}
+
 TEST(GpuForward, SequentialBf16ShapeMatrix) {
   TILEMOE_REQUIRE_GPU();
   if (test::sanitizing()) GTEST_SKIP() << "cuBLAS path; the grouped matrix covers our kernels under the sanitizer";

@@ -78,6 +78,11 @@ struct ForwardTrace {
 // weights). Throws InvalidArgument on mismatched shapes, dtypes, devices or non-finite x (CPU).
 Tensor moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,
                    const ForwardOptions& opt = {}, ForwardTrace* trace = nullptr);
+// The same, written into out, which is returned: a buffer the caller keeps ([T, d], x's dtype
+// and device, not overlapping x), e.g. the static output of a captured CUDA graph or a
+// Tensor::from_blob over another framework's tensor. Nothing is allocated for the output.
+Tensor moe_forward_into(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, Tensor out,
+                        const ForwardOptions& opt = {}, ForwardTrace* trace = nullptr);
 
 // ---- the stages, exposed for teaching and tests (CPU tensors) ----
 // logits [T, E] fp32 = x . router^T (in fp32 from the stored x and router, f32 or bf16)

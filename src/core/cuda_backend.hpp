@@ -24,7 +24,9 @@ int cuda_pointer_device(const void* p);
 int cuda_current_device();
 std::string cuda_device_name();
 
+// out: where the output goes (checked by the caller: [T, d], x's dtype and device, apart from
+// x), or undefined: a new tensor.
 Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,
-                        const ForwardOptions& opt, ForwardTrace* trace);
+                        const ForwardOptions& opt, ForwardTrace* trace, Tensor out = {});
 
 }  // namespace tilemoe::detail

@@ -1,6 +1,7 @@
 // The layer forward on the CPU, stage after stage, and the dispatch to the GPU backend.
 #include <chrono>
 #include <cmath>
+#include <cstring>
 
 #include "activation.hpp"
 #include "blas.hpp"
@@ -102,14 +103,30 @@ void check_inputs(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x) {
 }
 }  // namespace
 
-Tensor moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,
-                   const ForwardOptions& opt, ForwardTrace* trace) {
+namespace {
+// out of moe_forward_into: [T, d], x's dtype and device, and none of its bytes x's.
+void check_out(const Tensor& x, const Tensor& out) {
+  check_arg(out.defined(), "out", "undefined", "a tensor of x's shape, dtype and device");
+  check_shape(out, "out", x.shape());
+  check_dtype(out, "out", {x.dtype()});
+  if (out.device() != x.device())
+    throw InvalidArgument(detail::concat("out.device = ", to_string(out.device()), ": expected ",
+                                         to_string(x.device()), ", x's device"));
+  const auto* o = static_cast<const char*>(out.raw());
+  const auto* xp = static_cast<const char*>(x.raw());
+  const bool apart = o + out.nbytes() <= xp || xp + x.nbytes() <= o;
+  check_arg(apart, "out", out.raw(), "memory apart from x's (the forward reads x while it writes out)");
+}
+
+Tensor forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, const ForwardOptions& opt,
+               ForwardTrace* trace, Tensor into) {
   check_inputs(cfg, w, x);
+  if (into.defined()) check_out(x, into);
   if (opt.rounding) opt.rounding->validate();
   if (opt.pipeline_stages < 0 || opt.pipeline_stages > 4)
     throw InvalidArgument(detail::concat("pipeline_stages = ", opt.pipeline_stages,
                                          ": expected 0 (the heuristic's) or 1..4"));
-  if (x.is_cuda()) return detail::cuda_moe_forward(cfg, w, x, opt, trace);
+  if (x.is_cuda()) return detail::cuda_moe_forward(cfg, w, x, opt, trace, into);
   check_finite(x, "x");
   std::vector<StageTime> times;
   auto last = std::chrono::steady_clock::now();
@@ -147,7 +164,22 @@ Tensor moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,
     trace->path = "cpu";
     trace->stages = std::move(times);
   }
-  return x.dtype() == DType::f32 ? out : out.to(x.dtype());
+  Tensor result = x.dtype() == DType::f32 ? out : out.to(x.dtype());
+  if (!into.defined()) return result;
+  std::memcpy(into.raw(), result.raw(), result.nbytes());
+  return into;
+}
+}  // namespace
+
+Tensor moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, const ForwardOptions& opt,
+                   ForwardTrace* trace) {
+  return forward(cfg, w, x, opt, trace, Tensor());
+}
+
+Tensor moe_forward_into(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, Tensor out,
+                        const ForwardOptions& opt, ForwardTrace* trace) {
+  check_arg(out.defined(), "out", "undefined", "a tensor of x's shape, dtype and device");
+  return forward(cfg, w, x, opt, trace, std::move(out));
 }
 
 std::vector<double> reference_forward(const MoeConfig& cfg, const MoeWeights& w_in, const Tensor& x_in,

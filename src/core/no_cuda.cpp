@@ -18,7 +18,7 @@ int cuda_pointer_device(const void*) { return -1; }
 int cuda_current_device() { no_cuda(); }
 std::string cuda_device_name() { return "none"; }
 Tensor cuda_moe_forward(const MoeConfig&, const MoeWeights&, const Tensor&, const ForwardOptions&,
-                        ForwardTrace*) {
+                        ForwardTrace*, Tensor) {
   no_cuda();
 }
 

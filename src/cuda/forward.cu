@@ -119,7 +119,7 @@ class StageTimer {
 }  // namespace
 
 Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, const ForwardOptions& opt,
-                        ForwardTrace* trace) {
+                        ForwardTrace* trace, Tensor out) {
   using namespace gpu;
   const bool bf = x.dtype() == DType::bf16;
   const bool one_launch = opt.algorithm == Algorithm::grouped || opt.algorithm == Algorithm::fused;
@@ -275,7 +275,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
     timer.lap("experts");
   }
 
-  Tensor out = Tensor::empty({T, d}, x.dtype(), Device::cuda);
+  if (!out.defined()) out = Tensor::empty({T, d}, x.dtype(), Device::cuda);
   combine(P.y, bf, S > 0 ? P.ys : nullptr, S, weight, P.m.slot, token_offsets, K, T, d, out.raw(), bf);
   timer.lap("combine");
 

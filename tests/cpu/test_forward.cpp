@@ -258,6 +258,33 @@ TEST(Tensor, FromBlobNamesBadPointers) {
   }
 }
 
+// moe_forward_into: the output in the caller's buffer (returned, no new storage), the same bits
+// as moe_forward's; a wrong or overlapping buffer named.
+TEST(Forward, IntoTheCallersBuffer) {
+  const MoeConfig& cfg = preset("tiny-deepseek");
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const MoeWeights w = random_weights(cfg, dt, 8);
+    const Tensor x = random_tokens(45, cfg.d_model, dt, 9);
+    const std::vector<float> want = moe_forward(cfg, w, x).to_floats();
+    Tensor out = Tensor::empty({45, cfg.d_model}, dt);
+    const Tensor got = moe_forward_into(cfg, w, x, out);
+    EXPECT_EQ(got.raw(), out.raw());
+    EXPECT_EQ(out.to_floats(), want) << to_string(dt);
+    std::vector<double> blob(static_cast<std::size_t>(45 * cfg.d_model));  // room for either dtype
+    moe_forward_into(cfg, w, x, Tensor::from_blob(blob.data(), {45, cfg.d_model}, dt), {.algorithm = Algorithm::sequential});
+    EXPECT_EQ(Tensor::from_blob(blob.data(), {45, cfg.d_model}, dt).to_floats(), want) << to_string(dt);
+  }
+  const MoeWeights w = random_weights(cfg, DType::f32, 8);
+  Tensor x = random_tokens(45, cfg.d_model, DType::f32, 9);
+  expect_invalid([&] { moe_forward_into(cfg, w, x, Tensor()); }, "out = undefined");
+  expect_invalid([&] { moe_forward_into(cfg, w, x, Tensor::empty({44, cfg.d_model}, DType::f32)); }, "out");
+  expect_invalid([&] { moe_forward_into(cfg, w, x, Tensor::empty({45, cfg.d_model}, DType::bf16)); }, "out");
+  expect_invalid([&] { moe_forward_into(cfg, w, x, x); }, "memory apart from x's");
+  expect_invalid([&] {  // a view that starts inside x
+    moe_forward_into(cfg, w, x, Tensor::from_blob(x.data<float>() + 8, {45, cfg.d_model}, DType::f32));
+  }, "memory apart from x's");
+}
+
 TEST(Bf16, RoundsToNearestEven) {
   EXPECT_EQ(bf16::from_float(1.0f).bits, 0x3f80);
   EXPECT_EQ(bf16::from_float(1.00390625f).bits, 0x3f80);  // halfway, to even (down)

@@ -204,6 +204,25 @@ TEST(GpuForward, FromBlobDeviceMemory) {
   }
 }
 
+// moe_forward_into on the GPU: the caller's device buffer (returned), the same bits as
+// moe_forward's for every algorithm; a buffer on the other device, or overlapping x, named.
+TEST(GpuForward, IntoTheCallersBuffer) {
+  TILEMOE_REQUIRE_GPU();
+  const MoeConfig& cfg = preset("tiny-deepseek");
+  const MoeWeights w = random_weights(cfg, DType::bf16, fresh_seed()).to(Device::cuda);
+  const Tensor x = random_tokens(300, cfg.d_model, DType::bf16, fresh_seed()).to(Device::cuda);
+  for (Algorithm alg : {Algorithm::grouped, Algorithm::fused, Algorithm::sequential}) {
+    ForwardOptions opt;
+    opt.algorithm = alg;
+    Tensor out = Tensor::empty({300, cfg.d_model}, DType::bf16, Device::cuda);
+    const Tensor got = moe_forward_into(cfg, w, x, out, opt);
+    EXPECT_EQ(got.raw(), out.raw());
+    EXPECT_EQ(out.to_floats(), moe_forward(cfg, w, x, opt).to_floats()) << to_string(alg);
+  }
+  EXPECT_THROW(moe_forward_into(cfg, w, x, Tensor::empty({300, cfg.d_model}, DType::bf16)), InvalidArgument);
+  EXPECT_THROW(moe_forward_into(cfg, w, x, x), InvalidArgument);
+}
+
 TEST(GpuForward, SequentialBf16ShapeMatrix) {
   TILEMOE_REQUIRE_GPU();
   if (test::sanitizing()) GTEST_SKIP() << "cuBLAS path; the grouped matrix covers our kernels under the sanitizer";

@@ -1,6 +1,7 @@
 // The grouped forward has no host synchronization: it can be captured in a CUDA graph on the
 // library's stream (cudaStreamPerThread) and replayed, giving the same result as eager calls,
-// also after new tokens are copied into the captured input buffer.
+// also after new tokens are copied into the captured input buffer; with moe_forward_into, into
+// an output buffer of the caller's.
 #include <cstring>
 #include <string>
 
@@ -18,8 +19,9 @@ using namespace tilemoe;
 TEST(GpuGraph, CaptureAndReplayGroupedForward) {
   TILEMOE_REQUIRE_GPU();
   for (Algorithm alg : {Algorithm::grouped, Algorithm::fused})
-  for (const char* name : {"tiny-deepseek", "small"}) {
-    SCOPED_TRACE(std::string(name) + " " + to_string(alg));
+  for (const char* name : {"tiny-deepseek", "small"})
+  for (bool into : {false, true}) {  // into: the output in a buffer allocated before the capture
+    SCOPED_TRACE(std::string(name) + " " + to_string(alg) + (into ? " moe_forward_into" : ""));
     ForwardOptions opt;
     opt.algorithm = alg;
     const MoeConfig& c = preset(name);
@@ -35,9 +37,10 @@ TEST(GpuGraph, CaptureAndReplayGroupedForward) {
     cudaStream_t s = cudaStreamPerThread;
     cudaGraph_t graph = nullptr;
     CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+    const Tensor static_out = into ? Tensor::empty({T, c.d_model}, DType::bf16, Device::cuda) : Tensor();
     Tensor out;
     try {
-      out = moe_forward(c, w, x, opt);
+      out = into ? moe_forward_into(c, w, x, static_out, opt) : moe_forward(c, w, x, opt);
     } catch (...) {
       cudaStreamEndCapture(s, &graph);
       throw;
@@ -45,6 +48,7 @@ TEST(GpuGraph, CaptureAndReplayGroupedForward) {
     CK(cudaStreamEndCapture(s, &graph));
     cudaGraphExec_t exec = nullptr;
     CK(cudaGraphInstantiate(&exec, graph, 0));
+    if (into) EXPECT_EQ(out.raw(), static_out.raw());
 
     CK(cudaMemsetAsync(out.raw(), 0xff, out.nbytes(), s));  // NaNs in bf16
     CK(cudaGraphLaunch(exec, s));

@@ -55,6 +55,11 @@ struct ForwardOptions {
   int pipeline_stages = 0;
   // Time each stage into ForwardTrace::stages (GPU: events, one synchronization at the end).
   bool time_stages = false;
+  // GPU: the cudaStream_t to run on (an inference stack's current stream), null for
+  // cudaStreamPerThread. The output is ready in that stream's order (read it there, or
+  // synchronize first); a returned tensor is freed on that stream, which must outlive it
+  // (moe_forward_into allocates none). Must be null for CPU tensors.
+  void* stream = nullptr;
 };
 
 struct StageTime {

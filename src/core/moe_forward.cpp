@@ -127,6 +127,7 @@ Tensor forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, const
     throw InvalidArgument(detail::concat("pipeline_stages = ", opt.pipeline_stages,
                                          ": expected 0 (the heuristic's) or 1..4"));
   if (x.is_cuda()) return detail::cuda_moe_forward(cfg, w, x, opt, trace, into);
+  check_arg(opt.stream == nullptr, "stream", opt.stream, "null for CPU tensors (a CUDA stream is for CUDA tensors)");
   check_finite(x, "x");
   std::vector<StageTime> times;
   auto last = std::chrono::steady_clock::now();

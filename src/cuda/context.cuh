@@ -1,6 +1,7 @@
 // Per-thread GPU context: the stream every stage runs on, the cuBLAS handle, the device's
-// properties and grow-only workspaces. The library runs on cudaStreamPerThread, which a caller
-// can capture into a CUDA graph (cudaStreamBeginCapture(cudaStreamPerThread, ...)).
+// properties and grow-only workspaces. The library runs on cudaStreamPerThread, or during a
+// forward on the caller's stream (ForwardOptions::stream); either can be captured into a CUDA
+// graph (cudaStreamBeginCapture(stream, ...)).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -19,8 +20,25 @@ struct DeviceProps {
 };
 const DeviceProps& device_props();  // of the current device, cached
 
-inline cudaStream_t current_stream() { return cudaStreamPerThread; }
+// The stream this thread's work goes to: cudaStreamPerThread, or a StreamScope's.
+cudaStream_t current_stream();
 cublasHandle_t cublas_handle();     // bound to current_stream(), with its own workspace
+
+// This thread's work runs on stream s (null: cudaStreamPerThread) until the scope ends. The
+// thread's workspaces (scratch, tile counters, cuBLAS's) serve every stream it uses, so where its
+// last forward ran on another stream, s first waits for that forward's work (an event, no host
+// wait), and a forward on a caller's stream records one at its end; neither happens while a
+// stream is being captured into a graph (ordering replays is the caller's part).
+class StreamScope {
+ public:
+  explicit StreamScope(cudaStream_t s);
+  ~StreamScope();
+  StreamScope(const StreamScope&) = delete;
+  StreamScope& operator=(const StreamScope&) = delete;
+
+ private:
+  cudaStream_t prev_;
+};
 
 enum class Scratch { forward = 0, sequential = 1, count = 2 };
 DeviceBuffer& scratch(Scratch which);  // this thread's grow-only scratch buffer

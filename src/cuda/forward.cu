@@ -1,5 +1,6 @@
 // The MoE forward on the GPU (detail::cuda_moe_forward): router -> top-k -> (rounding) ->
-// metadata -> experts (sequential, grouped or fused) -> combine, all on cudaStreamPerThread.
+// metadata -> experts (sequential, grouped or fused) -> combine, all on cudaStreamPerThread
+// or the caller's stream (ForwardOptions::stream).
 // grouped and fused: no host synchronization unless a trace or stage times are asked for
 // (token rounding included: it runs on the device too), so a warmed-up forward can be captured
 // in a CUDA graph. Scratch memory comes from a per-thread grow-only buffer; only the output is
@@ -127,6 +128,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
     throw InvalidArgument(concat("x.dtype = fp32: algorithm ", to_string(opt.algorithm),
                                  " on cuda runs bf16 only; use bf16 tensors, or algorithm sequential (cuBLAS, "
                                  "fp32) on cuda"));
+  const StreamScope on_stream(static_cast<cudaStream_t>(opt.stream));  // every stage below runs there
   StageTimer timer(opt.time_stages);
   const RouterConfig rc = cfg.router_config();
   const std::int64_t T = x.dim(0), d = cfg.d_model, n = cfg.d_expert;

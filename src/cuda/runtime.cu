@@ -83,12 +83,16 @@ std::shared_ptr<void> cuda_alloc(std::size_t bytes) {
   int dev = 0;
   TILEMOE_CUDA_CHECK(cudaGetDevice(&dev));
   TILEMOE_CUDA_CHECK(cudaMallocFromPoolAsync(&p, bytes, tensor_pool(dev), s));
-  return std::shared_ptr<void>(p, [dev](void* q) {
-    // On the freeing thread's stream of the allocating device; errors at teardown are ignored.
+  // Freed on the freeing thread's cudaStreamPerThread, or, for a tensor made on a caller's stream
+  // (a forward's output with ForwardOptions::stream), on that stream: after the work the caller
+  // queued there on it (that stream must outlive the tensor).
+  const cudaStream_t free_on = s == cudaStreamPerThread ? nullptr : s;
+  return std::shared_ptr<void>(p, [dev, free_on](void* q) {
+    // On the allocating device; errors at teardown are ignored.
     int cur = dev;
     if (cudaGetDevice(&cur) != cudaSuccess) return;
     if (cur != dev) cudaSetDevice(dev);
-    cudaFreeAsync(q, cudaStreamPerThread);
+    cudaFreeAsync(q, free_on ? free_on : cudaStreamPerThread);
     if (cur != dev) cudaSetDevice(cur);
   });
 }
@@ -147,14 +151,28 @@ namespace {
 struct ThreadContext {
   int device = -1;
   cublasHandle_t handle = nullptr;
+  cudaStream_t handle_stream = nullptr;  // the stream the handle is bound to
   DeviceBuffer cublas_ws;
   DeviceBuffer counters;
   std::array<DeviceBuffer, static_cast<int>(Scratch::count)> scratch;
+  cudaEvent_t done = nullptr;  // recorded where a forward on a caller's stream ended
   ~ThreadContext() {
     if (handle) cublasDestroy(handle);
+    if (done) cudaEventDestroy(done);
   }
 };
 thread_local ThreadContext tctx;
+// The stream of this thread's work (StreamScope), and the stream its last forward ran on, whose
+// end `done` marks where that is a caller's stream (last_recorded).
+thread_local cudaStream_t t_stream = cudaStreamPerThread;
+thread_local cudaStream_t t_last = cudaStreamPerThread;
+thread_local bool t_last_recorded = false;
+
+bool capturing(cudaStream_t s) {
+  cudaStreamCaptureStatus c = cudaStreamCaptureStatusNone;
+  TILEMOE_CUDA_CHECK(cudaStreamIsCapturing(s, &c));
+  return c != cudaStreamCaptureStatusNone;
+}
 
 void bind_device() {
   int dev = 0;
@@ -164,6 +182,11 @@ void bind_device() {
     cublasDestroy(tctx.handle);
     tctx.handle = nullptr;
   }
+  if (tctx.done) {
+    cudaEventDestroy(tctx.done);
+    tctx.done = nullptr;
+  }
+  t_last_recorded = false;
   for (auto& b : tctx.scratch) b.reset(0);
   tctx.cublas_ws.reset(0);
   tctx.counters.reset(0);
@@ -171,17 +194,57 @@ void bind_device() {
 }
 }  // namespace
 
+cudaStream_t current_stream() { return t_stream; }
+
 cublasHandle_t cublas_handle() {
   bind_device();
   if (!tctx.handle) {
     TILEMOE_CUBLAS_CHECK(cublasCreate(&tctx.handle));
-    TILEMOE_CUBLAS_CHECK(cublasSetStream(tctx.handle, current_stream()));
     // Our own workspace, so that cuBLAS allocates nothing inside a graph capture.
     tctx.cublas_ws.reset(std::size_t(32) << 20);
-    TILEMOE_CUBLAS_CHECK(cublasSetWorkspace(tctx.handle, tctx.cublas_ws.get(), tctx.cublas_ws.size()));
     TILEMOE_CUBLAS_CHECK(cublasSetMathMode(tctx.handle, CUBLAS_DEFAULT_MATH));
+    tctx.handle_stream = nullptr;
+  }
+  if (tctx.handle_stream != current_stream()) {
+    TILEMOE_CUBLAS_CHECK(cublasSetStream(tctx.handle, current_stream()));
+    // (cublasSetStream puts the handle back on cuBLAS's own workspace pool: ours again.)
+    TILEMOE_CUBLAS_CHECK(cublasSetWorkspace(tctx.handle, tctx.cublas_ws.get(), tctx.cublas_ws.size()));
+    tctx.handle_stream = current_stream();
   }
   return tctx.handle;
+}
+
+StreamScope::StreamScope(cudaStream_t s) : prev_(t_stream) {
+  if (!s) s = cudaStreamPerThread;
+  bind_device();
+  if (s != t_last && !capturing(s)) {
+    // The workspaces were last used by a forward on t_last: s waits for it. A caller's stream
+    // recorded `done` at that forward's end (it may be gone since: never touched again here);
+    // cudaStreamPerThread is always there to record on now.
+    if (t_last == cudaStreamPerThread) {
+      if (!tctx.done) TILEMOE_CUDA_CHECK(cudaEventCreateWithFlags(&tctx.done, cudaEventDisableTiming));
+      if (!capturing(cudaStreamPerThread)) {
+        TILEMOE_CUDA_CHECK(cudaEventRecord(tctx.done, cudaStreamPerThread));
+        TILEMOE_CUDA_CHECK(cudaStreamWaitEvent(s, tctx.done, 0));
+      }
+    } else if (t_last_recorded) {
+      TILEMOE_CUDA_CHECK(cudaStreamWaitEvent(s, tctx.done, 0));
+    }
+  }
+  t_stream = s;
+  t_last = s;
+  t_last_recorded = false;
+}
+
+StreamScope::~StreamScope() {
+  // A caller's stream marks this forward's end for the next forward on another stream.
+  const cudaStream_t s = t_stream;
+  t_stream = prev_;
+  if (s == cudaStreamPerThread) return;
+  cudaStreamCaptureStatus c = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(s, &c) != cudaSuccess || c != cudaStreamCaptureStatusNone) return;
+  if (!tctx.done && cudaEventCreateWithFlags(&tctx.done, cudaEventDisableTiming) != cudaSuccess) return;
+  t_last_recorded = cudaEventRecord(tctx.done, s) == cudaSuccess;  // (a destructor: no throw)
 }
 
 DeviceBuffer& scratch(Scratch which) {

@@ -280,6 +280,8 @@ TEST(Forward, IntoTheCallersBuffer) {
   expect_invalid([&] { moe_forward_into(cfg, w, x, Tensor::empty({44, cfg.d_model}, DType::f32)); }, "out");
   expect_invalid([&] { moe_forward_into(cfg, w, x, Tensor::empty({45, cfg.d_model}, DType::bf16)); }, "out");
   expect_invalid([&] { moe_forward_into(cfg, w, x, x); }, "memory apart from x's");
+  int not_a_stream = 0;
+  expect_invalid([&] { moe_forward(cfg, w, x, {.stream = &not_a_stream}); }, "null for CPU tensors");
   expect_invalid([&] {  // a view that starts inside x
     moe_forward_into(cfg, w, x, Tensor::from_blob(x.data<float>() + 8, {45, cfg.d_model}, DType::f32));
   }, "memory apart from x's");

@@ -68,4 +68,71 @@ TEST(GpuGraph, CaptureAndReplayGroupedForward) {
     CK(cudaGraphDestroy(graph));
   }
 }
+
+// Forwards on the caller's streams (ForwardOptions::stream), two streams and the default one
+// interleaved from one thread with no host wait between them: they share the thread's
+// workspaces, so each must wait for the one before; the results equal eager forwards' bit for
+// bit. Then a capture on a caller's stream into a static output, replayed there.
+TEST(GpuStreams, ForwardsOnCallersStreams) {
+  TILEMOE_REQUIRE_GPU();
+  const MoeConfig& c = preset("small");
+  const std::uint64_t seed = test::fresh_seed();
+  const MoeWeights w = random_weights(c, DType::bf16, seed).to(Device::cuda);
+  const std::int64_t T = 4096;
+  const Tensor x1 = random_tokens(T, c.d_model, DType::bf16, seed + 1).to(Device::cuda);
+  const Tensor x2 = random_tokens(T, c.d_model, DType::bf16, seed + 2).to(Device::cuda);
+  cudaStream_t s1 = nullptr, s2 = nullptr;
+  CK(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  CK(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+  for (Algorithm alg : {Algorithm::grouped, Algorithm::fused, Algorithm::sequential}) {
+    SCOPED_TRACE(to_string(alg));
+    ForwardOptions opt;
+    opt.algorithm = alg;
+    const std::vector<float> ref1 = moe_forward(c, w, x1, opt).to_floats(), ref2 = moe_forward(c, w, x2, opt).to_floats();
+    ForwardOptions o1 = opt, o2 = opt;
+    o1.stream = s1;
+    o2.stream = s2;
+    std::vector<Tensor> outs;
+    for (int round = 0; round < 3; ++round) {
+      outs.push_back(moe_forward(c, w, x1, o1));
+      outs.push_back(moe_forward(c, w, x2, o2));
+      outs.push_back(moe_forward(c, w, x1, opt));
+    }
+    CK(cudaStreamSynchronize(s1));
+    CK(cudaStreamSynchronize(s2));
+    synchronize(Device::cuda);
+    for (std::size_t i = 0; i < outs.size(); ++i)
+      EXPECT_EQ(outs[i].to_floats(), i % 3 == 1 ? ref2 : ref1) << "forward " << i;
+  }
+
+  // Capture on s1 (warmed up there), replayed on s1 into a buffer of ours.
+  ForwardOptions o1;
+  o1.algorithm = Algorithm::fused;
+  o1.stream = s1;
+  const std::vector<float> ref = moe_forward(c, w, x2, {.algorithm = Algorithm::fused}).to_floats();
+  moe_forward(c, w, x2, o1);  // the warm-up on s1 (its output freed there)
+  Tensor x = x1.clone();
+  Tensor out = Tensor::empty({T, c.d_model}, DType::bf16, Device::cuda);
+  CK(cudaStreamSynchronize(s1));
+  cudaGraph_t graph = nullptr;
+  CK(cudaStreamBeginCapture(s1, cudaStreamCaptureModeRelaxed));
+  try {
+    moe_forward_into(c, w, x, out, o1);
+  } catch (...) {
+    cudaStreamEndCapture(s1, &graph);
+    throw;
+  }
+  CK(cudaStreamEndCapture(s1, &graph));
+  cudaGraphExec_t exec = nullptr;
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  CK(cudaMemcpyAsync(x.raw(), x2.raw(), x.nbytes(), cudaMemcpyDeviceToDevice, s1));
+  CK(cudaMemsetAsync(out.raw(), 0xff, out.nbytes(), s1));
+  CK(cudaGraphLaunch(exec, s1));
+  CK(cudaStreamSynchronize(s1));
+  EXPECT_EQ(out.to_floats(), ref) << "replay on the caller's stream";
+  CK(cudaGraphExecDestroy(exec));
+  CK(cudaGraphDestroy(graph));
+  CK(cudaStreamDestroy(s1));
+  CK(cudaStreamDestroy(s2));
+}
 #endif

@@ -60,6 +60,14 @@ struct ForwardOptions {
   // synchronize first); a returned tensor is freed on that stream, which must outlive it
   // (moe_forward_into allocates none). Must be null for CPU tensors.
   void* stream = nullptr;
+  // Routing the caller computed (an inference stack's own router): expert ids [T, K] int32 and
+  // weights [T, K] fp32 on x's device, used as given (not renormalized). The layer's router does
+  // not run then, and w.router is not read (it may be empty). Each token needs K distinct ids in
+  // [0, E) and finite weights: checked, on the GPU with one host wait after a small copy kernel,
+  // which check_routing = false skips, as does a stream being captured; unchecked, an id out of
+  // range adds nothing (never a read past the experts). Not with rounding.
+  Tensor topk_ids, topk_weights;
+  bool check_routing = true;
 };
 
 struct StageTime {

@@ -24,6 +24,10 @@ int cuda_pointer_device(const void* p);
 int cuda_current_device();
 std::string cuda_device_name();
 
+// Throws InvalidArgument naming topk_ids[t, k] or topk_weights[t, k] unless token t of a given
+// routing has K distinct expert ids in [0, E) and finite weights (ids, weights: its K values).
+void check_given_routing_row(std::int64_t t, const std::int32_t* ids, const float* weights, int K, int E);
+
 // out: where the output goes (checked by the caller: [T, d], x's dtype and device, apart from
 // x), or undefined: a new tensor.
 Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x,

@@ -2,6 +2,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <tuple>
 
 #include "activation.hpp"
 #include "blas.hpp"
@@ -47,12 +49,22 @@ MoeWeights MoeWeights::to(DType dtype) const {
   return o;
 }
 
-void MoeWeights::validate(const MoeConfig& cfg) const {
+namespace {
+// The weights' shapes, dtypes and device; the router's only where the layer's router runs.
+void validate_weights(const MoeConfig& cfg, const MoeWeights& w, bool router_runs) {
   cfg.validate();
   const std::int64_t E = cfg.num_experts, d = cfg.d_model, n = cfg.d_expert;
   const std::int64_t rows = is_gated(cfg.activation) ? 2 * n : n;
-  check_shape(router, "router", {E, d});
-  check_dtype(router, "router", {DType::f32, DType::bf16});
+  const Tensor& router = w.router;
+  const Tensor& router_bias = w.router_bias;
+  const Tensor& w13 = w.w13;
+  const Tensor& w2 = w.w2;
+  const Tensor& shared_w13 = w.shared_w13;
+  const Tensor& shared_w2 = w.shared_w2;
+  if (router_runs || router.defined()) {
+    check_shape(router, "router", {E, d});
+    check_dtype(router, "router", {DType::f32, DType::bf16});
+  }
   check_shape(w13, "w13", {E, rows, d});
   check_dtype(w13, "w13", {DType::f32, DType::bf16});
   check_shape(w2, "w2", {E, d, n});
@@ -65,7 +77,7 @@ void MoeWeights::validate(const MoeConfig& cfg) const {
   };
   same_device(router, "router");
   same_device(w2, "w2");
-  if (cfg.router_bias) {
+  if (cfg.router_bias && router_runs) {
     check_shape(router_bias, "router_bias", {E});
     check_dtype(router_bias, "router_bias", {DType::f32});
     same_device(router_bias, "router_bias");
@@ -80,6 +92,22 @@ void MoeWeights::validate(const MoeConfig& cfg) const {
     same_device(shared_w2, "shared_w2");
   }
 }
+}  // namespace
+
+void MoeWeights::validate(const MoeConfig& cfg) const { validate_weights(cfg, *this, true); }
+
+namespace detail {
+void check_given_routing_row(std::int64_t t, const std::int32_t* ids, const float* weights, int K, int E) {
+  for (int k = 0; k < K; ++k) {
+    const std::string at = concat("[", t, ", ", k, "]");
+    check_arg(ids[k] >= 0 && ids[k] < E, concat("topk_ids", at).c_str(), ids[k], concat("an expert id in [0, ", E, ")"));
+    for (int j = 0; j < k; ++j)
+      check_arg(ids[j] != ids[k], concat("topk_ids", at).c_str(), ids[k],
+                concat("K distinct experts per token (topk_ids[", t, ", ", j, "] is ", ids[j], " too)"));
+    check_arg(std::isfinite(weights[k]), concat("topk_weights", at).c_str(), weights[k], "a finite weight");
+  }
+}
+}  // namespace detail
 
 Tensor router_logits(const MoeWeights& w, const Tensor& x) {
   const std::int64_t T = x.dim(0), d = x.dim(1), E = w.router.dim(0);
@@ -91,8 +119,9 @@ Tensor router_logits(const MoeWeights& w, const Tensor& x) {
 }
 
 namespace {
-void check_inputs(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x) {
-  w.validate(cfg);
+void check_inputs(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, const ForwardOptions& opt) {
+  const bool given = opt.topk_ids.defined() || opt.topk_weights.defined();
+  validate_weights(cfg, w, !given);
   check_arg(x.rank() == 2, "x.rank", x.rank(), "2 ([tokens, d_model])");
   check_arg(x.dim(0) >= 1, "x.shape[0] (tokens)", x.dim(0), ">= 1");
   check_shape(x, "x", {-1, cfg.d_model});
@@ -100,6 +129,18 @@ void check_inputs(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x) {
   if (x.device() != w.device())
     throw InvalidArgument(detail::concat("x.device = ", to_string(x.device()), ": expected ",
                                          to_string(w.device()), ", the weights' device"));
+  if (!given) return;
+  const std::int64_t T = x.dim(0), K = cfg.top_k;
+  for (const auto& [t, name, dt] : {std::tuple{&opt.topk_ids, "topk_ids", DType::i32},
+                                    std::tuple{&opt.topk_weights, "topk_weights", DType::f32}}) {
+    check_arg(t->defined(), name, "undefined", "topk_ids and topk_weights both, or neither");
+    check_shape(*t, name, {T, K});
+    check_dtype(*t, name, {dt});
+    if (t->device() != x.device())
+      throw InvalidArgument(detail::concat(name, ".device = ", to_string(t->device()), ": expected ",
+                                           to_string(x.device()), ", x's device"));
+  }
+  check_arg(!opt.rounding, "rounding", "set", "unset with topk_ids (rounding ranks by the layer's router scores)");
 }
 }  // namespace
 
@@ -120,7 +161,7 @@ void check_out(const Tensor& x, const Tensor& out) {
 
 Tensor forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, const ForwardOptions& opt,
                ForwardTrace* trace, Tensor into) {
-  check_inputs(cfg, w, x);
+  check_inputs(cfg, w, x, opt);
   if (into.defined()) check_out(x, into);
   if (opt.rounding) opt.rounding->validate();
   if (opt.pipeline_stages < 0 || opt.pipeline_stages > 4)
@@ -138,8 +179,20 @@ Tensor forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, const
     last = now;
   };
   const RouterConfig rc = cfg.router_config();
-  Tensor logits = router_logits(w, x);
-  Routing routing = route(rc, logits, cfg.router_bias ? w.router_bias : Tensor());
+  Tensor logits;
+  Routing routing;
+  if (opt.topk_ids.defined()) {  // the caller's routing
+    const std::int64_t T = x.dim(0);
+    const int K = cfg.top_k;
+    const std::int32_t* ids = opt.topk_ids.data<std::int32_t>();
+    const float* wts = opt.topk_weights.data<float>();
+    for (std::int64_t t = 0; t < T; ++t) detail::check_given_routing_row(t, ids + t * K, wts + t * K, K, cfg.num_experts);
+    routing = Routing::from_topk(T, cfg.num_experts, K, std::vector<std::int32_t>(ids, ids + T * K),
+                                 std::vector<float>(wts, wts + T * K));
+  } else {
+    logits = router_logits(w, x);
+    routing = route(rc, logits, cfg.router_bias ? w.router_bias : Tensor());
+  }
   lap("router");
   std::optional<RoundingMetrics> metrics;
   if (opt.rounding) {

@@ -24,6 +24,9 @@ const DeviceProps& device_props();  // of the current device, cached
 cudaStream_t current_stream();
 cublasHandle_t cublas_handle();     // bound to current_stream(), with its own workspace
 
+// Whether s is being captured into a CUDA graph.
+bool stream_capturing(cudaStream_t s);
+
 // This thread's work runs on stream s (null: cudaStreamPerThread) until the scope ends. The
 // thread's workspaces (scratch, tile counters, cuBLAS's) serve every stream it uses, so where its
 // last forward ran on another stream, s first waits for that forward's work (an event, no host

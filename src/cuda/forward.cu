@@ -138,6 +138,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   const int tile_m = grouped_tile_m();
   const std::size_t es = bf ? 2 : 4;
   const bool wr_bf = w.router.dtype() == DType::bf16;
+  const bool given = opt.topk_ids.defined();  // the caller's routing (checked by the caller for shapes)
 
   // One scratch layout for every stage (sized for the rounded routing when rounding is on).
   std::int64_t A = T * K;
@@ -149,10 +150,12 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
       float* logits; void* rscratch; std::int32_t* ids; float* wts; Metadata m; void* meta_scratch; std::size_t meta_bytes;
       std::uint16_t* act; void* y; std::int64_t* s_off; std::int32_t* s_tiles; std::uint16_t* act_s; void* ys;
       float* probs; std::int32_t* r_expert; float* r_weight; std::int32_t* r_tok; std::int64_t* r_off;
-      std::int32_t* target; void* r_scratch; std::size_t r_bytes; Metadata m0;
+      std::int32_t* target; void* r_scratch; std::size_t r_bytes; Metadata m0; int* bad;
     } p{};
-    p.logits = c.take<float>(static_cast<std::size_t>(T * E * router_logit_parts(T, bf, wr_bf)));
-    p.rscratch = c.take<unsigned char>(router_scratch_bytes(T, d, E, bf, wr_bf));
+    // (The caller's routing: no logits, one int for the check of its ids and weights.)
+    p.logits = c.take<float>(given ? 0 : static_cast<std::size_t>(T * E * router_logit_parts(T, bf, wr_bf)));
+    p.rscratch = c.take<unsigned char>(given ? 0 : router_scratch_bytes(T, d, E, bf, wr_bf));
+    p.bad = c.take<int>(given ? 1 : 0);
     p.ids = c.take<std::int32_t>(static_cast<std::size_t>(A));
     if (opt.rounding) {
       p.probs = c.take<float>(static_cast<std::size_t>(T * E));
@@ -188,13 +191,30 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   Carver carver(buf.get());
   const auto P = layout(carver);
 
-  // Router.
-  const int parts = router_logits(x.raw(), bf, w.router.raw(), wr_bf, T, d, E, P.logits, P.rscratch);
-  const float* bias = cfg.router_bias && w.router_bias.numel() > 0 ? w.router_bias.data<float>() : nullptr;
-  timer.lap("router_logits");
-  // With rounding, the top-k pass also writes the probabilities the rounding ranks tokens by.
-  router_topk(rc, P.logits, bias, T, P.ids, P.wts, parts, opt.rounding ? P.probs : nullptr);
-  timer.lap("router_topk");
+  if (given) {
+    // The caller's routing, copied where the layer's router would have written its own; checked
+    // with one host wait unless the caller opts out or the stream is being captured.
+    const std::int32_t* ids_in = opt.topk_ids.data<std::int32_t>();
+    const float* w_in = opt.topk_weights.data<float>();
+    take_routing(ids_in, w_in, T, K, E, P.ids, P.wts, P.bad);
+    if (opt.check_routing && !stream_capturing(current_stream())) {
+      const int bad = to_host(P.bad, 1)[0];
+      if (bad != kNoBadToken) {
+        const std::vector<std::int32_t> ids = to_host(ids_in + std::int64_t(bad) * K, static_cast<std::size_t>(K));
+        const std::vector<float> wts = to_host(w_in + std::int64_t(bad) * K, static_cast<std::size_t>(K));
+        check_given_routing_row(bad, ids.data(), wts.data(), K, E);
+      }
+    }
+    timer.lap("given_routing");
+  } else {
+    // Router.
+    const int parts = router_logits(x.raw(), bf, w.router.raw(), wr_bf, T, d, E, P.logits, P.rscratch);
+    const float* bias = cfg.router_bias && w.router_bias.numel() > 0 ? w.router_bias.data<float>() : nullptr;
+    timer.lap("router_logits");
+    // With rounding, the top-k pass also writes the probabilities the rounding ranks tokens by.
+    router_topk(rc, P.logits, bias, T, P.ids, P.wts, parts, opt.rounding ? P.probs : nullptr);
+    timer.lap("router_topk");
+  }
 
   // Token rounding, on the device: the rounded routing keeps the capacity A_cap, unused slots
   // carry expert id E and are ignored from the metadata on.

@@ -548,6 +548,37 @@ void router_topk(const RouterConfig& rc, const float* logits, const float* bias,
   TILEMOE_CHECK_LAUNCH();
 }
 
+namespace {
+// A thread per token: its K ids and weights copied, each id checked against [0, E) and the ids
+// before it, each weight for finiteness; an id out of range becomes expert 0 with weight 0.
+__global__ void take_routing_kernel(const std::int32_t* __restrict__ ids_in, const float* __restrict__ w_in,
+                                    std::int64_t T, int K, int E, std::int32_t* __restrict__ ids,
+                                    float* __restrict__ weights, int* bad) {
+  const std::int64_t t = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (t >= T) return;
+  const std::int64_t a0 = t * K;
+  bool ok = true;
+  for (int k = 0; k < K; ++k) {
+    const std::int32_t e = ids_in[a0 + k];
+    const float wv = w_in[a0 + k];
+    const bool in_range = e >= 0 && e < E;
+    ok = ok && in_range && isfinite(wv);
+    for (int j = 0; j < k; ++j) ok = ok && ids_in[a0 + j] != e;
+    ids[a0 + k] = in_range ? e : 0;
+    weights[a0 + k] = in_range ? wv : 0.0f;
+  }
+  if (!ok) atomicMin(bad, static_cast<int>(t));
+}
+}  // namespace
+
+void take_routing(const std::int32_t* ids_in, const float* w_in, std::int64_t T, int K, int E, std::int32_t* ids,
+                  float* weights, int* bad) {
+  TILEMOE_CUDA_CHECK(cudaMemsetAsync(bad, 0x7f, sizeof(int), current_stream()));  // kNoBadToken
+  if (T == 0) return;
+  take_routing_kernel<<<grid_for(T, 256), 256, 0, current_stream()>>>(ids_in, w_in, T, K, E, ids, weights, bad);
+  TILEMOE_CHECK_LAUNCH();
+}
+
 void router_probs(const RouterConfig& rc, const float* logits, std::int64_t T, float* probs, int parts) {
   if (T == 0) return;
   probs_kernel<<<grid_for(T, 8), 256, 0, current_stream()>>>(rc.kind, rc.num_experts, logits, parts, T, probs);

@@ -168,11 +168,6 @@ thread_local cudaStream_t t_stream = cudaStreamPerThread;
 thread_local cudaStream_t t_last = cudaStreamPerThread;
 thread_local bool t_last_recorded = false;
 
-bool capturing(cudaStream_t s) {
-  cudaStreamCaptureStatus c = cudaStreamCaptureStatusNone;
-  TILEMOE_CUDA_CHECK(cudaStreamIsCapturing(s, &c));
-  return c != cudaStreamCaptureStatusNone;
-}
 
 void bind_device() {
   int dev = 0;
@@ -196,6 +191,12 @@ void bind_device() {
 
 cudaStream_t current_stream() { return t_stream; }
 
+bool stream_capturing(cudaStream_t s) {
+  cudaStreamCaptureStatus c = cudaStreamCaptureStatusNone;
+  TILEMOE_CUDA_CHECK(cudaStreamIsCapturing(s, &c));
+  return c != cudaStreamCaptureStatusNone;
+}
+
 cublasHandle_t cublas_handle() {
   bind_device();
   if (!tctx.handle) {
@@ -217,13 +218,13 @@ cublasHandle_t cublas_handle() {
 StreamScope::StreamScope(cudaStream_t s) : prev_(t_stream) {
   if (!s) s = cudaStreamPerThread;
   bind_device();
-  if (s != t_last && !capturing(s)) {
+  if (s != t_last && !stream_capturing(s)) {
     // The workspaces were last used by a forward on t_last: s waits for it. A caller's stream
     // recorded `done` at that forward's end (it may be gone since: never touched again here);
     // cudaStreamPerThread is always there to record on now.
     if (t_last == cudaStreamPerThread) {
       if (!tctx.done) TILEMOE_CUDA_CHECK(cudaEventCreateWithFlags(&tctx.done, cudaEventDisableTiming));
-      if (!capturing(cudaStreamPerThread)) {
+      if (!stream_capturing(cudaStreamPerThread)) {
         TILEMOE_CUDA_CHECK(cudaEventRecord(tctx.done, cudaStreamPerThread));
         TILEMOE_CUDA_CHECK(cudaStreamWaitEvent(s, tctx.done, 0));
       }

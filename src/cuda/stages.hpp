@@ -34,6 +34,15 @@ void router_topk(const RouterConfig& rc, const float* logits, const float* bias,
 // router_probabilities() on the CPU).
 void router_probs(const RouterConfig& rc, const float* logits, std::int64_t T, float* probs, int parts = 1);
 
+// The caller's routing (ForwardOptions::topk_ids / topk_weights: ids_in and w_in [T, K] on the
+// device) copied into ids and weights, an id outside [0, E) as expert 0 with weight 0, so that
+// nothing after it reads past the experts and that assignment adds nothing. bad (one int on the
+// device, set to kNoBadToken first): the lowest token whose ids are out of range or repeated or
+// whose weights are not finite.
+constexpr int kNoBadToken = 0x7f7f7f7f;
+void take_routing(const std::int32_t* ids_in, const float* w_in, std::int64_t T, int K, int E, std::int32_t* ids,
+                  float* weights, int* bad);
+
 // ---- metadata (metadata.cu) ----
 struct Metadata {
   std::int32_t* counts = nullptr;        // [E]

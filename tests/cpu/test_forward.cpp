@@ -287,6 +287,54 @@ TEST(Forward, IntoTheCallersBuffer) {
   }, "memory apart from x's");
 }
 
+// ForwardOptions::topk_ids / topk_weights: the caller's routing instead of the layer's router.
+// Given the routing the router chose, the same output bit for bit, with or without router
+// weights; bad ids and weights named by position.
+TEST(Forward, GivenRouting) {
+  const MoeConfig& cfg = preset("tiny-deepseek");
+  const std::int64_t T = 40;
+  const int K = cfg.top_k, E = cfg.num_experts;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const MoeWeights w = random_weights(cfg, dt, 12);
+    const Tensor x = random_tokens(T, cfg.d_model, dt, 13);
+    ForwardTrace tr;
+    const std::vector<float> want = moe_forward(cfg, w, x, {}, &tr).to_floats();
+    Tensor ids = Tensor::empty({T, K}, DType::i32), wts = Tensor::empty({T, K}, DType::f32);
+    std::copy(tr.routing.expert.begin(), tr.routing.expert.end(), ids.data<std::int32_t>());
+    std::copy(tr.routing.weight.begin(), tr.routing.weight.end(), wts.data<float>());
+    for (bool with_router : {true, false}) {
+      MoeWeights wg = w;
+      if (!with_router) wg.router = wg.router_bias = Tensor();
+      EXPECT_EQ(moe_forward(cfg, wg, x, {.topk_ids = ids, .topk_weights = wts}).to_floats(), want)
+          << to_string(dt) << (with_router ? "" : ", no router weights");
+    }
+  }
+  const MoeWeights w = random_weights(cfg, DType::f32, 12);
+  const Tensor x = random_tokens(T, cfg.d_model, DType::f32, 13);
+  Tensor ids = Tensor::zeros({T, K}, DType::i32), wts = Tensor::zeros({T, K}, DType::f32);
+  for (std::int64_t i = 0; i < T * K; ++i) ids.data<std::int32_t>()[i] = static_cast<std::int32_t>(i % K);
+  auto run = [&](const Tensor& i, const Tensor& v) { moe_forward(cfg, w, x, {.topk_ids = i, .topk_weights = v}); };
+  run(ids, wts);  // valid
+  expect_invalid([&] { run(ids, Tensor()); }, "topk_ids and topk_weights both");
+  expect_invalid([&] { run(Tensor::zeros({T, K + 1}, DType::i32), wts); }, "topk_ids");
+  expect_invalid([&] { run(ids, Tensor::zeros({T, K}, DType::bf16)); }, "topk_weights");
+  expect_invalid([&] { run(wts, wts); }, "topk_ids");  // fp32 ids
+  {
+    Tensor bad = ids.clone();
+    bad.data<std::int32_t>()[3 * K + 1] = E;
+    expect_invalid([&] { run(bad, wts); }, "topk_ids[3, 1] = " + std::to_string(E) + ": expected an expert id in [0, " + std::to_string(E) + ")");
+    bad.data<std::int32_t>()[3 * K + 1] = 0;  // expert 0 twice in token 3
+    expect_invalid([&] { run(bad, wts); }, "K distinct experts per token (topk_ids[3, 0] is 0 too)");
+  }
+  {
+    Tensor nan = wts.clone();
+    nan.data<float>()[5 * K + 2] = std::nanf("");
+    expect_invalid([&] { run(ids, nan); }, "topk_weights[5, 2]");
+  }
+  expect_invalid([&] { moe_forward(cfg, w, x, {.rounding = RoundingOptions{}, .topk_ids = ids, .topk_weights = wts}); },
+                 "rounding");
+}
+
 TEST(Bf16, RoundsToNearestEven) {
   EXPECT_EQ(bf16::from_float(1.0f).bits, 0x3f80);
   EXPECT_EQ(bf16::from_float(1.00390625f).bits, 0x3f80);  // halfway, to even (down)

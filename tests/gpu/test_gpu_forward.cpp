@@ -3,6 +3,7 @@
 // multiple of 8, d and n not multiples of 64 (nor of 8), every router and activation, shared
 // experts; grouped and fused (bf16, fused with 1 to 4 pipeline stages) and sequential (bf16 and
 // fp32). The fused path hands what its kernels cannot take to the portable ones and says why.
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <string>
@@ -221,6 +222,62 @@ TEST(GpuForward, IntoTheCallersBuffer) {
   }
   EXPECT_THROW(moe_forward_into(cfg, w, x, Tensor::empty({300, cfg.d_model}, DType::bf16)), InvalidArgument);
   EXPECT_THROW(moe_forward_into(cfg, w, x, x), InvalidArgument);
+}
+
+// ForwardOptions::topk_ids / topk_weights on the GPU: the routing the layer's router chose,
+// given back, gives the same output bit for bit (every algorithm, with and without router
+// weights); a bad id is named by position; unchecked, it adds nothing (against float64 with
+// that assignment's weight 0).
+TEST(GpuForward, GivenRouting) {
+  TILEMOE_REQUIRE_GPU();
+  const MoeConfig& cfg = preset("tiny-deepseek");
+  const std::int64_t T = 300;
+  const int K = cfg.top_k, E = cfg.num_experts;
+  const std::uint64_t seed = fresh_seed();
+  const MoeWeights wh = random_weights(cfg, DType::bf16, seed);
+  const Tensor xh = random_tokens(T, cfg.d_model, DType::bf16, seed + 1);
+  const MoeWeights w = wh.to(Device::cuda);
+  const Tensor x = xh.to(Device::cuda);
+  ForwardTrace tr;
+  const std::vector<float> want = moe_forward(cfg, w, x, {}, &tr).to_floats();
+  Tensor ids_h = Tensor::empty({T, K}, DType::i32), wts_h = Tensor::empty({T, K}, DType::f32);
+  std::copy(tr.routing.expert.begin(), tr.routing.expert.end(), ids_h.data<std::int32_t>());
+  std::copy(tr.routing.weight.begin(), tr.routing.weight.end(), wts_h.data<float>());
+  const Tensor ids = ids_h.to(Device::cuda), wts = wts_h.to(Device::cuda);
+  for (Algorithm alg : {Algorithm::grouped, Algorithm::fused, Algorithm::sequential})
+    for (bool with_router : {true, false}) {
+      MoeWeights wg = w;
+      if (!with_router) wg.router = wg.router_bias = Tensor();
+      ForwardOptions opt;
+      opt.algorithm = alg;
+      opt.topk_ids = ids;
+      opt.topk_weights = wts;
+      EXPECT_EQ(moe_forward(cfg, wg, x, opt).to_floats(), want) << to_string(alg) << (with_router ? "" : ", no router");
+    }
+  // Token 7's second id out of range.
+  Tensor bad_h = ids_h.clone();
+  bad_h.data<std::int32_t>()[7 * K + 1] = E + 5;
+  ForwardOptions opt;
+  opt.topk_ids = bad_h.to(Device::cuda);
+  opt.topk_weights = wts;
+  try {
+    moe_forward(cfg, w, x, opt);
+    ADD_FAILURE() << "an expert id out of range was taken";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("topk_ids[7, 1] = " + std::to_string(E + 5)), std::string::npos) << e.what();
+  }
+  opt.check_routing = false;
+  for (Algorithm alg : {Algorithm::grouped, Algorithm::fused}) {
+    opt.algorithm = alg;
+    const Tensor out = moe_forward(cfg, w, x, opt);
+    // The reference: that assignment with weight 0 (any expert: it adds nothing).
+    Routing r = tr.routing;
+    int spare = 0;
+    while (std::find(r.expert.begin() + 7 * K, r.expert.begin() + 8 * K, spare) != r.expert.begin() + 8 * K) ++spare;
+    r.expert[7 * K + 1] = spare;
+    r.weight[7 * K + 1] = 0.0f;
+    EXPECT_LT(forward_error(cfg, wh, xh, out, r), 1e-2) << to_string(alg);
+  }
 }
 
 TEST(GpuForward, SequentialBf16ShapeMatrix) {

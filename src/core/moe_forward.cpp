@@ -98,13 +98,16 @@ void MoeWeights::validate(const MoeConfig& cfg) const { validate_weights(cfg, *t
 
 namespace detail {
 void check_given_routing_row(std::int64_t t, const std::int32_t* ids, const float* weights, int K, int E) {
+  // The messages are built only on failure: this runs for every assignment of a forward.
+  auto at = [t](const char* name, int k) { return concat(name, "[", t, ", ", k, "]"); };
   for (int k = 0; k < K; ++k) {
-    const std::string at = concat("[", t, ", ", k, "]");
-    check_arg(ids[k] >= 0 && ids[k] < E, concat("topk_ids", at).c_str(), ids[k], concat("an expert id in [0, ", E, ")"));
+    if (ids[k] < 0 || ids[k] >= E)
+      check_arg(false, at("topk_ids", k).c_str(), ids[k], concat("an expert id in [0, ", E, ")"));
     for (int j = 0; j < k; ++j)
-      check_arg(ids[j] != ids[k], concat("topk_ids", at).c_str(), ids[k],
-                concat("K distinct experts per token (topk_ids[", t, ", ", j, "] is ", ids[j], " too)"));
-    check_arg(std::isfinite(weights[k]), concat("topk_weights", at).c_str(), weights[k], "a finite weight");
+      if (ids[j] == ids[k])
+        check_arg(false, at("topk_ids", k).c_str(), ids[k],
+                  concat("K distinct experts per token (topk_ids[", t, ", ", j, "] is ", ids[j], " too)"));
+    if (!std::isfinite(weights[k])) check_arg(false, at("topk_weights", k).c_str(), weights[k], "a finite weight");
   }
 }
 }  // namespace detail

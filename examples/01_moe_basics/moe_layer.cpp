@@ -8,8 +8,6 @@
 #include <exception>
 #include <string>
 
-#include <unistd.h>
-
 #include "tilemoe/tilemoe.hpp"
 
 using namespace tilemoe;
@@ -43,18 +41,6 @@ int main(int argc, char** argv) {
   }
   try {
     const MoeConfig& cfg = preset(config);
-    // The fp32 weights of every expert are allocated and filled: refuse a preset that cannot fit
-    // (DeepSeek-V3's take 45 GB) with a line that says so, rather than a bad_alloc or the OOM killer.
-    const double weight_gb = 4e-9 * cfg.d_model *
-                             (3.0 * cfg.num_experts * cfg.d_expert + 3.0 * cfg.num_shared * cfg.d_shared + cfg.num_experts);
-    const double have_gb = 1e-9 * static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
-    if (weight_gb > 0.8 * have_gb) {
-      std::fprintf(stderr,
-                   "moe_layer: error: --config = %s: its fp32 weights take %.1f GB, over 80%% of this "
-                   "machine's %.1f GB; use a smaller preset (tiny, small, demo, olmoe-1b-7b)\n",
-                   config.c_str(), weight_gb, have_gb);
-      return 2;
-    }
     std::printf("MoE layer '%s': d %lld, expert size n %lld, %d experts, top-%d, %s router, %s\n\n",
                 cfg.name.c_str(), (long long)cfg.d_model, (long long)cfg.d_expert, cfg.num_experts,
                 cfg.top_k, to_string(cfg.router), to_string(cfg.activation));

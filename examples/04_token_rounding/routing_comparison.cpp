@@ -234,8 +234,6 @@ int main(int argc, char** argv) try {
     check_arg(E >= 1 && a.top_k >= 1 && a.top_k <= E, "--k", a.top_k,
               "1 <= K <= every E of --experts (" + std::to_string(E) + ")");
   }
-  for (std::int64_t T : a.tokens) check_arg(T >= 1, "--tokens", T, "token counts >= 1");
-  check_arg(a.d >= 2, "--d", a.d, ">= 2");
   std::vector<Row> rows;
   std::printf("%-7s %4s %6s %7s | %-10s %6s %7s %6s %6s %7s %9s %9s\n", "logits", "E", "T", "T*K/E", "rule",
               "util", "padded", "drop%", "add%", "tok.ch%", "max/min", "out.dev");

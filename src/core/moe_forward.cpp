@@ -148,9 +148,8 @@ void check_inputs(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, co
 }  // namespace
 
 namespace {
-// out of moe_forward_into: [T, d], x's dtype and device, and none of its bytes x's.
+// A defined out of moe_forward_into: [T, d], x's dtype and device, and none of its bytes x's.
 void check_out(const Tensor& x, const Tensor& out) {
-  check_arg(out.defined(), "out", "undefined", "a tensor of x's shape, dtype and device");
   check_shape(out, "out", x.shape());
   check_dtype(out, "out", {x.dtype()});
   if (out.device() != x.device())

@@ -168,7 +168,6 @@ thread_local cudaStream_t t_stream = cudaStreamPerThread;
 thread_local cudaStream_t t_last = cudaStreamPerThread;
 thread_local bool t_last_recorded = false;
 
-
 void bind_device() {
   int dev = 0;
   TILEMOE_CUDA_CHECK(cudaGetDevice(&dev));

@@ -70,7 +70,7 @@ inline bool expert_raster() { return !env_is("TILEMOE_RASTER", "fixed"); }
 // Pipeline stages of the fused kernels (sm90/grouped_ws.cu): as many as shared memory holds
 // next to the staged output (48 KiB each, 4). The down-projection had 3 while it staged all 256
 // output columns at once; the fourth took sonic-7b's down-projection from 0.349 to 0.316 ms and
-// left the larger layers within 2% (H100, session 4, docs/hopper.md).
+// left the larger layers within 2% (H100, session 4, docs/hopper_log.md).
 // TILEMOE_WS_STAGES (1..4) in the environment overrides it (A/B timing of the pipeline depth).
 inline int ws_stages() {
   const int v = env_int("TILEMOE_WS_STAGES", 1, 4);

@@ -63,7 +63,7 @@ cudaMemPool_t tensor_pool(int dev) {
 // stream: neither waits for the device. Until then each tensor was a cudaMalloc, and its cudaFree
 // synchronized the device: a forward's output cost the host 40-90 us per call at decode sizes
 // and every eager forward a device synchronization when it was dropped (H200 run 95,
-// docs/hopper.md). Eager fused layer, the cudaMalloc build (f1b72a2) against this one in one run
+// docs/hopper_log.md). Eager fused layer, the cudaMalloc build (f1b72a2) against this one in one run
 // (H200 run 97): sonic-7b T 24576 1.239 -> 1.111 ms, d 4096 / n 512 T 32768 6.499 -> 5.841,
 // Qwen3-30B-A3B T 16384 2.279 -> 2.213, gpt-oss-120b T 8192 3.476 -> 3.293.
 // The memory is ready in the allocating thread's stream order, which every stage of the library

@@ -294,7 +294,7 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
   check_arg(max_tiles <= 65535, "row tiles", max_tiles, "<= 65535 per grouped launch");
   const dim3 grid(static_cast<unsigned>(ntiles), static_cast<unsigned>(max_tiles));
   // Staged 16-byte stores where the output rows allow them (the A/B against direct 4-byte
-  // stores: docs/hopper.md, "Session 4"); weights by TMA where they are one contiguous [E, 2 N, K]
+  // stores: docs/hopper_log.md, "Session 4"); weights by TMA where they are one contiguous [E, 2 N, K]
   // array (heuristics.hpp wgmma_tma_weights).
   const bool staged = fixed && g.N % 8 == 0 && g.ldc % 8 == 0 && aligned16(g.C);
   const bool tma_b = staged && wgmma_tma_weights() && g.b_expert_stride == 2 * g.N * g.K &&

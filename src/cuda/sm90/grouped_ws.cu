@@ -17,7 +17,7 @@
 //   loads, so that they start a tile without waiting for those reads: down-projection 0.307 ->
 //   0.278 ms on sonic-7b, 1.98 -> 1.78 on d 4096 / n 512, 0.680 -> 0.654 on Qwen3-30B-A3B, 0.818
 //   -> 0.790 on OLMoE (the K loop is short there, so the lookup was a large part of a tile);
-//   up-projections within their spread (H200 run 72, two A/B rounds each, docs/hopper.md). Where
+//   up-projections within their spread (H200 run 72, two A/B rounds each, docs/hopper_log.md). Where
 //   every load is by TMA a producer warp of its own does the lookups and claims (the scheduler),
 //   and the loading thread reads the queue like the consumers.
 // - Producer: one thread issues TMA loads of the weight tile (the gated up-projection: 128 gate
@@ -74,7 +74,7 @@
 //   release each stage to every block's producer (remote mbarrier arrivals at CTA scope: with a
 //   cluster-scope release they cost the up-projection 37%, H200 run 115). A third less traffic
 //   from L2 per block with two: d 4096 / n 1024 up-projection 7.40, 7.36 -> 7.00, 6.85 ms (H200
-//   run 116), 8.82, 8.92 -> 8.35, 8.23 (run 117, a hotter card; docs/hopper.md).
+//   run 116), 8.82, 8.92 -> 8.35, 8.23 (run 117, a hotter card; docs/hopper_log.md).
 // - Ping-pong down-projection (kModeDownPP, heuristics.hpp ws_pingpong; the default): each
 //   consumer warpgroup takes every other tile of the block, 128 rows x 192 columns of its own
 //   (two m64n192 accumulators over the same weight box, SonicMoE's tile for n below 1024; with

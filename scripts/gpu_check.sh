@@ -9,7 +9,7 @@
 # PEER_TIMEOUT (seconds per peer script, default 400); TILEMOE_PEER_KERNELS=1 has each peer print
 # its kernels' times per forward (torch.profiler, warm L2) into the bench log; the peers' totals
 # of such a run are not for tables (from the second layer on, each was timed in a process that had
-# loaded the profiler; docs/gpu.md run 123).
+# loaded the profiler; docs/gpu_runs.md run 123).
 # profile / profile_sonic: Nsight Compute on our expert GEMMs and cuBLAS's, or on SonicMoE's, one
 # layer (PROFILE_CONFIG, default qwen3-30b-a3b@16384): the same sections and stall metrics.
 # tests: the GPU tests stopped after TEST_TIMEOUT seconds (default 300).

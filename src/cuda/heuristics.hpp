@@ -1,7 +1,7 @@
 // Tile shapes of the grouped GEMM kernels, chosen on the host, apart from the kernels.
 // One shape for now (mma.sync bf16, 8 warps of 64 x 32): 128 x 128 x 64, 3 cp.async stages
 // (96 KiB of shared memory, two blocks per SM). The gated up-projection's 128 columns are
-// 64 gate + 64 up columns of the same outputs. Measured on an H100 (docs/gpu.md): 128 x 128 x 32
+// 64 gate + 64 up columns of the same outputs. Measured on an H100 (docs/gpu_runs.md): 128 x 128 x 32
 // with 4 stages ~250 TFLOP/s on large layers; 128 x 256 x 32 at one block per SM was slower.
 #pragma once
 #include <cstdint>
@@ -29,7 +29,7 @@ struct GroupedTiles {
 };
 
 // Which kernel a grouped projection takes on Hopper (sm90/grouped_wgmma.cu: wgmma, 128 x 256 x 64,
-// one block per SM) where both apply. Measured on an H100 at T 24576 (docs/gpu.md, runs 7, 11):
+// one block per SM) where both apply. Measured on an H100 at T 24576 (docs/gpu_runs.md, runs 7, 11):
 // - gated up-projection (an epilogue instantiation per activation): wgmma 503-578 TFLOP/s
 //   against mma.sync's 321-354 on sonic-7b, qwen3-30b-a3b, olmoe-1b-7b; 343 vs 318 on
 //   mixtral-8x7b (595 once tiles were rasterized). Plain activations (GELU, ReLU) keep a
@@ -227,7 +227,7 @@ constexpr std::int64_t router_small_tokens() { return 512; }
 // Routing metadata in one block (metadata.cu's one-kernel stable counting sort) up to this many
 // assignments and experts; above, the general path (the same sort over chunks of the
 // assignments in three launches; until bc709d1 a histogram, scans, CUB's radix sort and an
-// inverse map, ~7 launches, ~24 us on an H100 at A = 512, docs/gpu.md run 21). The counters,
+// inverse map, ~7 launches, ~24 us on an H100 at A = 512, docs/gpu_runs.md run 21). The counters,
 // 32 warps x (E + 1) int32 in shared memory (131 KB at E = 1024), bound E.
 constexpr std::int64_t metadata_one_block_max_assignments() { return 16384; }
 constexpr int metadata_one_block_max_experts() { return 1024; }

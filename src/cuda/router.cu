@@ -138,7 +138,7 @@ __device__ __forceinline__ void halve_over_warp(float (&v)[64], int lane) {
 // (deterministic). W: the router's element type (float, or __nv_bfloat16: 8-byte loads of 4). One
 // launch, no split of the weights. It replaced a block per (8 tokens, expert) with scalar loads,
 // which reread x per expert: the router_logits stage (kernel plus the host's launch gap) on DeepSeek-V3 at T 64
-// went from 0.074-0.080 ms (H100 run 40) to 0.031-0.040 (runs 41, 42; docs/gpu.md).
+// went from 0.074-0.080 ms (H100 run 40) to 0.031-0.040 (runs 41, 42; docs/gpu_runs.md).
 template <int kV, class W>
 __global__ void __launch_bounds__(kSmallThreads) logits_small_kernel(const __nv_bfloat16* __restrict__ x,
                                                                    const W* __restrict__ w, std::int64_t T,

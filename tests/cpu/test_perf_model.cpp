@@ -410,7 +410,7 @@ TEST(PerfStage, ExpectedTilesHandComputed) {
   // sonic-7b at T 24576: X ~ Bin(24576, 1/16), mean 1536 (12 tiles), sd 37.95. P(X > 128 j) is
   // ~1 up to j = 10, then 0.99961 (j 11), 0.49474 (j 12), 0.00035 (j 13): 12.4947 tiles, a
   // utilization of 1536 / (12.4947 x 128) = 96.0% (tilemoe demo measured 95.8% on this layer,
-  // docs/gpu.md run 18). Rounded: P(X > 128 j + 64) = ~1 to j 10, 0.9529, 0.0446: 11.998.
+  // docs/gpu_runs.md run 18). Rounded: P(X > 128 j + 64) = ~1 to j 10, 0.9529, 0.0446: 11.998.
   EXPECT_NEAR(expected_tiles(24576, 8, 128), 12.4947, 5e-4);
   EXPECT_NEAR(1536 / (expected_tiles(24576, 8, 128) * 128), 0.9604, 1e-4);
   EXPECT_NEAR(expected_rounded_tiles(24576, 8, 128), 11.998, 2e-3);
@@ -447,7 +447,7 @@ TEST(PerfStage, GlueHandComputed) {
 
 TEST(PerfStage, RoundingConstantsFitRun20) {
   // The rounding stages (rounding_probs + rounding_metadata + rounding, medians, ms) of H100
-  // run 20 (3ed8419, docs/gpu.md; d 1536, n 256): {E, T, ms}. The constants are the least-squares
+  // run 20 (3ed8419, docs/gpu_runs.md; d 1536, n 256): {E, T, ms}. The constants are the least-squares
   // fit of a + b T E to them, rounded (0.175 ms, 0.0192 ns), and within 9% of every point.
   const double pts[][3] = {{128, 16384, 0.022 + 0.039 + 0.147}, {128, 24576, 0.031 + 0.042 + 0.177},
                            {256, 16384, 0.037 + 0.050 + 0.154}, {256, 24576, 0.053 + 0.051 + 0.218},

@@ -36,7 +36,7 @@
 //   1 + 128 arrivals). The consumers, after their wait, fence the copies for the async proxy
 //   (cp.async writes -> wgmma reads). Against the earlier producer that waited for its own copies
 //   two stages behind and fenced them itself: up-projection 0.764 -> 0.652 ms on sonic-7b,
-//   1.994 -> 1.756 on Qwen3-30B-A3B, 4.711 -> 4.329 on Mixtral (H100, run 39, docs/gpu.md).
+//   1.994 -> 1.756 on Qwen3-30B-A3B, 4.711 -> 4.329 on Mixtral (H100, run 39, docs/gpu_runs.md).
 // - Consumers: per k tile, wait for the stage, 4 wgmma m64n256k16 from shared-memory
 //   descriptors, keep one batch in flight and release the previous stage on its "empty" barrier
 //   (one arrival per warp). 4 stages of 48 KiB.

@@ -24,6 +24,9 @@
 # an A/B of kernel variants chosen by environment variables, all in one run on one card
 # (AB_VARIANTS: the benchmark's variants, default fused,dense_cublas); each entry stopped after
 # AB_TIMEOUT seconds (default 300), and not run again in the call once it has been.
+# CALL_BUDGET: the seconds this script may take in all (default 560: the device tool stops a call
+# at 600 s, and then the summary below would be lost); each step's time limit is cut to what is
+# left, and a step that would start with less than a minute left is skipped with a summary line.
 set -u
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
@@ -33,6 +36,14 @@ SUMMARY=()
 FAILED_ENVS=()  # TEST_ENVS settings whose tests failed: the sanitizers skip them
 env_failed() { local f; for f in "${FAILED_ENVS[@]}"; do [ "$f" == "$1" ] && return 0; done; return 1; }
 note() { SUMMARY+=("$1"); echo "== $1"; }
+CALL_BUDGET=${CALL_BUDGET:-560}
+# within T: T seconds, or what is left of the budget where that is less (at least 1).
+within() { local t=$1 l=$((CALL_BUDGET - SECONDS)); ((l < t)) && t=$l; ((t < 1)) && t=1; echo $t; }
+# spent NAME: true (and a summary line) when less than a minute of the budget is left for NAME.
+spent() {
+  ((CALL_BUDGET - SECONDS >= 60)) && return 1
+  note "$1 skipped: $((CALL_BUDGET - SECONDS)) s left of CALL_BUDGET=$CALL_BUDGET"
+}
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 # The commit the benchmarks name: a .commit file carried along (git-ignored: `git rev-parse --short
 # HEAD > .commit`, then carry .commit), else git's where the copy has it (the copy's git named an
@@ -64,15 +75,15 @@ BUILD=build
 if has build; then
   start=$SECONDS
   cmake -S . -B $BUILD -G Ninja -DTILEMOE_CUDA=ON > "$OUT/cmake.log" 2>&1 &&
-    ninja -C $BUILD -j16 -k 0 ${BUILD_TARGETS:-} > "$OUT/build.log" 2>&1
+    timeout $(within 100000) ninja -C $BUILD -j16 -k 0 ${BUILD_TARGETS:-} > "$OUT/build.log" 2>&1
   rc=$?
   note "build rc=$rc ($((SECONDS - start)) s)"
   if [ $rc -ne 0 ]; then grep -E "error|FAILED" -A3 "$OUT/build.log" | head -60; fi
 fi
 T=$BUILD/tests/tilemoe_tests_gpu
-if has tests; then
+if has tests && ! spent tests; then
   start=$SECONDS
-  timeout ${TEST_TIMEOUT:-300} $T --gtest_brief=1 > "$OUT/tests_gpu.log" 2>&1
+  timeout $(within ${TEST_TIMEOUT:-300}) $T --gtest_brief=1 > "$OUT/tests_gpu.log" 2>&1
   rc=$?
   note "tests_gpu rc=$rc ($((SECONDS - start)) s): $(grep -E '^\[  (PASSED|FAILED)' "$OUT/tests_gpu.log" | tr '\n' ' ')"
   grep -E "Failure|FAILED|error|Expected|Which is|seed=|actual" "$OUT/tests_gpu.log" | head -60
@@ -80,8 +91,9 @@ if has tests; then
   IFS=';' read -ra ENVS <<< "${TEST_ENVS:-}"
   for e in "${ENVS[@]}"; do
     [ -z "$e" ] && continue
+    if spent "tests_gpu [$e]"; then FAILED_ENVS+=("$e"); continue; fi
     start=$SECONDS
-    env $e timeout ${ENV_TEST_TIMEOUT:-150} $T --gtest_brief=1 --gtest_filter="$F_FAST" > "$OUT/tests_gpu_env.log" 2>&1
+    env $e timeout $(within ${ENV_TEST_TIMEOUT:-150}) $T --gtest_brief=1 --gtest_filter="$F_FAST" > "$OUT/tests_gpu_env.log" 2>&1
     rc=$?
     [ $rc -ne 0 ] && FAILED_ENVS+=("$e")
     note "tests_gpu [$e] rc=$rc ($((SECONDS - start)) s): $(grep -E '^\[  (PASSED|FAILED)' "$OUT/tests_gpu_env.log" | tr '\n' ' ')"
@@ -89,7 +101,7 @@ if has tests; then
     cat "$OUT/tests_gpu_env.log" >> "$OUT/tests_gpu_envs.log"
   done
   rm -f "$OUT/tests_gpu_env.log"
-  $BUILD/tests/tilemoe_tests_cpu --gtest_brief=1 > "$OUT/tests_cpu.log" 2>&1
+  timeout $(within 300) $BUILD/tests/tilemoe_tests_cpu --gtest_brief=1 > "$OUT/tests_cpu.log" 2>&1
   note "tests_cpu rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/tests_cpu.log" | tr '\n' ' ')"
 fi
 if has sanitize; then
@@ -100,9 +112,10 @@ if has sanitize; then
   F_RACE='GpuRouter.*:GpuMetadata.*:GpuCombine.*:GpuGroupedGemm.*:GpuRounding.MatchesCpuRoundRouting'
   F_RACE+=':GpuForward.OneExpertTakesEveryToken:GpuForward.DecodePairLaunchMatchesTwoLaunches'
   for tool in ${SANITIZE_TOOLS-memcheck racecheck synccheck}; do
+    spent "sanitizer $tool" && continue
     start=$SECONDS
     F=$F_MEM; [ $tool != memcheck ] && F=$F_RACE
-    TILEMOE_SANITIZE=1 timeout 420 compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_brief=1 --gtest_filter="$F" \
+    TILEMOE_SANITIZE=1 timeout $(within 420) compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_brief=1 --gtest_filter="$F" \
       > "$OUT/sanitize_$tool.log" 2>&1
     rc=$?
     note "sanitizer $tool rc=$rc ($((SECONDS - start)) s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_$tool.log" | tail -1) $(grep -E '^\[  (PASSED|FAILED)' "$OUT/sanitize_$tool.log" | tr '\n' ' ')"
@@ -113,8 +126,9 @@ if has sanitize; then
     [ -z "$e" ] && continue
     if env_failed "$e"; then note "sanitizers [$e] skipped: its tests failed or timed out"; continue; fi
     for tool in memcheck racecheck synccheck; do
+      spent "sanitizer $tool [$e]" && continue
       start=$SECONDS
-      env $e TILEMOE_SANITIZE=1 timeout ${ENV_SANITIZE_TIMEOUT:-300} compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_brief=1 \
+      env $e TILEMOE_SANITIZE=1 timeout $(within ${ENV_SANITIZE_TIMEOUT:-300}) compute-sanitizer --tool $tool --error-exitcode 9 $T --gtest_brief=1 \
         --gtest_filter='GpuForward.FusedBf16ShapeMatrix:GpuGroupedGemm.FusedKernelsManyTilesPerBlock' > "$OUT/sanitize_env.log" 2>&1
       rc=$?
       note "sanitizer $tool [$e] rc=$rc ($((SECONDS - start)) s): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT/sanitize_env.log" | tail -1)"
@@ -153,9 +167,10 @@ if has bench; then
     SETS=${SETS//rounding/sonic-7b:E256:K4,sonic-7b:E512:K8@4096,24576}
     i=0
     for set in $SETS; do
+      spent "bench $set" && continue
       i=$((i + 1))
       start=$SECONDS
-      PYTHONUNBUFFERED=1 $B ${BENCH_ARGS:-} --configs "${set%@*}" --tokens "${set##*@}" --json "$OUT/bench_$i.json" \
+      PYTHONUNBUFFERED=1 timeout $(within 100000) $B ${BENCH_ARGS:-} --configs "${set%@*}" --tokens "${set##*@}" --json "$OUT/bench_$i.json" \
         --dump /tmp/bench_inputs_$i --python "timeout ${PEER_TIMEOUT:-400} python3" "${PEERS[@]}" > "$OUT/bench_$i.log" 2>&1
       note "bench $set rc=$? ($((SECONDS - start)) s)"
       sed -n '/^config  *T  *variant/,/^$/p' "$OUT/bench_$i.log"
@@ -181,7 +196,7 @@ PY
     [ -d /tmp/qc ] && (cd /tmp && tar cJf "$OUT/quack_cache.tar.xz" qc)
   fi
 fi
-if has example; then
+if has example && ! spent example; then
   E=$BUILD/bin
   for p in grouped_gemm_naive grouped_gemm; do
     if [ -x $E/$p ]; then
@@ -209,6 +224,7 @@ if has ab; then
     skip=
     for h in "${HUNG[@]}"; do [ "$h" == "$e" ] && skip=1; done
     if [ -n "$skip" ]; then note "ab [$e] skipped: it timed out before"; continue; fi
+    spent "ab [$e]" && continue
     start=$SECONDS
     # "[ENV=1 ...|base|old] [args:--flag value ...]": an environment, then benchmark flags
     ev=$e args=
@@ -217,7 +233,7 @@ if has ab; then
     B=$BUILD/bin/bench_moe_variants
     [ "$ev" = old ] && B=.old/bench_moe_variants  # an older build, carried
     [[ $ev = base || $ev = old ]] && ev=
-    env $ev timeout ${AB_TIMEOUT:-300} $B $args --configs "${AB_CONFIGS:-sonic-7b@24576,qwen3-30b-a3b@16384,mixtral-8x7b@4096}" --no-sequential \
+    env $ev timeout $(within ${AB_TIMEOUT:-300}) $B $args --configs "${AB_CONFIGS:-sonic-7b@24576,qwen3-30b-a3b@16384,mixtral-8x7b@4096}" --no-sequential \
       --variants "${AB_VARIANTS:-fused,dense_cublas}" > "$OUT/ab.log" 2>&1
     rc=$?
     note "ab [$e] rc=$rc ($((SECONDS - start)) s)"
@@ -234,9 +250,10 @@ if has clocks; then
   # a lower clock.
   B=$BUILD/bin/bench_moe_variants
   for v in ${CLOCK_VARIANTS:-fused dense_cublas}; do
+    spent "clocks $v" && continue
     nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader,nounits -lms 20 > "$OUT/clocks_$v.csv" &
     smi=$!
-    $B --configs "${CLOCK_CONFIG:-mixtral-8x7b@4096}" --variants $v --reps 200 > "$OUT/clocks_$v.log" 2>&1
+    timeout $(within 300) $B --configs "${CLOCK_CONFIG:-mixtral-8x7b@4096}" --variants $v --reps 200 > "$OUT/clocks_$v.log" 2>&1
     kill $smi; wait $smi 2>/dev/null
     note "clocks $v ${CLOCK_CONFIG:-mixtral-8x7b@4096}: $(python3 - "$OUT/clocks_$v.csv" <<'PY'
 import sys, statistics
@@ -269,7 +286,8 @@ if has kernels; then
   # An entry "config@T/variants" names its own variants.
   for entry in ${KERNELS_CONFIG:-sonic-7b:E256:K4@24576}; do
   kc=${entry%%/*}; kv=${KERNELS_VARIANTS:-fused,fused+rounding}; [[ $entry == */* ]] && kv=${entry#*/}
-  ncu ${NCU_ARGS:-} --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed --csv \
+  spent "kernels $kc" && continue
+  timeout $(within 100000) ncu ${NCU_ARGS:-} --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed --csv \
     $BUILD/bin/bench_moe_variants ${KERNELS_ARGS:-} --configs "$kc" --no-sequential \
     --variants "$kv" --reps 1 --warmup 0 > "$KDIR/$kc.csv" 2>> "$OUT/kernels.log"
   note "kernels rc=$? ($kc, $kv)"
@@ -311,7 +329,7 @@ profile_summary() {
   awk '/Context [0-9]+, Stream/ {print "  " substr($0, 1, 90)} /issue_stalled_.*per_issue_active/ && $NF + 0 >= 0.2 {sub(/smsp__average_warps_issue_stalled_/, "", $1); sub(/_per_issue_active.ratio/, "", $1); printf "      %-22s %s\n", $1, $NF}' "$1" | head -${PROFILE_LINES:-150}
 }
 NCU_METRICS=sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,lts__t_sectors_srcunit_tex_op_read.sum.per_second,regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio
-if has profile; then
+if has profile && ! spent profile; then
   # Nsight Compute on the fused layer's expert GEMMs and cuBLAS's dense GEMMs of the same FLOPs
   # (bench_moe_variants, one timed run each): speed of light, memory workload, SM clock; whether
   # L2, DRAM or the tensor pipes bound them. cuBLAS's kernel names tell its tile and cluster.
@@ -324,7 +342,7 @@ if has profile; then
   # The warps' stall reasons (cycles per issued instruction) come with every profiled kernel;
   # PROFILE_SOURCE=1 also keeps the report and prints the SASS lines with the most stall samples.
   REP=(); [ "${PROFILE_SOURCE:-0}" = 1 ] && REP=(--section SourceCounters --import-source no -f -o "$OUT/profile")
-  ncu "${SECTIONS[@]}" "${REP[@]}" \
+  timeout $(within 100000) ncu "${SECTIONS[@]}" "${REP[@]}" \
     --metrics $NCU_METRICS \
     --kernel-name regex:"${PROFILE_KERNELS:-ws_kernel|wgmma_kernel|nvjet|xmma|gemm}" --launch-skip "${PROFILE_SKIP:-0}" --launch-count "${PROFILE_COUNT:-24}" \
     $BUILD/bin/bench_moe_variants --configs "${PROFILE_CONFIG:-qwen3-30b-a3b@16384}" --no-sequential --variants "${PROFILE_VARIANTS:-fused,dense_cublas}" \
@@ -363,7 +381,7 @@ for i in order[:30]:
 PY
   fi
 fi
-if has profile_sonic; then
+if has profile_sonic && ! spent profile_sonic; then
   # The same profile of SonicMoE's expert GEMMs (QuACK) on the same layer's inputs, to set beside
   # ours (`profile`): the benchmark dumps the inputs, then ncu runs the SonicMoE peer script on
   # them. Its first forward (the check, general routing) launches its up- and down-projection
@@ -374,7 +392,7 @@ if has profile_sonic; then
        --dump /tmp/prof_in > "$OUT/profile_sonic_dump.log" 2>&1; then
     SECTIONS=()
     for sec in ${PROFILE_SECTIONS:-SpeedOfLight MemoryWorkloadAnalysis ComputeWorkloadAnalysis}; do SECTIONS+=(--section "$sec"); done
-    timeout ${PEER_TIMEOUT:-400} ncu "${SECTIONS[@]}" --metrics $NCU_METRICS --kernel-name regex:"${SONIC_PROFILE_KERNELS:-quackgemm}" \
+    timeout $(within ${PEER_TIMEOUT:-400}) ncu "${SECTIONS[@]}" --metrics $NCU_METRICS --kernel-name regex:"${SONIC_PROFILE_KERNELS:-quackgemm}" \
       --launch-skip "${SONIC_PROFILE_SKIP:-2}" --launch-count "${SONIC_PROFILE_COUNT:-2}" \
       python3 benchmarks/peers/sonicmoe_pipeline.py /tmp/prof_in/* > "$OUT/profile_sonic.log" 2>&1
     note "profile_sonic rc=$? ($cfg)"

@@ -57,7 +57,8 @@ struct ForwardOptions {
   bool time_stages = false;
   // GPU: the cudaStream_t to run on (an inference stack's current stream), null for
   // cudaStreamPerThread. The output is ready in that stream's order (read it there, or
-  // synchronize first); a returned tensor is freed on that stream, which must outlive it
+  // synchronize first; the calling thread's cudaStreamPerThread, where Tensor::to copies, waits
+  // for the forward too); a returned tensor is freed on that stream, which must outlive it
   // (moe_forward_into allocates none). Must be null for CPU tensors.
   void* stream = nullptr;
   // Routing the caller computed (an inference stack's own router): expert ids [T, K] int32 and

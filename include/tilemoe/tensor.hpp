@@ -30,8 +30,9 @@ class Tensor {
   // dtype, contiguous in row-major order, aligned to the element size, on `device` (checked: a
   // CUDA tensor's data must be device memory of this thread's GPU, a CPU tensor's must not be
   // device memory). data must stay valid while any copy of the tensor lives; release, if given,
-  // is called with data once the last copy is gone. The library reads inputs and weights and
-  // writes only the tensors it returns.
+  // is called with data once the last copy is gone, which on the GPU may be before the work
+  // queued on the forward's stream has read it (hand the memory back in that stream's order).
+  // The library reads inputs and weights and writes only the tensors it returns.
   static Tensor from_blob(void* data, Shape shape, DType dtype, Device device = Device::cpu,
                           std::function<void(void*)> release = {});
 

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <utility>
+#include <vector>
 
 #include "check.cuh"
 
@@ -17,17 +18,28 @@ class DeviceBuffer {
   ~DeviceBuffer() { release(); }
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(std::exchange(o.p_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : p_(std::exchange(o.p_, nullptr)), bytes_(std::exchange(o.bytes_, 0)),
+        captured_(std::exchange(o.captured_, false)), retired_(std::move(o.retired_)) {}
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) {
       release();
       p_ = std::exchange(o.p_, nullptr);
       bytes_ = std::exchange(o.bytes_, 0);
+      captured_ = std::exchange(o.captured_, false);
+      retired_ = std::move(o.retired_);
     }
     return *this;
   }
+  // A new block of that size (the old contents are lost). A block that a captured CUDA graph
+  // reads (mark_captured) is kept, not freed, until the buffer goes: the graph's replays stay
+  // valid after a larger eager forward has grown the buffer.
   void reset(std::size_t bytes) {
-    release();
+    if (captured_ && p_) {
+      retired_.push_back(std::exchange(p_, nullptr));
+      captured_ = false;
+    }
+    release_current();
     if (bytes > 0) TILEMOE_CUDA_CHECK(cudaMalloc(&p_, bytes));
     bytes_ = bytes;
   }
@@ -35,17 +47,26 @@ class DeviceBuffer {
   void reserve(std::size_t bytes) {
     if (bytes > bytes_) reset(bytes);
   }
+  void mark_captured() { captured_ = p_ != nullptr; }
   void* get() const { return p_; }
   std::size_t size() const { return bytes_; }
 
  private:
-  void release() noexcept {
+  void release_current() noexcept {
     if (p_) cudaFree(p_);
     p_ = nullptr;
     bytes_ = 0;
   }
+  void release() noexcept {
+    release_current();
+    for (void* q : retired_) cudaFree(q);
+    retired_.clear();
+    captured_ = false;
+  }
   void* p_ = nullptr;
   std::size_t bytes_ = 0;
+  bool captured_ = false;      // p_ is read by a captured graph
+  std::vector<void*> retired_;  // earlier blocks that captured graphs read
 };
 
 // Carves typed, 256-byte aligned pieces out of a base pointer (or, with base == nullptr, only

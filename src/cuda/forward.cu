@@ -186,6 +186,8 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   layout(sizer);
   DeviceBuffer& buf = scratch(Scratch::forward);
   buf.reserve(sizer.bytes());
+  const bool capturing = stream_capturing(current_stream());
+  if (capturing) buf.mark_captured();  // kept for the graph's replays if a later forward grows it
   const std::int64_t max_tiles = (A_cap + std::int64_t(E) * (tile_m - 1)) / tile_m + 1;
   if (one_launch) (void)tile_counters(max_tiles);  // allocated here, ahead of any graph capture
   Carver carver(buf.get());
@@ -197,7 +199,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
     const std::int32_t* ids_in = opt.topk_ids.data<std::int32_t>();
     const float* w_in = opt.topk_weights.data<float>();
     take_routing(ids_in, w_in, T, K, E, P.ids, P.wts, P.bad);
-    if (opt.check_routing && !stream_capturing(current_stream())) {
+    if (opt.check_routing && !capturing) {
       const int bad = to_host(P.bad, 1)[0];
       if (bad != kNoBadToken) {
         const std::vector<std::int32_t> ids = to_host(ids_in + std::int64_t(bad) * K, static_cast<std::size_t>(K));

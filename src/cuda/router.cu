@@ -549,25 +549,27 @@ void router_topk(const RouterConfig& rc, const float* logits, const float* bias,
 }
 
 namespace {
-// A thread per token: its K ids and weights copied, each id checked against [0, E) and the ids
-// before it, each weight for finiteness; an id out of range becomes expert 0 with weight 0.
+// A thread per token (grid-stride: grid_for caps the grid): its K ids and weights copied, each
+// id checked against [0, E) and the ids before it, each weight for finiteness; an id out of
+// range becomes expert 0 with weight 0.
 __global__ void take_routing_kernel(const std::int32_t* __restrict__ ids_in, const float* __restrict__ w_in,
                                     std::int64_t T, int K, int E, std::int32_t* __restrict__ ids,
                                     float* __restrict__ weights, int* bad) {
-  const std::int64_t t = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (t >= T) return;
-  const std::int64_t a0 = t * K;
-  bool ok = true;
-  for (int k = 0; k < K; ++k) {
-    const std::int32_t e = ids_in[a0 + k];
-    const float wv = w_in[a0 + k];
-    const bool in_range = e >= 0 && e < E;
-    ok = ok && in_range && isfinite(wv);
-    for (int j = 0; j < k; ++j) ok = ok && ids_in[a0 + j] != e;
-    ids[a0 + k] = in_range ? e : 0;
-    weights[a0 + k] = in_range ? wv : 0.0f;
+  const std::int64_t stride = std::int64_t(gridDim.x) * blockDim.x;
+  for (std::int64_t t = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; t < T; t += stride) {
+    const std::int64_t a0 = t * K;
+    bool ok = true;
+    for (int k = 0; k < K; ++k) {
+      const std::int32_t e = ids_in[a0 + k];
+      const float wv = w_in[a0 + k];
+      const bool in_range = e >= 0 && e < E;
+      ok = ok && in_range && isfinite(wv);
+      for (int j = 0; j < k; ++j) ok = ok && ids_in[a0 + j] != e;
+      ids[a0 + k] = in_range ? e : 0;
+      weights[a0 + k] = in_range ? wv : 0.0f;
+    }
+    if (!ok) atomicMin(bad, static_cast<int>(t));
   }
-  if (!ok) atomicMin(bad, static_cast<int>(t));
 }
 }  // namespace
 

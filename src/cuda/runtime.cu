@@ -3,6 +3,7 @@
 // the error reporting behind the check macros.
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdio>
 #include <memory>
 #include <mutex>
@@ -58,6 +59,64 @@ cudaMemPool_t tensor_pool(int dev) {
 
 }  // namespace
 
+namespace {
+// Pool memory dropped while its stream was being captured into a CUDA graph: cudaFreeAsync there
+// would add a free node, which only a graph's own allocations may have (the capture would fail).
+// It is freed on that stream once the stream is next used by the library and not capturing: the
+// thread's own stream by that thread (t_deferred), a caller's stream (which the caller names in
+// ForwardOptions::stream again) by any thread. Memory whose stream is never used again stays
+// in the pool.
+struct DeferredFree {
+  void* p;
+  int dev;
+  cudaStream_t s;
+};
+thread_local std::vector<DeferredFree> t_deferred;  // on this thread's cudaStreamPerThread
+std::mutex g_deferred_mu;
+std::vector<DeferredFree> g_deferred;  // on callers' streams
+std::atomic<int> g_deferred_count{0};
+
+void free_or_defer(void* p, int dev, cudaStream_t caller_stream) noexcept {
+  const cudaStream_t s = caller_stream ? caller_stream : cudaStreamPerThread;
+  cudaStreamCaptureStatus c = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(s, &c) != cudaSuccess || c == cudaStreamCaptureStatusNone) {
+    cudaFreeAsync(p, s);  // (errors at teardown, when the runtime is gone, ignored)
+    return;
+  }
+  try {
+    if (!caller_stream) {
+      t_deferred.push_back({p, dev, s});
+    } else {
+      std::lock_guard<std::mutex> lock(g_deferred_mu);
+      g_deferred.push_back({p, dev, s});
+      g_deferred_count.fetch_add(1, std::memory_order_relaxed);
+    }
+  } catch (...) {  // no memory for the note: the block stays in the pool
+  }
+}
+
+// The frees deferred on s (not capturing, the current device's).
+void free_deferred(cudaStream_t s) {
+  if (s == cudaStreamPerThread ? t_deferred.empty() : g_deferred_count.load(std::memory_order_relaxed) == 0) return;
+  int dev = 0;
+  TILEMOE_CUDA_CHECK(cudaGetDevice(&dev));
+  auto due = [&](const DeferredFree& f) { return f.s == s && f.dev == dev; };
+  std::vector<DeferredFree> now;
+  if (s == cudaStreamPerThread) {
+    for (const DeferredFree& f : t_deferred)
+      if (due(f)) now.push_back(f);
+    t_deferred.erase(std::remove_if(t_deferred.begin(), t_deferred.end(), due), t_deferred.end());
+  } else {
+    std::lock_guard<std::mutex> lock(g_deferred_mu);
+    for (const DeferredFree& f : g_deferred)
+      if (due(f)) now.push_back(f);
+    g_deferred.erase(std::remove_if(g_deferred.begin(), g_deferred.end(), due), g_deferred.end());
+    g_deferred_count.store(static_cast<int>(g_deferred.size()), std::memory_order_relaxed);
+  }
+  for (const DeferredFree& f : now) TILEMOE_CUDA_CHECK(cudaFreeAsync(f.p, s));
+}
+}  // namespace
+
 // A tensor's device memory comes from tilemoe's stream-ordered pool (cudaMallocFromPoolAsync on
 // the calling thread's stream) and goes back to it with cudaFreeAsync on the freeing thread's
 // stream: neither waits for the device. Until then each tensor was a cudaMalloc, and its cudaFree
@@ -70,7 +129,7 @@ cudaMemPool_t tensor_pool(int dev) {
 // runs on; a tensor handed to other streams needs the usual synchronization, as with any
 // stream-ordered allocator. While the stream is being captured into a CUDA graph, plain
 // cudaMalloc and cudaFree (an allocation node would keep the graph from being replayed while the
-// tensor lives).
+// tensor lives); pool memory dropped during a capture is freed later (free_or_defer).
 std::shared_ptr<void> cuda_alloc(std::size_t bytes) {
   cudaStream_t s = current_stream();
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
@@ -80,6 +139,7 @@ std::shared_ptr<void> cuda_alloc(std::size_t bytes) {
     TILEMOE_CUDA_CHECK(cudaMalloc(&p, bytes));
     return std::shared_ptr<void>(p, [](void* q) { cudaFree(q); });  // teardown errors ignored
   }
+  free_deferred(s);
   int dev = 0;
   TILEMOE_CUDA_CHECK(cudaGetDevice(&dev));
   TILEMOE_CUDA_CHECK(cudaMallocFromPoolAsync(&p, bytes, tensor_pool(dev), s));
@@ -92,7 +152,7 @@ std::shared_ptr<void> cuda_alloc(std::size_t bytes) {
     int cur = dev;
     if (cudaGetDevice(&cur) != cudaSuccess) return;
     if (cur != dev) cudaSetDevice(dev);
-    cudaFreeAsync(q, free_on ? free_on : cudaStreamPerThread);
+    free_or_defer(q, dev, free_on);
     if (cur != dev) cudaSetDevice(cur);
   });
 }
@@ -217,19 +277,21 @@ cublasHandle_t cublas_handle() {
 StreamScope::StreamScope(cudaStream_t s) : prev_(t_stream) {
   if (!s) s = cudaStreamPerThread;
   bind_device();
-  if (s != t_last && !stream_capturing(s)) {
+  if (!stream_capturing(s)) {
     // The workspaces were last used by a forward on t_last: s waits for it. A caller's stream
-    // recorded `done` at that forward's end (it may be gone since: never touched again here);
-    // cudaStreamPerThread is always there to record on now.
-    if (t_last == cudaStreamPerThread) {
+    // recorded `done` at that forward's end (it may be gone since: never touched again here), and
+    // s waits for it even where s has that stream's handle (a stream destroyed since may have left
+    // its handle to a new one); cudaStreamPerThread is always there to record on now.
+    if (t_last_recorded) {
+      TILEMOE_CUDA_CHECK(cudaStreamWaitEvent(s, tctx.done, 0));
+    } else if (t_last == cudaStreamPerThread && s != cudaStreamPerThread) {
       if (!tctx.done) TILEMOE_CUDA_CHECK(cudaEventCreateWithFlags(&tctx.done, cudaEventDisableTiming));
       if (!stream_capturing(cudaStreamPerThread)) {
         TILEMOE_CUDA_CHECK(cudaEventRecord(tctx.done, cudaStreamPerThread));
         TILEMOE_CUDA_CHECK(cudaStreamWaitEvent(s, tctx.done, 0));
       }
-    } else if (t_last_recorded) {
-      TILEMOE_CUDA_CHECK(cudaStreamWaitEvent(s, tctx.done, 0));
     }
+    free_deferred(s);
   }
   t_stream = s;
   t_last = s;
@@ -237,14 +299,20 @@ StreamScope::StreamScope(cudaStream_t s) : prev_(t_stream) {
 }
 
 StreamScope::~StreamScope() {
-  // A caller's stream marks this forward's end for the next forward on another stream.
+  // A caller's stream marks this forward's end for the next forward on another stream, and the
+  // thread's own stream waits for it: what runs there next (a copy of the output with Tensor::to,
+  // the free of an input made there, whose memory the pool may hand out again) comes after the
+  // forward that read it. (A destructor: errors end it, nothing throws.)
   const cudaStream_t s = t_stream;
   t_stream = prev_;
   if (s == cudaStreamPerThread) return;
   cudaStreamCaptureStatus c = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(s, &c) != cudaSuccess || c != cudaStreamCaptureStatusNone) return;
   if (!tctx.done && cudaEventCreateWithFlags(&tctx.done, cudaEventDisableTiming) != cudaSuccess) return;
-  t_last_recorded = cudaEventRecord(tctx.done, s) == cudaSuccess;  // (a destructor: no throw)
+  t_last_recorded = cudaEventRecord(tctx.done, s) == cudaSuccess;
+  if (!t_last_recorded) return;
+  if (cudaStreamIsCapturing(cudaStreamPerThread, &c) != cudaSuccess || c != cudaStreamCaptureStatusNone) return;
+  cudaStreamWaitEvent(cudaStreamPerThread, tctx.done, 0);
 }
 
 DeviceBuffer& scratch(Scratch which) {
@@ -260,6 +328,7 @@ int* tile_counters(std::int64_t rows) {
     // On the stream (a memset node where this happens inside a graph capture).
     TILEMOE_CUDA_CHECK(cudaMemsetAsync(tctx.counters.get(), 0, tctx.counters.size(), current_stream()));
   }
+  if (stream_capturing(current_stream())) tctx.counters.mark_captured();  // kept for the graph's replays
   return static_cast<int*>(tctx.counters.get());
 }
 

@@ -225,9 +225,9 @@ TEST(GpuForward, IntoTheCallersBuffer) {
 }
 
 // ForwardOptions::topk_ids / topk_weights on the GPU: the routing the layer's router chose,
-// given back, gives the same output bit for bit (every algorithm, with and without router
-// weights); a bad id is named by position; unchecked, it adds nothing (against float64 with
-// that assignment's weight 0).
+// given back, gives the same output bit for bit as the same algorithm with its router (every
+// algorithm, with and without router weights); a bad id is named by position; unchecked, it adds
+// nothing (against float64 with that assignment's weight 0).
 TEST(GpuForward, GivenRouting) {
   TILEMOE_REQUIRE_GPU();
   const MoeConfig& cfg = preset("tiny-deepseek");
@@ -239,21 +239,26 @@ TEST(GpuForward, GivenRouting) {
   const MoeWeights w = wh.to(Device::cuda);
   const Tensor x = xh.to(Device::cuda);
   ForwardTrace tr;
-  const std::vector<float> want = moe_forward(cfg, w, x, {}, &tr).to_floats();
+  (void)moe_forward(cfg, w, x, {}, &tr);  // the router's choice, given back below
   Tensor ids_h = Tensor::empty({T, K}, DType::i32), wts_h = Tensor::empty({T, K}, DType::f32);
   std::copy(tr.routing.expert.begin(), tr.routing.expert.end(), ids_h.data<std::int32_t>());
   std::copy(tr.routing.weight.begin(), tr.routing.weight.end(), wts_h.data<float>());
   const Tensor ids = ids_h.to(Device::cuda), wts = wts_h.to(Device::cuda);
-  for (Algorithm alg : {Algorithm::grouped, Algorithm::fused, Algorithm::sequential})
+  for (Algorithm alg : {Algorithm::grouped, Algorithm::fused, Algorithm::sequential}) {
+    ForwardOptions routed;
+    routed.algorithm = alg;
+    ForwardTrace tr_alg;
+    const std::vector<float> want_alg = moe_forward(cfg, w, x, routed, &tr_alg).to_floats();
+    ASSERT_EQ(tr_alg.routing.expert, tr.routing.expert) << to_string(alg) << ": the router's choice";
     for (bool with_router : {true, false}) {
       MoeWeights wg = w;
       if (!with_router) wg.router = wg.router_bias = Tensor();
-      ForwardOptions opt;
-      opt.algorithm = alg;
+      ForwardOptions opt = routed;
       opt.topk_ids = ids;
       opt.topk_weights = wts;
-      EXPECT_EQ(moe_forward(cfg, wg, x, opt).to_floats(), want) << to_string(alg) << (with_router ? "" : ", no router");
+      EXPECT_EQ(moe_forward(cfg, wg, x, opt).to_floats(), want_alg) << to_string(alg) << (with_router ? "" : ", no router");
     }
+  }
   // Token 7's second id out of range.
   Tensor bad_h = ids_h.clone();
   bad_h.data<std::int32_t>()[7 * K + 1] = E + 5;

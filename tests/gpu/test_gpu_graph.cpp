@@ -1,7 +1,8 @@
 // The grouped forward has no host synchronization: it can be captured in a CUDA graph on the
 // library's stream (cudaStreamPerThread) and replayed, giving the same result as eager calls,
 // also after new tokens are copied into the captured input buffer; with moe_forward_into, into
-// an output buffer of the caller's.
+// an output buffer of the caller's, captured in thread-local mode (where a cudaMalloc or any
+// other call that may synchronize fails the capture): nothing is allocated inside it.
 #include <cstring>
 #include <string>
 
@@ -36,8 +37,8 @@ TEST(GpuGraph, CaptureAndReplayGroupedForward) {
 
     cudaStream_t s = cudaStreamPerThread;
     cudaGraph_t graph = nullptr;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
     const Tensor static_out = into ? Tensor::empty({T, c.d_model}, DType::bf16, Device::cuda) : Tensor();
+    CK(cudaStreamBeginCapture(s, into ? cudaStreamCaptureModeThreadLocal : cudaStreamCaptureModeRelaxed));
     Tensor out;
     try {
       out = into ? moe_forward_into(c, w, x, static_out, opt) : moe_forward(c, w, x, opt);
@@ -67,6 +68,56 @@ TEST(GpuGraph, CaptureAndReplayGroupedForward) {
     CK(cudaGraphExecDestroy(exec));
     CK(cudaGraphDestroy(graph));
   }
+}
+
+// Replays stay valid after what may happen between them in a serving loop: the warm-up's output
+// dropped inside the capture (its pool memory is freed after the capture, not inside it, which
+// would fail the capture), and an eager forward on more tokens growing the thread's workspaces
+// (the graph keeps reading the ones it was captured with). On the thread's stream and on a
+// caller's.
+TEST(GpuGraph, ReplaysAfterDropsAndGrowth) {
+  TILEMOE_REQUIRE_GPU();
+  const MoeConfig& c = preset("small");
+  const std::uint64_t seed = test::fresh_seed();
+  const MoeWeights w = random_weights(c, DType::bf16, seed).to(Device::cuda);
+  const std::int64_t T = 300;
+  const Tensor x = random_tokens(T, c.d_model, DType::bf16, seed + 1).to(Device::cuda);
+  const Tensor big = random_tokens(8 * T, c.d_model, DType::bf16, seed + 2).to(Device::cuda);
+  cudaStream_t caller = nullptr;
+  CK(cudaStreamCreateWithFlags(&caller, cudaStreamNonBlocking));
+  for (cudaStream_t s : {static_cast<cudaStream_t>(cudaStreamPerThread), caller})
+    for (Algorithm alg : {Algorithm::grouped, Algorithm::fused}) {
+      SCOPED_TRACE(std::string(to_string(alg)) + (s == caller ? " on a caller's stream" : " on cudaStreamPerThread"));
+      ForwardOptions opt;
+      opt.algorithm = alg;
+      opt.stream = s == caller ? caller : nullptr;
+      const std::vector<float> ref = moe_forward(c, w, x, {.algorithm = alg}).to_floats();
+      Tensor out = moe_forward(c, w, x, opt);  // the warm-up, its output from the pool on s
+      CK(cudaStreamSynchronize(s));
+      cudaGraph_t graph = nullptr;
+      CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
+      try {
+        out = moe_forward(c, w, x, opt);  // drops the warm-up's output while s is captured
+      } catch (...) {
+        cudaStreamEndCapture(s, &graph);
+        throw;
+      }
+      CK(cudaStreamEndCapture(s, &graph));
+      cudaGraphExec_t exec = nullptr;
+      CK(cudaGraphInstantiate(&exec, graph, 0));
+      CK(cudaGraphLaunch(exec, s));
+      CK(cudaStreamSynchronize(s));
+      EXPECT_EQ(out.to_floats(), ref) << "replay";
+      // An eager forward on 8x the tokens (larger workspaces), then the replay again.
+      const Tensor eager_big = moe_forward(c, w, big, opt);
+      CK(cudaMemsetAsync(out.raw(), 0xff, out.nbytes(), s));
+      CK(cudaGraphLaunch(exec, s));
+      CK(cudaStreamSynchronize(s));
+      EXPECT_EQ(out.to_floats(), ref) << "replay after a larger eager forward";
+      CK(cudaGraphExecDestroy(exec));
+      CK(cudaGraphDestroy(graph));
+    }
+  CK(cudaStreamDestroy(caller));
 }
 
 // Forwards on the caller's streams (ForwardOptions::stream), two streams and the default one
@@ -103,6 +154,8 @@ TEST(GpuStreams, ForwardsOnCallersStreams) {
     synchronize(Device::cuda);
     for (std::size_t i = 0; i < outs.size(); ++i)
       EXPECT_EQ(outs[i].to_floats(), i % 3 == 1 ? ref2 : ref1) << "forward " << i;
+    // Read back with no wait for s2: the copy (on the thread's stream) comes after the forward.
+    EXPECT_EQ(moe_forward(c, w, x2, o2).to_floats(), ref2) << "copied without a wait";
   }
 
   // Capture on s1 (warmed up there), replayed on s1 into a buffer of ours.

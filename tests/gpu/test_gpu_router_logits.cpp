@@ -156,4 +156,44 @@ TEST(GpuRouter, TopkAndProbsReadPartialLogits) {
     EXPECT_EQ(host<std::int32_t>(ids_s), host<std::int32_t>(ids_p));
   }
 }
+
+// The caller's routing taken on more tokens than take_routing's grid has threads (the grid is
+// capped at 32 blocks of 256 per SM): every token copied, and a bad id past the cap found.
+TEST(GpuRouter, TakeRoutingCoversEveryToken) {
+  TILEMOE_REQUIRE_GPU();
+  if (test::sanitizing()) GTEST_SKIP() << "large case";
+  int dev = 0, sms = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
+  const std::int64_t T = std::int64_t(sms) * 32 * 256 + 1000, bad_t = T - 3;
+  const int K = 2, E = 8;
+  Tensor ids_h = Tensor::empty({T * K}, DType::i32), w_h = Tensor::empty({T * K}, DType::f32);
+  for (std::int64_t t = 0; t < T; ++t)
+    for (int k = 0; k < K; ++k) {
+      ids_h.data<std::int32_t>()[t * K + k] = static_cast<std::int32_t>((t + k) % E);
+      w_h.data<float>()[t * K + k] = 0.25f + static_cast<float>(t % 7) + static_cast<float>(k);
+    }
+  ids_h.data<std::int32_t>()[bad_t * K + 1] = E;  // out of range
+  const Tensor ids_in = ids_h.to(Device::cuda), w_in = w_h.to(Device::cuda);
+  Tensor ids = Tensor::empty({T * K}, DType::i32, Device::cuda), wts = Tensor::empty({T * K}, DType::f32, Device::cuda);
+  Tensor bad = Tensor::empty({1}, DType::i32, Device::cuda);
+  ASSERT_EQ(cudaMemset(ids.raw(), 0xff, ids.nbytes()), cudaSuccess);
+  ASSERT_EQ(cudaMemset(wts.raw(), 0xff, wts.nbytes()), cudaSuccess);
+  g::take_routing(ids_in.data<std::int32_t>(), w_in.data<float>(), T, K, E, ids.data<std::int32_t>(), wts.data<float>(),
+                  bad.data<std::int32_t>());
+  EXPECT_EQ(host<std::int32_t>(bad)[0], bad_t);
+  const auto got_ids = host<std::int32_t>(ids);
+  const auto got_w = host<float>(wts);
+  std::int64_t wrong = 0, first = -1;
+  for (std::int64_t a = 0; a < T * K; ++a) {
+    const bool out_of_range = a == bad_t * K + 1;
+    const std::int32_t want_id = out_of_range ? 0 : ids_h.data<std::int32_t>()[a];
+    const float want_w = out_of_range ? 0.0f : w_h.data<float>()[a];
+    if (got_ids[a] != want_id || got_w[a] != want_w) {
+      if (first < 0) first = a;
+      ++wrong;
+    }
+  }
+  EXPECT_EQ(wrong, 0) << "first wrong assignment " << first << " (token " << first / K << " of " << T << ")";
+}
 #endif

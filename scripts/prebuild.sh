@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the GPU binaries here (nvcc, no GPU needed) for a device call to run without compiling:
+# the GPU tests and bench_moe_variants into .prebuilt/ (git-ignored; carried to the GPU machine,
+# where `BUILD_DIR=.prebuilt scripts/gpu_check.sh tests ...` runs them), with the commit they
+# were built from in .prebuilt/COMMIT and .commit (the benchmarks name it).
+# Usage: scripts/prebuild.sh [build-dir] (default build-prebuilt; an existing one is reused).
+# Built on Debian 12 (glibc 2.36), they run on the GPU machine's Ubuntu 24.04 (glibc 2.39) with
+# its CUDA 13 and OpenBLAS; ~45 MB in all, under the device tool's 64 MiB for carried paths.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+B=${1:-build-prebuilt}
+command -v nvcc > /dev/null || { echo "prebuild: nvcc not found (the GPU binaries need the CUDA toolkit)" >&2; exit 1; }
+cmake -S . -B "$B" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTILEMOE_CUDA=ON > /dev/null
+ninja -C "$B" tilemoe_tests_gpu bench_moe_variants
+rm -rf .prebuilt && mkdir -p .prebuilt/tests .prebuilt/bin
+cp "$B/tests/tilemoe_tests_gpu" .prebuilt/tests/
+cp "$B/bin/bench_moe_variants" .prebuilt/bin/
+commit=$(git rev-parse --short HEAD)
+git diff --quiet HEAD -- src include tests benchmarks CMakeLists.txt || commit="$commit+uncommitted"
+echo "$commit" > .prebuilt/COMMIT
+echo "$commit" > .commit
+du -sh .prebuilt

@@ -17,6 +17,26 @@ using namespace tilemoe;
 #if TILEMOE_WITH_CUDA
 #define CK(call) ASSERT_EQ((call), cudaSuccess) << #call
 
+namespace {
+// The work `run` queues on s, captured in `mode` and instantiated into *exec (the capture is
+// ended also where run throws).
+template <class F>
+cudaError_t capture(cudaStream_t s, cudaStreamCaptureMode mode, F&& run, cudaGraphExec_t* exec) {
+  cudaGraph_t graph = nullptr;
+  if (const cudaError_t e = cudaStreamBeginCapture(s, mode); e != cudaSuccess) return e;
+  try {
+    run();
+  } catch (...) {
+    if (cudaStreamEndCapture(s, &graph) == cudaSuccess && graph) cudaGraphDestroy(graph);
+    throw;
+  }
+  if (const cudaError_t e = cudaStreamEndCapture(s, &graph); e != cudaSuccess) return e;
+  const cudaError_t e = cudaGraphInstantiate(exec, graph, 0);
+  cudaGraphDestroy(graph);
+  return e;
+}
+}  // namespace
+
 TEST(GpuGraph, CaptureAndReplayGroupedForward) {
   TILEMOE_REQUIRE_GPU();
   for (Algorithm alg : {Algorithm::grouped, Algorithm::fused})
@@ -36,20 +56,14 @@ TEST(GpuGraph, CaptureAndReplayGroupedForward) {
     const Tensor eager2 = moe_forward(c, w, x2, opt);
 
     cudaStream_t s = cudaStreamPerThread;
-    cudaGraph_t graph = nullptr;
     const Tensor static_out = into ? Tensor::empty({T, c.d_model}, DType::bf16, Device::cuda) : Tensor();
-    CK(cudaStreamBeginCapture(s, into ? cudaStreamCaptureModeThreadLocal : cudaStreamCaptureModeRelaxed));
     Tensor out;
-    try {
-      out = into ? moe_forward_into(c, w, x, static_out, opt) : moe_forward(c, w, x, opt);
-    } catch (...) {
-      cudaStreamEndCapture(s, &graph);
-      throw;
-    }
-    CK(cudaStreamEndCapture(s, &graph));
     cudaGraphExec_t exec = nullptr;
-    CK(cudaGraphInstantiate(&exec, graph, 0));
-    if (into) EXPECT_EQ(out.raw(), static_out.raw());
+    CK(capture(s, into ? cudaStreamCaptureModeThreadLocal : cudaStreamCaptureModeRelaxed,
+               [&] { out = into ? moe_forward_into(c, w, x, static_out, opt) : moe_forward(c, w, x, opt); }, &exec));
+    if (into) {
+      EXPECT_EQ(out.raw(), static_out.raw());
+    }
 
     CK(cudaMemsetAsync(out.raw(), 0xff, out.nbytes(), s));  // NaNs in bf16
     CK(cudaGraphLaunch(exec, s));
@@ -66,7 +80,6 @@ TEST(GpuGraph, CaptureAndReplayGroupedForward) {
     EXPECT_EQ(0, std::memcmp(a2.data(), b2.data(), a2.size() * sizeof(float))) << "replay on new x differs";
 
     CK(cudaGraphExecDestroy(exec));
-    CK(cudaGraphDestroy(graph));
   }
 }
 
@@ -94,17 +107,9 @@ TEST(GpuGraph, ReplaysAfterDropsAndGrowth) {
       const std::vector<float> ref = moe_forward(c, w, x, {.algorithm = alg}).to_floats();
       Tensor out = moe_forward(c, w, x, opt);  // the warm-up, its output from the pool on s
       CK(cudaStreamSynchronize(s));
-      cudaGraph_t graph = nullptr;
-      CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeRelaxed));
-      try {
-        out = moe_forward(c, w, x, opt);  // drops the warm-up's output while s is captured
-      } catch (...) {
-        cudaStreamEndCapture(s, &graph);
-        throw;
-      }
-      CK(cudaStreamEndCapture(s, &graph));
       cudaGraphExec_t exec = nullptr;
-      CK(cudaGraphInstantiate(&exec, graph, 0));
+      // (out = ...: drops the warm-up's output while s is captured)
+      CK(capture(s, cudaStreamCaptureModeRelaxed, [&] { out = moe_forward(c, w, x, opt); }, &exec));
       CK(cudaGraphLaunch(exec, s));
       CK(cudaStreamSynchronize(s));
       EXPECT_EQ(out.to_floats(), ref) << "replay";
@@ -115,7 +120,6 @@ TEST(GpuGraph, ReplaysAfterDropsAndGrowth) {
       CK(cudaStreamSynchronize(s));
       EXPECT_EQ(out.to_floats(), ref) << "replay after a larger eager forward";
       CK(cudaGraphExecDestroy(exec));
-      CK(cudaGraphDestroy(graph));
     }
   CK(cudaStreamDestroy(caller));
 }
@@ -167,24 +171,14 @@ TEST(GpuStreams, ForwardsOnCallersStreams) {
   Tensor x = x1.clone();
   Tensor out = Tensor::empty({T, c.d_model}, DType::bf16, Device::cuda);
   CK(cudaStreamSynchronize(s1));
-  cudaGraph_t graph = nullptr;
-  CK(cudaStreamBeginCapture(s1, cudaStreamCaptureModeRelaxed));
-  try {
-    moe_forward_into(c, w, x, out, o1);
-  } catch (...) {
-    cudaStreamEndCapture(s1, &graph);
-    throw;
-  }
-  CK(cudaStreamEndCapture(s1, &graph));
   cudaGraphExec_t exec = nullptr;
-  CK(cudaGraphInstantiate(&exec, graph, 0));
+  CK(capture(s1, cudaStreamCaptureModeRelaxed, [&] { moe_forward_into(c, w, x, out, o1); }, &exec));
   CK(cudaMemcpyAsync(x.raw(), x2.raw(), x.nbytes(), cudaMemcpyDeviceToDevice, s1));
   CK(cudaMemsetAsync(out.raw(), 0xff, out.nbytes(), s1));
   CK(cudaGraphLaunch(exec, s1));
   CK(cudaStreamSynchronize(s1));
   EXPECT_EQ(out.to_floats(), ref) << "replay on the caller's stream";
   CK(cudaGraphExecDestroy(exec));
-  CK(cudaGraphDestroy(graph));
   CK(cudaStreamDestroy(s1));
   CK(cudaStreamDestroy(s2));
 }

@@ -5,7 +5,7 @@
 # were built from in .prebuilt/COMMIT and .commit (the benchmarks name it).
 # Usage: scripts/prebuild.sh [build-dir] (default build-prebuilt; an existing one is reused).
 # Built on Debian 12 (glibc 2.36), they run on the GPU machine's Ubuntu 24.04 (glibc 2.39) with
-# its CUDA 13 and OpenBLAS; ~45 MB in all, under the device tool's 64 MiB for carried paths.
+# its CUDA 13 and OpenBLAS; ~28 MB in all, under the device tool's 64 MiB for carried paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=${1:-build-prebuilt}

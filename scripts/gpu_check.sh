@@ -64,18 +64,20 @@ SONIC_READY=
 sonic_setup() {
   [ -n "$SONIC_READY" ] && return 0
   [ -f .sonic/site.tar.xz ] || return 1
-  rm -rf /tmp/sonic_site && mkdir -p /tmp/sonic_site && tar -xJf .sonic/site.tar.xz -C /tmp/sonic_site &&
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/sonic_site .sonic/*.whl \
+  rm -rf /tmp/sonic_site && mkdir -p /tmp/sonic_site && timeout $(within 300) tar -xJf .sonic/site.tar.xz -C /tmp/sonic_site &&
+    timeout $(within 300) python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/sonic_site .sonic/*.whl \
       > "$OUT/sonic_install.log" 2>&1 || return 1
   export PYTHONPATH=/tmp/sonic_site:/tmp/sonic_site/nvidia_cutlass_dsl/python_packages${PYTHONPATH:+:$PYTHONPATH}
   export QUACK_COMPILE_WORKERS=${QUACK_COMPILE_WORKERS:-16} QUACK_CACHE_DIR=/tmp/qc
-  mkdir -p /tmp/qc && [ -f .sonic/quack_cache.tar.xz ] && tar -xJf .sonic/quack_cache.tar.xz -C /tmp
+  mkdir -p /tmp/qc && [ -f .sonic/quack_cache.tar.xz ] && timeout $(within 300) tar -xJf .sonic/quack_cache.tar.xz -C /tmp
   SONIC_READY=1
 }
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 BUILD=${BUILD_DIR:-build}
-if has build; then
+if has build && [ -f "$BUILD/COMMIT" ]; then
+  note "build skipped: $BUILD holds binaries built elsewhere (scripts/prebuild.sh, commit $(cat "$BUILD/COMMIT"))"
+elif has build; then
   start=$SECONDS
   cmake -S . -B $BUILD -G Ninja -DTILEMOE_CUDA=ON > "$OUT/cmake.log" 2>&1 &&
     timeout $(within 100000) ninja -C $BUILD -j16 -k 0 ${BUILD_TARGETS:-} > "$OUT/build.log" 2>&1
@@ -94,7 +96,7 @@ if has tests && ! spent tests; then
   IFS=';' read -ra ENVS <<< "${TEST_ENVS:-}"
   for e in "${ENVS[@]}"; do
     [ -z "$e" ] && continue
-    if spent "tests_gpu [$e]"; then FAILED_ENVS+=("$e"); continue; fi
+    if spent "tests_gpu [$e]"; then FAILED_ENVS+=("$e"); continue; fi  # (nor its sanitizers)
     start=$SECONDS
     env $e timeout $(within ${ENV_TEST_TIMEOUT:-150}) $T --gtest_brief=1 --gtest_filter="$F_FAST" > "$OUT/tests_gpu_env.log" 2>&1
     rc=$?
@@ -104,7 +106,9 @@ if has tests && ! spent tests; then
     cat "$OUT/tests_gpu_env.log" >> "$OUT/tests_gpu_envs.log"
   done
   rm -f "$OUT/tests_gpu_env.log"
-  if [ -x $BUILD/tests/tilemoe_tests_cpu ]; then
+  if [ ! -x $BUILD/tests/tilemoe_tests_cpu ]; then
+    note "tests_cpu: not in $BUILD"
+  elif ! spent tests_cpu; then
     timeout $(within 300) $BUILD/tests/tilemoe_tests_cpu --gtest_brief=1 > "$OUT/tests_cpu.log" 2>&1
     note "tests_cpu rc=$? $(grep -E '^\[  (PASSED|FAILED)' "$OUT/tests_cpu.log" | tr '\n' ' ')"
   fi
@@ -129,7 +133,7 @@ if has sanitize; then
   IFS=';' read -ra ENVS <<< "${TEST_ENVS:-}"
   for e in "${ENVS[@]}"; do
     [ -z "$e" ] && continue
-    if env_failed "$e"; then note "sanitizers [$e] skipped: its tests failed or timed out"; continue; fi
+    if env_failed "$e"; then note "sanitizers [$e] skipped: its tests failed, timed out or did not run"; continue; fi
     for tool in memcheck racecheck synccheck; do
       spent "sanitizer $tool [$e]" && continue
       start=$SECONDS
@@ -176,7 +180,7 @@ if has bench; then
       i=$((i + 1))
       start=$SECONDS
       PYTHONUNBUFFERED=1 timeout $(within 100000) $B ${BENCH_ARGS:-} --configs "${set%@*}" --tokens "${set##*@}" --json "$OUT/bench_$i.json" \
-        --dump /tmp/bench_inputs_$i --python "timeout ${PEER_TIMEOUT:-400} python3" "${PEERS[@]}" > "$OUT/bench_$i.log" 2>&1
+        --dump /tmp/bench_inputs_$i --python "timeout $(within ${PEER_TIMEOUT:-400}) python3" "${PEERS[@]}" > "$OUT/bench_$i.log" 2>&1
       note "bench $set rc=$? ($((SECONDS - start)) s)"
       sed -n '/^config  *T  *variant/,/^$/p' "$OUT/bench_$i.log"
       rm -rf /tmp/bench_inputs_$i
@@ -198,26 +202,26 @@ if merged:
     json.dump(merged, open(f"{out}/bench.json", "w"), indent=1)
 PY
     rm -f "$OUT"/bench_[0-9]*.json
-    [ -d /tmp/qc ] && (cd /tmp && tar cJf "$OUT/quack_cache.tar.xz" qc)
+    [ -d /tmp/qc ] && (cd /tmp && timeout $(within 120) tar cJf "$OUT/quack_cache.tar.xz" qc)
   fi
 fi
 if has example && ! spent example; then
   E=$BUILD/bin
   for p in grouped_gemm_naive grouped_gemm; do
     if [ -x $E/$p ]; then
-      $E/$p --experts 128 --tokens 24576 --d 1536 --n 256 --topk 8 > "$OUT/example_$p.log" 2>&1
+      timeout $(within 120) $E/$p --experts 128 --tokens 24576 --d 1536 --n 256 --topk 8 > "$OUT/example_$p.log" 2>&1
       note "example $p rc=$?: $(tail -2 "$OUT/example_$p.log" | tr '\n' ' ')"
     fi
   done
   for p in io_overlap optimized_moe_layer; do
     if [ -x $E/$p ]; then
-      $E/$p > "$OUT/example_$p.log" 2>&1
+      timeout $(within 120) $E/$p > "$OUT/example_$p.log" 2>&1
       note "example $p rc=$?: $(tail -2 "$OUT/example_$p.log" | tr '\n' ' ')"
       cat "$OUT/example_$p.log"
     fi
   done
   if [ -x $E/tilemoe ]; then
-    $E/tilemoe demo > "$OUT/demo.log" 2>&1
+    timeout $(within 300) $E/tilemoe demo > "$OUT/demo.log" 2>&1
     note "tilemoe demo rc=$?"
     cat "$OUT/demo.log"
   fi
@@ -354,8 +358,8 @@ if has profile && ! spent profile; then
     --reps 1 --warmup 0 > "$OUT/profile.log" 2>&1
   note "profile rc=$? (${PROFILE_CONFIG:-qwen3-30b-a3b@16384})"
   if [ -f "$OUT/profile.ncu-rep" ]; then  # with a report, the metrics are read back from it
-    ncu -i "$OUT/profile.ncu-rep" --page details >> "$OUT/profile.log" 2>&1
-    ncu -i "$OUT/profile.ncu-rep" --page source --csv --print-source sass > "$OUT/profile_sass.csv" 2>&1
+    timeout $(within 120) ncu -i "$OUT/profile.ncu-rep" --page details >> "$OUT/profile.log" 2>&1
+    timeout $(within 120) ncu -i "$OUT/profile.ncu-rep" --page source --csv --print-source sass > "$OUT/profile_sass.csv" 2>&1
   fi
   profile_summary "$OUT/profile.log"
   if [ -s "$OUT/profile_sass.csv" ]; then
@@ -393,7 +397,7 @@ if has profile_sonic && ! spent profile_sonic; then
   # once before the timed path's: SONIC_PROFILE_SKIP (default 2) passes over them.
   cfg=${PROFILE_CONFIG:-qwen3-30b-a3b@16384}
   rm -rf /tmp/prof_in
-  if sonic_setup && $BUILD/bin/bench_moe_variants --configs "$cfg" --no-sequential --variants fused --reps 1 --warmup 0 \
+  if sonic_setup && timeout $(within 300) $BUILD/bin/bench_moe_variants --configs "$cfg" --no-sequential --variants fused --reps 1 --warmup 0 \
        --dump /tmp/prof_in > "$OUT/profile_sonic_dump.log" 2>&1; then
     SECTIONS=()
     for sec in ${PROFILE_SECTIONS:-SpeedOfLight MemoryWorkloadAnalysis ComputeWorkloadAnalysis}; do SECTIONS+=(--section "$sec"); done

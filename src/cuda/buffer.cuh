@@ -32,11 +32,13 @@ class DeviceBuffer {
     return *this;
   }
   // A new block of that size (the old contents are lost). A block that a captured CUDA graph
-  // reads (mark_captured) is kept, not freed, until the buffer goes: the graph's replays stay
-  // valid after a larger eager forward has grown the buffer.
+  // reads (mark_captured) is kept, not freed, until the buffer goes (with its thread): the
+  // graph's replays stay valid after a larger eager forward has grown the buffer. It holds the
+  // whole block as it was at the capture, so capture after the largest warm-up.
   void reset(std::size_t bytes) {
     if (captured_ && p_) {
-      retired_.push_back(std::exchange(p_, nullptr));
+      retired_.push_back(p_);
+      p_ = nullptr;
       captured_ = false;
     }
     release_current();

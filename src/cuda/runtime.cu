@@ -63,15 +63,31 @@ namespace {
 // Pool memory dropped while its stream was being captured into a CUDA graph: cudaFreeAsync there
 // would add a free node, which only a graph's own allocations may have (the capture would fail).
 // It is freed on that stream once the stream is next used by the library and not capturing: the
-// thread's own stream by that thread (t_deferred), a caller's stream (which the caller names in
-// ForwardOptions::stream again) by any thread. Memory whose stream is never used again stays
-// in the pool.
+// thread's own stream by that thread (t_deferred; or when the thread ends), a caller's stream
+// (which the caller names in ForwardOptions::stream again) by any thread. Memory whose caller
+// stream is never used again stays in the pool; one destroyed and its handle taken by a new
+// stream is freed on the new one, not after the old one's last work.
 struct DeferredFree {
   void* p;
   int dev;
   cudaStream_t s;
 };
-thread_local std::vector<DeferredFree> t_deferred;  // on this thread's cudaStreamPerThread
+struct ThreadDeferred {
+  std::vector<DeferredFree> list;
+  ~ThreadDeferred() {  // the thread ends (errors, as at process exit, ignored)
+    cudaStreamCaptureStatus c = cudaStreamCaptureStatusNone;
+    if (list.empty() || cudaStreamIsCapturing(cudaStreamPerThread, &c) != cudaSuccess || c != cudaStreamCaptureStatusNone) return;
+    int cur = 0;
+    if (cudaGetDevice(&cur) != cudaSuccess) return;
+    for (const DeferredFree& f : list) {
+      if (f.dev != cur) cudaSetDevice(f.dev);
+      cudaFreeAsync(f.p, cudaStreamPerThread);
+      if (f.dev != cur) cudaSetDevice(cur);
+    }
+    cudaGetLastError();
+  }
+};
+thread_local ThreadDeferred t_deferred;  // on this thread's cudaStreamPerThread
 std::mutex g_deferred_mu;
 std::vector<DeferredFree> g_deferred;  // on callers' streams
 std::atomic<int> g_deferred_count{0};
@@ -80,12 +96,12 @@ void free_or_defer(void* p, int dev, cudaStream_t caller_stream) noexcept {
   const cudaStream_t s = caller_stream ? caller_stream : cudaStreamPerThread;
   cudaStreamCaptureStatus c = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(s, &c) != cudaSuccess || c == cudaStreamCaptureStatusNone) {
-    cudaFreeAsync(p, s);  // (errors at teardown, when the runtime is gone, ignored)
+    if (cudaFreeAsync(p, s) != cudaSuccess) cudaGetLastError();  // (at teardown the runtime may be gone)
     return;
   }
   try {
     if (!caller_stream) {
-      t_deferred.push_back({p, dev, s});
+      t_deferred.list.push_back({p, dev, s});
     } else {
       std::lock_guard<std::mutex> lock(g_deferred_mu);
       g_deferred.push_back({p, dev, s});
@@ -97,15 +113,16 @@ void free_or_defer(void* p, int dev, cudaStream_t caller_stream) noexcept {
 
 // The frees deferred on s (not capturing, the current device's).
 void free_deferred(cudaStream_t s) {
-  if (s == cudaStreamPerThread ? t_deferred.empty() : g_deferred_count.load(std::memory_order_relaxed) == 0) return;
+  if (s == cudaStreamPerThread ? t_deferred.list.empty() : g_deferred_count.load(std::memory_order_relaxed) == 0) return;
   int dev = 0;
   TILEMOE_CUDA_CHECK(cudaGetDevice(&dev));
   auto due = [&](const DeferredFree& f) { return f.s == s && f.dev == dev; };
   std::vector<DeferredFree> now;
   if (s == cudaStreamPerThread) {
-    for (const DeferredFree& f : t_deferred)
+    std::vector<DeferredFree>& l = t_deferred.list;
+    for (const DeferredFree& f : l)
       if (due(f)) now.push_back(f);
-    t_deferred.erase(std::remove_if(t_deferred.begin(), t_deferred.end(), due), t_deferred.end());
+    l.erase(std::remove_if(l.begin(), l.end(), due), l.end());
   } else {
     std::lock_guard<std::mutex> lock(g_deferred_mu);
     for (const DeferredFree& f : g_deferred)
@@ -137,7 +154,14 @@ std::shared_ptr<void> cuda_alloc(std::size_t bytes) {
   void* p = nullptr;
   if (capture != cudaStreamCaptureStatusNone) {
     TILEMOE_CUDA_CHECK(cudaMalloc(&p, bytes));
-    return std::shared_ptr<void>(p, [](void* q) { cudaFree(q); });  // teardown errors ignored
+    return std::shared_ptr<void>(p, [](void* q) {
+      // Also where a later capture (thread-local or global mode) is under way when the tensor
+      // goes: this thread relaxed for the call, which would otherwise fail that capture.
+      cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+      cudaThreadExchangeStreamCaptureMode(&mode);
+      if (cudaFree(q) != cudaSuccess) cudaGetLastError();  // (at teardown the runtime may be gone)
+      cudaThreadExchangeStreamCaptureMode(&mode);
+    });
   }
   free_deferred(s);
   int dev = 0;
@@ -265,6 +289,7 @@ cublasHandle_t cublas_handle() {
     TILEMOE_CUBLAS_CHECK(cublasSetMathMode(tctx.handle, CUBLAS_DEFAULT_MATH));
     tctx.handle_stream = nullptr;
   }
+  if (stream_capturing(current_stream())) tctx.cublas_ws.mark_captured();  // kept for the graph's replays
   if (tctx.handle_stream != current_stream()) {
     TILEMOE_CUBLAS_CHECK(cublasSetStream(tctx.handle, current_stream()));
     // (cublasSetStream puts the handle back on cuBLAS's own workspace pool: ours again.)
@@ -277,7 +302,10 @@ cublasHandle_t cublas_handle() {
 StreamScope::StreamScope(cudaStream_t s) : prev_(t_stream) {
   if (!s) s = cudaStreamPerThread;
   bind_device();
-  if (!stream_capturing(s)) {
+  // A captured forward runs at the graph's replays, not now: the eager order of the thread's
+  // forwards (t_last, done) stays as the last eager one left it.
+  const bool capturing = stream_capturing(s);
+  if (!capturing) {
     // The workspaces were last used by a forward on t_last: s waits for it. A caller's stream
     // recorded `done` at that forward's end (it may be gone since: never touched again here), and
     // s waits for it even where s has that stream's handle (a stream destroyed since may have left
@@ -294,8 +322,10 @@ StreamScope::StreamScope(cudaStream_t s) : prev_(t_stream) {
     free_deferred(s);
   }
   t_stream = s;
-  t_last = s;
-  t_last_recorded = false;
+  if (!capturing) {
+    t_last = s;
+    t_last_recorded = false;
+  }
 }
 
 StreamScope::~StreamScope() {
@@ -310,9 +340,10 @@ StreamScope::~StreamScope() {
   if (cudaStreamIsCapturing(s, &c) != cudaSuccess || c != cudaStreamCaptureStatusNone) return;
   if (!tctx.done && cudaEventCreateWithFlags(&tctx.done, cudaEventDisableTiming) != cudaSuccess) return;
   t_last_recorded = cudaEventRecord(tctx.done, s) == cudaSuccess;
-  if (!t_last_recorded) return;
-  if (cudaStreamIsCapturing(cudaStreamPerThread, &c) != cudaSuccess || c != cudaStreamCaptureStatusNone) return;
-  cudaStreamWaitEvent(cudaStreamPerThread, tctx.done, 0);
+  bool ok = t_last_recorded;
+  if (ok && cudaStreamIsCapturing(cudaStreamPerThread, &c) == cudaSuccess && c == cudaStreamCaptureStatusNone)
+    ok = cudaStreamWaitEvent(cudaStreamPerThread, tctx.done, 0) == cudaSuccess;
+  if (!ok) cudaGetLastError();  // not the next launch's error
 }
 
 DeviceBuffer& scratch(Scratch which) {

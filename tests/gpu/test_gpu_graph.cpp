@@ -5,6 +5,7 @@
 // other call that may synchronize fails the capture): nothing is allocated inside it.
 #include <cstring>
 #include <string>
+#include <thread>
 
 #include "gpu_test_util.hpp"
 
@@ -86,8 +87,48 @@ TEST(GpuGraph, CaptureAndReplayGroupedForward) {
 // Replays stay valid after what may happen between them in a serving loop: the warm-up's output
 // dropped inside the capture (its pool memory is freed after the capture, not inside it, which
 // would fail the capture), and an eager forward on more tokens growing the thread's workspaces
-// (the graph keeps reading the ones it was captured with). On the thread's stream and on a
-// caller's.
+// (the graph keeps reading the ones it was captured with; memcheck sees a read of a freed one).
+// Then a thread-local capture during which the first capture's output (a cudaMalloc) is dropped.
+// Each case on a thread of its own, whose workspaces start empty, so that the larger forward
+// does grow them; on that thread's stream and on a caller's.
+namespace {
+void replays_after_drops_and_growth(const MoeConfig& c, const MoeWeights& w, const Tensor& x, const Tensor& big,
+                                    cudaStream_t caller, Algorithm alg) {
+  const std::int64_t T = x.shape()[0];
+  const cudaStream_t s = caller ? caller : cudaStreamPerThread;
+  ForwardOptions opt;
+  opt.algorithm = alg;
+  opt.stream = caller;
+  ForwardOptions plain;
+  plain.algorithm = alg;
+  const std::vector<float> ref = moe_forward(c, w, x, plain).to_floats();
+  Tensor out = moe_forward(c, w, x, opt);  // the warm-up, its output from the pool on s
+  CK(cudaStreamSynchronize(s));
+  cudaGraphExec_t exec = nullptr;
+  // (out = ...: drops the warm-up's output while s is captured)
+  CK(capture(s, cudaStreamCaptureModeRelaxed, [&] { out = moe_forward(c, w, x, opt); }, &exec));
+  CK(cudaGraphLaunch(exec, s));
+  CK(cudaStreamSynchronize(s));
+  EXPECT_EQ(out.to_floats(), ref) << "replay";
+  // An eager forward on 8x the tokens (larger workspaces), then the replay again.
+  const Tensor eager_big = moe_forward(c, w, big, opt);
+  CK(cudaMemsetAsync(out.raw(), 0xff, out.nbytes(), s));
+  CK(cudaGraphLaunch(exec, s));
+  CK(cudaStreamSynchronize(s));
+  EXPECT_EQ(out.to_floats(), ref) << "replay after a larger eager forward";
+  CK(cudaGraphExecDestroy(exec));  // (it writes into out: gone before out goes)
+  const Tensor into = Tensor::empty({T, c.d_model}, DType::bf16, Device::cuda);
+  CK(cudaStreamSynchronize(cudaStreamPerThread));  // (from the pool there, ready for s)
+  // (out = ...: drops the first capture's output, a cudaMalloc, during a thread-local capture)
+  CK(capture(s, cudaStreamCaptureModeThreadLocal, [&] { out = moe_forward_into(c, w, x, into, opt); }, &exec));
+  CK(cudaMemsetAsync(out.raw(), 0xff, out.nbytes(), s));
+  CK(cudaGraphLaunch(exec, s));
+  CK(cudaStreamSynchronize(s));
+  EXPECT_EQ(out.to_floats(), ref) << "thread-local capture after dropping a captured output";
+  CK(cudaGraphExecDestroy(exec));
+}
+}  // namespace
+
 TEST(GpuGraph, ReplaysAfterDropsAndGrowth) {
   TILEMOE_REQUIRE_GPU();
   const MoeConfig& c = preset("small");
@@ -98,28 +139,10 @@ TEST(GpuGraph, ReplaysAfterDropsAndGrowth) {
   const Tensor big = random_tokens(8 * T, c.d_model, DType::bf16, seed + 2).to(Device::cuda);
   cudaStream_t caller = nullptr;
   CK(cudaStreamCreateWithFlags(&caller, cudaStreamNonBlocking));
-  for (cudaStream_t s : {static_cast<cudaStream_t>(cudaStreamPerThread), caller})
+  for (cudaStream_t s : {static_cast<cudaStream_t>(nullptr), caller})
     for (Algorithm alg : {Algorithm::grouped, Algorithm::fused}) {
-      SCOPED_TRACE(std::string(to_string(alg)) + (s == caller ? " on a caller's stream" : " on cudaStreamPerThread"));
-      ForwardOptions opt;
-      opt.algorithm = alg;
-      opt.stream = s == caller ? caller : nullptr;
-      const std::vector<float> ref = moe_forward(c, w, x, {.algorithm = alg}).to_floats();
-      Tensor out = moe_forward(c, w, x, opt);  // the warm-up, its output from the pool on s
-      CK(cudaStreamSynchronize(s));
-      cudaGraphExec_t exec = nullptr;
-      // (out = ...: drops the warm-up's output while s is captured)
-      CK(capture(s, cudaStreamCaptureModeRelaxed, [&] { out = moe_forward(c, w, x, opt); }, &exec));
-      CK(cudaGraphLaunch(exec, s));
-      CK(cudaStreamSynchronize(s));
-      EXPECT_EQ(out.to_floats(), ref) << "replay";
-      // An eager forward on 8x the tokens (larger workspaces), then the replay again.
-      const Tensor eager_big = moe_forward(c, w, big, opt);
-      CK(cudaMemsetAsync(out.raw(), 0xff, out.nbytes(), s));
-      CK(cudaGraphLaunch(exec, s));
-      CK(cudaStreamSynchronize(s));
-      EXPECT_EQ(out.to_floats(), ref) << "replay after a larger eager forward";
-      CK(cudaGraphExecDestroy(exec));
+      SCOPED_TRACE(std::string(to_string(alg)) + (s ? " on a caller's stream" : " on the thread's stream"));
+      std::thread([&] { replays_after_drops_and_growth(c, w, x, big, s, alg); }).join();
     }
   CK(cudaStreamDestroy(caller));
 }
@@ -158,8 +181,12 @@ TEST(GpuStreams, ForwardsOnCallersStreams) {
     synchronize(Device::cuda);
     for (std::size_t i = 0; i < outs.size(); ++i)
       EXPECT_EQ(outs[i].to_floats(), i % 3 == 1 ? ref2 : ref1) << "forward " << i;
-    // Read back with no wait for s2: the copy (on the thread's stream) comes after the forward.
-    EXPECT_EQ(moe_forward(c, w, x2, o2).to_floats(), ref2) << "copied without a wait";
+    // Read back with no wait for s2 (into a poisoned buffer, so that a copy before the forward
+    // shows): the copy, on the thread's stream, comes after the forward.
+    Tensor poisoned = Tensor::empty({T, c.d_model}, DType::bf16, Device::cuda);
+    CK(cudaStreamSynchronize(cudaStreamPerThread));  // (its memory, from the pool there, ready for s2)
+    CK(cudaMemsetAsync(poisoned.raw(), 0xff, poisoned.nbytes(), s2));
+    EXPECT_EQ(moe_forward_into(c, w, x2, poisoned, o2).to_floats(), ref2) << "copied without a wait";
   }
 
   // Capture on s1 (warmed up there), replayed on s1 into a buffer of ours.

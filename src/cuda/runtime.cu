@@ -76,7 +76,9 @@ struct ThreadDeferred {
   std::vector<DeferredFree> list;
   ~ThreadDeferred() {  // the thread ends (errors, as at process exit, ignored)
     cudaStreamCaptureStatus c = cudaStreamCaptureStatusNone;
-    if (list.empty() || cudaStreamIsCapturing(cudaStreamPerThread, &c) != cudaSuccess || c != cudaStreamCaptureStatusNone) return;
+    if (list.empty() || cudaStreamIsCapturing(cudaStreamPerThread, &c) != cudaSuccess ||
+        c != cudaStreamCaptureStatusNone)
+      return;
     int cur = 0;
     if (cudaGetDevice(&cur) != cudaSuccess) return;
     for (const DeferredFree& f : list) {
@@ -113,7 +115,9 @@ void free_or_defer(void* p, int dev, cudaStream_t caller_stream) noexcept {
 
 // The frees deferred on s (not capturing, the current device's).
 void free_deferred(cudaStream_t s) {
-  if (s == cudaStreamPerThread ? t_deferred.list.empty() : g_deferred_count.load(std::memory_order_relaxed) == 0) return;
+  const bool none =
+      s == cudaStreamPerThread ? t_deferred.list.empty() : g_deferred_count.load(std::memory_order_relaxed) == 0;
+  if (none) return;
   int dev = 0;
   TILEMOE_CUDA_CHECK(cudaGetDevice(&dev));
   auto due = [&](const DeferredFree& f) { return f.s == s && f.dev == dev; };

@@ -116,4 +116,18 @@ inline double forward_error(const MoeConfig& cfg, const MoeWeights& w_host, cons
   return relative_error(os, reference_forward(cfg, w_host, sub_rows(x_host, tokens), sub_routing(r, tokens)));
 }
 
+#if TILEMOE_WITH_CUDA
+// A GPU forward whose result cannot come from an earlier run's memory: the thread's workspaces
+// first hold a forward on other tokens of the same shape (so that a tile a kernel skips keeps
+// wrong values), and the output goes into a buffer of bf16/fp32 NaNs (0xff bytes).
+inline Tensor fresh_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor& x, const ForwardOptions& opt,
+                            ForwardTrace* trace = nullptr) {
+  const Tensor other = random_tokens(x.dim(0), x.dim(1), x.dtype(), fresh_seed()).to(Device::cuda);
+  (void)moe_forward(cfg, w, other, opt);
+  Tensor out = Tensor::empty({x.dim(0), cfg.d_model}, x.dtype(), Device::cuda);
+  EXPECT_EQ(cudaMemsetAsync(out.raw(), 0xff, out.nbytes(), cudaStreamPerThread), cudaSuccess);
+  return moe_forward_into(cfg, w, x, out, opt, trace);
+}
+#endif
+
 }  // namespace tilemoe::test

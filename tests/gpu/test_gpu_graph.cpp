@@ -92,8 +92,8 @@ TEST(GpuGraph, CaptureAndReplayGroupedForward) {
 // Each case on a thread of its own, whose workspaces start empty, so that the larger forward
 // does grow them; on that thread's stream and on a caller's.
 namespace {
-void replays_after_drops_and_growth(const MoeConfig& c, const MoeWeights& w, const Tensor& x, const Tensor& big,
-                                    cudaStream_t caller, Algorithm alg) {
+void replays_after_drops_and_growth(const MoeConfig& c, const MoeWeights& w, const Tensor& x, const Tensor& x2,
+                                    const Tensor& big, cudaStream_t caller, Algorithm alg) {
   const std::int64_t T = x.shape()[0];
   const cudaStream_t s = caller ? caller : cudaStreamPerThread;
   ForwardOptions opt;
@@ -101,21 +101,25 @@ void replays_after_drops_and_growth(const MoeConfig& c, const MoeWeights& w, con
   opt.stream = caller;
   ForwardOptions plain;
   plain.algorithm = alg;
-  const std::vector<float> ref = moe_forward(c, w, x, plain).to_floats();
-  Tensor out = moe_forward(c, w, x, opt);  // the warm-up, its output from the pool on s
+  const std::vector<float> ref = moe_forward(c, w, x, plain).to_floats(), ref2 = moe_forward(c, w, x2, plain).to_floats();
+  Tensor xc = x.clone();  // the captured input
+  Tensor out = moe_forward(c, w, xc, opt);  // the warm-up, its output from the pool on s
+  CK(cudaStreamSynchronize(cudaStreamPerThread));
   CK(cudaStreamSynchronize(s));
   cudaGraphExec_t exec = nullptr;
   // (out = ...: drops the warm-up's output while s is captured)
-  CK(capture(s, cudaStreamCaptureModeRelaxed, [&] { out = moe_forward(c, w, x, opt); }, &exec));
-  CK(cudaGraphLaunch(exec, s));
-  CK(cudaStreamSynchronize(s));
-  EXPECT_EQ(out.to_floats(), ref) << "replay";
-  // An eager forward on 8x the tokens (larger workspaces), then the replay again.
-  const Tensor eager_big = moe_forward(c, w, big, opt);
+  CK(capture(s, cudaStreamCaptureModeRelaxed, [&] { out = moe_forward(c, w, xc, opt); }, &exec));
   CK(cudaMemsetAsync(out.raw(), 0xff, out.nbytes(), s));
   CK(cudaGraphLaunch(exec, s));
   CK(cudaStreamSynchronize(s));
-  EXPECT_EQ(out.to_floats(), ref) << "replay after a larger eager forward";
+  EXPECT_EQ(out.to_floats(), ref) << "replay";
+  // An eager forward on 8x the tokens (larger workspaces), then the replay on new tokens.
+  const Tensor eager_big = moe_forward(c, w, big, opt);
+  CK(cudaMemcpyAsync(xc.raw(), x2.raw(), xc.nbytes(), cudaMemcpyDeviceToDevice, s));
+  CK(cudaMemsetAsync(out.raw(), 0xff, out.nbytes(), s));
+  CK(cudaGraphLaunch(exec, s));
+  CK(cudaStreamSynchronize(s));
+  EXPECT_EQ(out.to_floats(), ref2) << "replay on new tokens after a larger eager forward";
   CK(cudaGraphExecDestroy(exec));  // (it writes into out: gone before out goes)
   const Tensor into = Tensor::empty({T, c.d_model}, DType::bf16, Device::cuda);
   CK(cudaStreamSynchronize(cudaStreamPerThread));  // (from the pool there, ready for s)
@@ -136,13 +140,14 @@ TEST(GpuGraph, ReplaysAfterDropsAndGrowth) {
   const MoeWeights w = random_weights(c, DType::bf16, seed).to(Device::cuda);
   const std::int64_t T = 300;
   const Tensor x = random_tokens(T, c.d_model, DType::bf16, seed + 1).to(Device::cuda);
+  const Tensor x2 = random_tokens(T, c.d_model, DType::bf16, seed + 3).to(Device::cuda);
   const Tensor big = random_tokens(8 * T, c.d_model, DType::bf16, seed + 2).to(Device::cuda);
   cudaStream_t caller = nullptr;
   CK(cudaStreamCreateWithFlags(&caller, cudaStreamNonBlocking));
   for (cudaStream_t s : {static_cast<cudaStream_t>(nullptr), caller})
     for (Algorithm alg : {Algorithm::grouped, Algorithm::fused}) {
       SCOPED_TRACE(std::string(to_string(alg)) + (s ? " on a caller's stream" : " on the thread's stream"));
-      std::thread([&] { replays_after_drops_and_growth(c, w, x, big, s, alg); }).join();
+      std::thread([&] { replays_after_drops_and_growth(c, w, x, x2, big, s, alg); }).join();
     }
   CK(cudaStreamDestroy(caller));
 }

@@ -81,7 +81,8 @@ struct ForwardTrace {
   Routing routing;                 // the routing actually used (after rounding)
   std::vector<std::int64_t> counts;  // per expert
   std::optional<RoundingMetrics> rounding;
-  std::string path;                // the kernels that ran (GPU), and why, where not as asked
+  // The kernels that ran (GPU: each projection's listed in [...]), and why, where not as asked.
+  std::string path;
   std::vector<StageTime> stages;   // with ForwardOptions::time_stages, in order
   // GPU: the forward's device workspace beyond inputs, weights and output (routing, metadata,
   // the activation between the GEMMs, y; kept for the next call); 0 on the CPU.

@@ -245,7 +245,9 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   // Experts.
   std::string path = to_string(opt.algorithm);
   if (one_launch) {
-    const GroupedPath gp{opt.algorithm == Algorithm::fused, opt.pipeline_stages};
+    std::string kernels;  // each projection's kernel, in launch order
+    GroupedPath gp{opt.algorithm == Algorithm::fused, opt.pipeline_stages};
+    gp.ran = &kernels;
     std::string why;  // the first reason a fused projection ran on the portable kernels
     auto note = [&](std::string r, const char* what) {
       if (!r.empty() && why.empty()) why = std::string(what) + ": " + r;
@@ -286,6 +288,7 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
       path = why.empty() ? std::string("fused: sm_90a warp-specialized TMA + wgmma kernels") +
                                (pair ? ", both projections in one launch" : "")
                          : "fused, partly on the portable grouped kernels (" + why + ")";
+    path += " [" + kernels + "]";
   } else {
     std::vector<std::int64_t> offsets = to_host(P.m.offsets, static_cast<std::size_t>(E) + 1);
     sequential_experts(x.raw(), bf, d, w.w13.raw(), w.w2.raw(), n, gated, cfg.activation, offsets, P.m.sorted_token,

@@ -217,6 +217,12 @@ bool stage_up_rows(const GemmArgs& g, const GroupedPath& path, GemmArgs& staged)
 
 // The fused path's kernels where asked for and able (else the reason goes back to the caller),
 // then the Hopper wgmma kernel, then mma.sync.
+void note_kernel(const GroupedPath& path, bool up, const char* kernel) {
+  if (!path.ran) return;
+  if (!path.ran->empty()) *path.ran += ", ";
+  *path.ran += std::string(up ? "up " : "down ") + kernel;
+}
+
 template <bool kUp>
 std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, const GroupedPath& path) {
   std::string refusal;
@@ -225,6 +231,7 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
     if (refusal.empty() && kUp && !g.gather && g.a_local && path.x_rows > 0) {
       // A dense pass (shared experts): x rows in place, by TMA.
       launch_grouped_ws(g, true, max_tiles, path.x_rows, path.stages);
+      note_kernel(path, kUp, "ws dense");
       return {};
     }
     if (refusal.empty() && kUp && g.gather && path.x_stage && up_stages_x(g.K, g.N, max_tiles, g.E)) {
@@ -232,6 +239,7 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
       GemmArgs staged;
       if (stage_up_rows(g, path, staged)) {
         launch_grouped_ws(staged, true, max_tiles, path.x_stage_rows, path.stages);
+        note_kernel(path, kUp, "ws staged");
         return {};
       }
     }
@@ -239,13 +247,21 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
       const KernelOverride ov = grouped_kernel_override();
       if (!kUp || ov != KernelOverride::wgmma) {
         launch_grouped_ws(g, kUp, max_tiles, a_rows, path.stages);
+        note_kernel(path, kUp, "ws");
         return {};
       }
-      if (launch_grouped_wgmma(g, kUp, max_tiles)) return {};
+      if (launch_grouped_wgmma(g, kUp, max_tiles)) {
+        note_kernel(path, kUp, "wgmma");
+        return {};
+      }
     }
   }
   if (max_tiles <= 0 || g.N <= 0) return refusal;
-  if (launch_grouped_wgmma(g, kUp, max_tiles)) return refusal;
+  if (launch_grouped_wgmma(g, kUp, max_tiles)) {
+    note_kernel(path, kUp, "wgmma");
+    return refusal;
+  }
+  note_kernel(path, kUp, "mma.sync");
   const bool aligned = g.K % 8 == 0 && g.lda % 8 == 0 && aligned16(g.A) && aligned16(g.B);
   const std::int64_t cols_per_block = kUp && g.gated ? kBN / 2 : kBN;
   const std::int64_t ntiles = (g.N + cols_per_block - 1) / cols_per_block;
@@ -340,6 +356,7 @@ bool grouped_up_down(const std::uint16_t* x, std::int64_t d, const std::uint16_t
   GemmArgs staged;
   if (!stage_up_rows(up, path_up, staged)) return false;
   launch_grouped_ws_pair(staged, down, max_tiles, path_up.x_stage_rows, a_rows, path_up.stages);
+  note_kernel(path_up, true, "and down ws pair");
   return true;
 }
 

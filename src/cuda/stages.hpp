@@ -99,6 +99,9 @@ struct GroupedPath {
   std::int64_t x_rows = 0;
   std::uint16_t* x_stage = nullptr;
   std::int64_t x_stage_rows = 0;
+  // Where set, each launch appends the kernel that ran ("up wgmma", "down mma.sync", "up ws staged",
+  // ...; comma-separated): ForwardTrace::path names them, and tests see a fallback.
+  std::string* ran = nullptr;
 };
 // act [A, lda_act] bf16 = activation(x[row(p)] . w13[e]^T) for every sorted position p of
 // expert e; row(p) = gather[p], or p - offsets[e] when gather is null (a dense pass).

@@ -96,8 +96,10 @@ void expect_routing_near_cpu(const MoeConfig& cfg, const MoeWeights& w_host, con
       ++differ;
       continue;
     }
-    for (std::int64_t a = a0; a < a1; ++a)
-      worst = std::max(worst, std::abs(double(got.weight[a]) - want.weight[a]) / std::max(1e-3, std::abs(double(want.weight[a]))));
+    for (std::int64_t a = a0; a < a1; ++a) {
+      const double w = want.weight[a];
+      worst = std::max(worst, std::abs(double(got.weight[a]) - w) / std::max(1e-3, std::abs(w)));
+    }
   }
   EXPECT_LE(differ, std::max<std::int64_t>(1, want.num_tokens / 50)) << "tokens routed otherwise than by the CPU router";
   EXPECT_LT(worst, 1e-4) << "routing weights against the CPU router's";
@@ -147,13 +149,21 @@ TEST(GpuForward, GroupedBf16ShapeMatrix) {
 }
 
 // The same with each kernel forced: mma.sync everywhere, and wgmma for both projections where
-// it applies (Hopper, aligned shapes; the others fall back to mma.sync).
+// it applies (Hopper, a K of whole 16-byte chunks: d for the up-projection, n for the down; the
+// others fall back to mma.sync), as the trace's list of kernels says.
 TEST(GpuForward, GroupedBf16ShapeMatrixEachKernel) {
   TILEMOE_REQUIRE_GPU();
+  const bool hopper = test::is_hopper();
   for (const char* kernel : {"mma", "wgmma"}) {
     SCOPED_TRACE(kernel);
     const test::ScopedEnv env("TILEMOE_GROUPED_KERNEL", kernel);
-    for (const Case& c : shape_matrix()) check_case(c, DType::bf16, Algorithm::grouped, 1e-2);
+    for (const Case& c : shape_matrix()) {
+      const std::string path = check_case(c, DType::bf16, Algorithm::grouped, 1e-2);
+      const bool wgmma = hopper && std::string(kernel) == "wgmma";
+      const std::string up = std::string("[up ") + (wgmma && c.cfg.d_model % 8 == 0 ? "wgmma" : "mma.sync") + ", ";
+      const std::string down = std::string("down ") + (wgmma && c.cfg.d_expert % 8 == 0 ? "wgmma" : "mma.sync");
+      EXPECT_NE(path.find(up + down), std::string::npos) << c.cfg.name << ": " << path;
+    }
   }
 }
 

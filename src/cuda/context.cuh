@@ -31,7 +31,8 @@ bool stream_capturing(cudaStream_t s);
 // thread's workspaces (scratch, tile counters, cuBLAS's) serve every stream it uses, so where its
 // last forward ran on another stream, s first waits for that forward's work (an event, no host
 // wait), and a forward on a caller's stream records one at its end; neither happens while a
-// stream is being captured into a graph (ordering replays is the caller's part).
+// stream is being captured into a graph (ordering replays is the caller's part). A captured
+// forward's scope marks the workspaces its graph reads, which are then kept when they grow.
 class StreamScope {
  public:
   explicit StreamScope(cudaStream_t s);

@@ -187,7 +187,6 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   DeviceBuffer& buf = scratch(Scratch::forward);
   buf.reserve(sizer.bytes());
   const bool capturing = stream_capturing(current_stream());
-  if (capturing) buf.mark_captured();  // kept for the graph's replays if a later forward grows it
   const std::int64_t max_tiles = (A_cap + std::int64_t(E) * (tile_m - 1)) / tile_m + 1;
   if (one_launch) (void)tile_counters(max_tiles);  // allocated here, ahead of any graph capture
   Carver carver(buf.get());

@@ -215,14 +215,15 @@ bool stage_up_rows(const GemmArgs& g, const GroupedPath& path, GemmArgs& staged)
   return true;
 }
 
-// The fused path's kernels where asked for and able (else the reason goes back to the caller),
-// then the Hopper wgmma kernel, then mma.sync.
+// The kernel a projection ran, appended to path.ran where the caller asked for the list.
 void note_kernel(const GroupedPath& path, bool up, const char* kernel) {
   if (!path.ran) return;
   if (!path.ran->empty()) *path.ran += ", ";
   *path.ran += std::string(up ? "up " : "down ") + kernel;
 }
 
+// The fused path's kernels where asked for and able (else the reason goes back to the caller),
+// then the Hopper wgmma kernel, then mma.sync.
 template <bool kUp>
 std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_rows, const GroupedPath& path) {
   std::string refusal;

@@ -293,7 +293,6 @@ cublasHandle_t cublas_handle() {
     TILEMOE_CUBLAS_CHECK(cublasSetMathMode(tctx.handle, CUBLAS_DEFAULT_MATH));
     tctx.handle_stream = nullptr;
   }
-  if (stream_capturing(current_stream())) tctx.cublas_ws.mark_captured();  // kept for the graph's replays
   if (tctx.handle_stream != current_stream()) {
     TILEMOE_CUBLAS_CHECK(cublasSetStream(tctx.handle, current_stream()));
     // (cublasSetStream puts the handle back on cuBLAS's own workspace pool: ours again.)
@@ -333,15 +332,26 @@ StreamScope::StreamScope(cudaStream_t s) : prev_(t_stream) {
 }
 
 StreamScope::~StreamScope() {
-  // A caller's stream marks this forward's end for the next forward on another stream, and the
-  // thread's own stream waits for it: what runs there next (a copy of the output with Tensor::to,
-  // the free of an input made there, whose memory the pool may hand out again) comes after the
-  // forward that read it. (A destructor: errors end it, nothing throws.)
+  // A captured forward: its graph reads the thread's workspaces as they are now, so they are kept
+  // for its replays when a later forward grows them. Otherwise a caller's stream marks this
+  // forward's end for the next forward on another stream, and the thread's own stream waits for
+  // it: what runs there next (a copy of the output with Tensor::to, the free of an input made
+  // there, whose memory the pool may hand out again) comes after the forward that read it.
+  // (A destructor: errors end it, nothing throws.)
   const cudaStream_t s = t_stream;
   t_stream = prev_;
-  if (s == cudaStreamPerThread) return;
   cudaStreamCaptureStatus c = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(s, &c) != cudaSuccess || c != cudaStreamCaptureStatusNone) return;
+  if (cudaStreamIsCapturing(s, &c) != cudaSuccess) {
+    cudaGetLastError();
+    return;
+  }
+  if (c != cudaStreamCaptureStatusNone) {
+    tctx.scratch[static_cast<int>(Scratch::forward)].mark_captured();
+    tctx.counters.mark_captured();
+    tctx.cublas_ws.mark_captured();
+    return;
+  }
+  if (s == cudaStreamPerThread) return;
   if (!tctx.done && cudaEventCreateWithFlags(&tctx.done, cudaEventDisableTiming) != cudaSuccess) return;
   t_last_recorded = cudaEventRecord(tctx.done, s) == cudaSuccess;
   bool ok = t_last_recorded;
@@ -363,7 +373,6 @@ int* tile_counters(std::int64_t rows) {
     // On the stream (a memset node where this happens inside a graph capture).
     TILEMOE_CUDA_CHECK(cudaMemsetAsync(tctx.counters.get(), 0, tctx.counters.size(), current_stream()));
   }
-  if (stream_capturing(current_stream())) tctx.counters.mark_captured();  // kept for the graph's replays
   return static_cast<int*>(tctx.counters.get());
 }
 

@@ -41,7 +41,8 @@ inline bool prefer_wgmma(bool up, bool gated_fixed, std::int64_t K) { return up 
 
 // Whether the wgmma kernel's fixed gated up-projection loads its weights by TMA (one thread, two
 // boxes per stage) while the threads gather the x rows, instead of every thread copying both with
-// cp.async. TILEMOE_WGMMA_TMA_B=0 turns it off (A/B timing, tests).
+// cp.async; its down-projection too (one box per stage). TILEMOE_WGMMA_TMA_B=0 turns it off
+// (A/B timing, tests).
 inline bool wgmma_tma_weights() { return !env_is("TILEMOE_WGMMA_TMA_B", "0"); }
 
 // TILEMOE_GROUPED_KERNEL in the environment overrides the kernel choices of this file (tests,

@@ -5,8 +5,8 @@
 // and issues wgmma.m64n256k16 from shared-memory descriptors (fp32 accumulators, 128 per
 // thread). Every thread gathers x rows with cp.async (a gather has no tensor-map form) into the
 // 128-byte swizzle layout wgmma reads (1024-byte aligned atoms of 8 rows), 4 stages (192 KiB),
-// one block per SM; the weights come by TMA in the fixed gated up-projection (kTmaB below), by
-// cp.async otherwise. Per k tile: wait for the stage, fence.proxy.async (cp.async writes -> wgmma reads),
+// one block per SM; the weights come by TMA in the fixed gated up-projection and the
+// down-projection (kTmaB below), by cp.async otherwise. Per k tile: wait for the stage, fence.proxy.async (cp.async writes -> wgmma reads),
 // barrier, prefetch the stage two ahead, 4 wgmma, commit, wait for the previous batch.
 // Assumes K, lda and the expert stride are multiples of 8 elements and the operands 16-byte
 // aligned (the launcher checks; grouped_gemm.cu covers the rest). Other archs trap.
@@ -49,7 +49,9 @@ __device__ __forceinline__ std::uint32_t swz(int row, int chunk) {
 // (the stall samples of the all-cp.async kernel sat on that arithmetic, run 55). H200 run 56, up-projection
 // ms, TMA vs cp.async weights (two runs each): sonic-7b 0.604 / 0.604 vs 0.635 / 0.625, Mixtral
 // 3.670 / 3.624 vs 3.788 / 3.796, d 4096 n 1024 7.756 / 7.896 vs 8.153 / 8.181, Qwen3-30B-A3B
-// 1.675 / 1.668 vs 1.709 / 1.608.
+// 1.675 / 1.668 vs 1.709 / 1.608. The down-projection (contiguous weights [E, N, K]) the same
+// way, one box of kBN weight rows per stage (rows past N are the next expert's: loaded, never
+// stored); not yet measured against its cp.async weights.
 // kStaged (a fixed gated activation whose output rows are 16-byte aligned: N, ldc multiples of 8,
 // C aligned): the epilogue writes each warpgroup's 64 x 128 bf16 outputs into shared memory
 // (16-byte chunks XOR-swizzled by row, conflict-free both ways) and stores them as 16-byte rows,
@@ -58,7 +60,7 @@ template <bool kUp, bool kFixed, Activation kAct, bool kStaged, bool kTmaB>
 __global__ void __launch_bounds__(kThreads, 1)
     grouped_wgmma_kernel(const GemmArgs g, const __grid_constant__ CUtensorMap map_b, bool expert_raster) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  static_assert(!kTmaB || (kUp && kFixed), "TMA weights: the fixed gated up-projection");
+  static_assert(!kTmaB || !kUp || kFixed, "TMA weights: the fixed gated up-projection, or the down-projection");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const std::int64_t lin = std::int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
   TileCoord tc;
@@ -148,11 +150,15 @@ __global__ void __launch_bounds__(kThreads, 1)
       // The slot's previous wgmma reads are complete (every warpgroup waited for them before the
       // block barrier that precedes this call).
       if (tid == 0) {
-        const int brow = static_cast<int>(std::int64_t(e) * 2 * g.N + j0);
         ptx::mbarrier_arrive_expect_tx(&full[s], kBN * kBK * 2);
         unsigned char* dst = smem_al + s * kStageBytes + kBM * kBK * 2;
-        ptx::tma_load_2d(dst, &map_b, kt * kBK, brow, &full[s]);
-        ptx::tma_load_2d(dst + kBN / 2 * kBK * 2, &map_b, kt * kBK, brow + static_cast<int>(g.N), &full[s]);
+        if constexpr (kUp) {  // the gate rows, then the up rows of the same outputs
+          const int brow = static_cast<int>(std::int64_t(e) * 2 * g.N + j0);
+          ptx::tma_load_2d(dst, &map_b, kt * kBK, brow, &full[s]);
+          ptx::tma_load_2d(dst + kBN / 2 * kBK * 2, &map_b, kt * kBK, brow + static_cast<int>(g.N), &full[s]);
+        } else {  // the down-projection's kBN output rows (past N: the next expert's, never stored)
+          ptx::tma_load_2d(dst, &map_b, kt * kBK, static_cast<int>(std::int64_t(e) * g.N + j0), &full[s]);
+        }
       }
     } else {
       const bool kin = k0 + lc * 8 < g.K;
@@ -305,12 +311,18 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
            : g.act == Activation::geglu ? grouped_wgmma_kernel<true, true, Activation::geglu, kS, kT>
                                         : grouped_wgmma_kernel<true, true, Activation::clamped_swiglu, kS, kT>;
   };
-  auto kernel = !up      ? grouped_wgmma_kernel<false, false, Activation::relu, false, false>
+  // The down-projection's weights by TMA too, where they are one contiguous [E, N, K] array.
+  const bool tma_down = !up && wgmma_tma_weights() && g.b_expert_stride == g.N * g.K &&
+                        g.E * g.N < (std::int64_t(1) << 31);
+  auto kernel = !up      ? (tma_down ? grouped_wgmma_kernel<false, false, Activation::relu, false, true>
+                                     : grouped_wgmma_kernel<false, false, Activation::relu, false, false>)
                 : !fixed ? grouped_wgmma_kernel<true, false, Activation::relu, false, false>
                 : tma_b  ? gated_kernel(std::true_type{}, std::true_type{})
                 : staged ? gated_kernel(std::true_type{}, std::false_type{})
                          : gated_kernel(std::false_type{}, std::false_type{});
-  const CUtensorMap map_b = tma_b ? make_tensor_map_bf16(g.B, g.E * 2 * g.N, g.K, g.K, kBN / 2) : CUtensorMap{};
+  const CUtensorMap map_b = tma_b      ? make_tensor_map_bf16(g.B, g.E * 2 * g.N, g.K, g.K, kBN / 2)
+                            : tma_down ? make_tensor_map_bf16(g.B, g.E * g.N, g.K, g.K, kBN)
+                                       : CUtensorMap{};
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
   kernel<<<grid, kThreads, kSmemBytes, current_stream()>>>(g, map_b, expert_raster());
   TILEMOE_CHECK_LAUNCH();

@@ -251,14 +251,14 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
         note_kernel(path, kUp, "ws");
         return {};
       }
-      if (launch_grouped_wgmma(g, kUp, max_tiles)) {
+      if (launch_grouped_wgmma(g, kUp, max_tiles, a_rows)) {
         note_kernel(path, kUp, "wgmma");
         return {};
       }
     }
   }
   if (max_tiles <= 0 || g.N <= 0) return refusal;
-  if (launch_grouped_wgmma(g, kUp, max_tiles)) {
+  if (launch_grouped_wgmma(g, kUp, max_tiles, a_rows)) {
     note_kernel(path, kUp, "wgmma");
     return refusal;
   }

@@ -156,7 +156,7 @@ __device__ __forceinline__ void store_pair(const GemmArgs& g, std::int64_t p, st
 
 // The sm_90a kernel (sm90/grouped_wgmma.cu): runs it and returns true where it applies (an
 // H100/H200, 16-byte aligned operands), else returns false and launches nothing.
-bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles);
+bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows);
 
 // The fused path's warp-specialized persistent sm_90a kernels (sm90/grouped_ws.cu): TMA weights,
 // gathered rows by producer warps, wgmma consumers, staged 16-byte stores. ws_refusal says why

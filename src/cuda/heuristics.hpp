@@ -44,6 +44,10 @@ inline bool prefer_wgmma(bool up, bool gated_fixed, std::int64_t K) { return up 
 // cp.async; its down-projection too (one box per stage). TILEMOE_WGMMA_TMA_B=0 turns it off
 // (A/B timing, tests).
 inline bool wgmma_tma_weights() { return !env_is("TILEMOE_WGMMA_TMA_B", "0"); }
+// Whether its down-projection, weights by TMA, also loads its rows of A by TMA (one box per stage
+// from the same thread, where the rows are contiguous: no thread copies anything). Not yet
+// measured: off unless TILEMOE_WGMMA_TMA_A=1.
+inline bool wgmma_tma_rows() { return env_is("TILEMOE_WGMMA_TMA_A", "1"); }
 
 // TILEMOE_GROUPED_KERNEL in the environment overrides the kernel choices of this file (tests,
 // A/B timing), read at every launch so that a test can switch it: `mma` keeps the grouped path

@@ -423,7 +423,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     Tensor y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
     auto u16 = [](const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); };
     const std::int64_t max_tiles = tiles[E] + 3;
-    for (const char* kernel : {"default", "mma", "wgmma", "wgmma-cp-async", "fused", "fused-wgmma-up", "fused-1-stage",
+    for (const char* kernel : {"default", "mma", "wgmma", "wgmma-cp-async", "wgmma-tma-a", "fused", "fused-wgmma-up", "fused-1-stage",
                                "fused-4-stage", "fused-static", "fused-dynamic", "fused-staged",
                                "fused-staged-1-stage", "wgmma-fixed-raster",
                                "fused-fixed-raster"}) {  // Hopper ones fall back elsewhere
@@ -440,16 +440,19 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
       path.x_stage_rows = A;
     }
     // mma, wgmma: forced; wgmma-cp-async: the wgmma kernel with its weights copied by cp.async, not
-    // TMA; fused-wgmma-up: the wgmma up-projection whatever the heuristic picks; the others under
+    // TMA; wgmma-tma-a: its down-projection's rows of A by TMA too; fused-wgmma-up: the wgmma up-projection whatever the heuristic picks; the others under
     // whatever the run was given.
     const char* forced = k == "mma" || k == "wgmma" ? kernel
-                         : k == "fused-wgmma-up" || k == "wgmma-cp-async" || k == "wgmma-fixed-raster" ? "wgmma"
-                                                                                                     : nullptr;
-    std::optional<test::ScopedEnv> env, sched, tma_b, gather, raster;
+                         : k == "fused-wgmma-up" || k == "wgmma-cp-async" || k == "wgmma-tma-a" ||
+                                   k == "wgmma-fixed-raster"
+                             ? "wgmma"
+                             : nullptr;
+    std::optional<test::ScopedEnv> env, sched, tma_b, tma_a, gather, raster;
     // *-fixed-raster: the sm90 kernels' tiles in groups of fixed rows across experts (the default
     // rasters within each expert)
     if (k.find("fixed-raster") != std::string::npos) raster.emplace("TILEMOE_RASTER", "fixed");
     if (k == "wgmma-cp-async") tma_b.emplace("TILEMOE_WGMMA_TMA_B", "0");  // weights by cp.async too
+    tma_a.emplace("TILEMOE_WGMMA_TMA_A", k == "wgmma-tma-a" ? "1" : "0");
     gather.emplace("TILEMOE_UP_GATHER", staged ? "staged" : "kernel");
     if (forced) env.emplace("TILEMOE_GROUPED_KERNEL", forced);
     // fused-static, fused-dynamic: the warp-specialized kernels' tile hand-out either way, both
@@ -469,6 +472,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     env.reset();
     sched.reset();
     tma_b.reset();
+    tma_a.reset();
     gather.reset();
     raster.reset();
     if (path.fused && test::is_hopper() && d % 8 == 0 && n % 8 == 0) {

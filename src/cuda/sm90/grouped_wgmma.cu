@@ -52,15 +52,22 @@ __device__ __forceinline__ std::uint32_t swz(int row, int chunk) {
 // 1.675 / 1.668 vs 1.709 / 1.608. The down-projection (contiguous weights [E, N, K]) the same
 // way, one box of kBN weight rows per stage (rows past N are the next expert's: loaded, never
 // stored); not yet measured against its cp.async weights.
+// kTmaA (the down-projection over contiguous activation rows, with kTmaB): the same thread loads
+// the tile's 128 rows of A as one more box on the stage's mbarrier (rows past the expert's count
+// are the next expert's, or past A's end and zero-filled: loaded, never stored), so that no
+// thread copies anything and the k loop is the wait, the barrier and the wgmma batch. Not yet
+// measured.
 // kStaged (a fixed gated activation whose output rows are 16-byte aligned: N, ldc multiples of 8,
 // C aligned): the epilogue writes each warpgroup's 64 x 128 bf16 outputs into shared memory
 // (16-byte chunks XOR-swizzled by row, conflict-free both ways) and stores them as 16-byte rows,
 // instead of 4-byte stores straight from the accumulators.
-template <bool kUp, bool kFixed, Activation kAct, bool kStaged, bool kTmaB>
+template <bool kUp, bool kFixed, Activation kAct, bool kStaged, bool kTmaB, bool kTmaA = false>
 __global__ void __launch_bounds__(kThreads, 1)
-    grouped_wgmma_kernel(const GemmArgs g, const __grid_constant__ CUtensorMap map_b, bool expert_raster) {
+    grouped_wgmma_kernel(const GemmArgs g, const __grid_constant__ CUtensorMap map_b,
+                         const __grid_constant__ CUtensorMap map_a, bool expert_raster) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(!kTmaB || !kUp || kFixed, "TMA weights: the fixed gated up-projection, or the down-projection");
+  static_assert(!kTmaA || (!kUp && kTmaB), "TMA rows of A: the down-projection, with its weights by TMA");
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   const std::int64_t lin = std::int64_t(blockIdx.y) * gridDim.x + blockIdx.x;
   TileCoord tc;
@@ -82,7 +89,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const __nv_bfloat16* b_src[kBPasses];
   unsigned a_ok = 0, b_ok = 0;
 #pragma unroll
-  for (int i = 0; i < kAPasses; ++i) {
+  for (int i = 0; i < (kTmaA ? 0 : kAPasses); ++i) {
     const int r = lr + 32 * i;
     std::int64_t arow = 0;
     if (r < rows) {
@@ -127,7 +134,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // and k tiles wholly inside K copy without the range check (the per-copy k-range select and
   // pointer arithmetic were most of the loads' instructions; Nsight Compute, H200 runs 82-83).
 #pragma unroll
-  for (int i = 0; i < kAPasses; ++i) a_src[i] += lc * 8;
+  for (int i = 0; i < (kTmaA ? 0 : kAPasses); ++i) a_src[i] += lc * 8;
 #pragma unroll
   for (int i = 0; i < (kTmaB ? 0 : kBPasses); ++i) b_src[i] += lc * 8;
   const std::uint32_t soff = swz(lr, lc);
@@ -136,7 +143,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int k0 = kt * kBK;
     // Rows past the tile's count are not loaded at all: output row r depends on A row r only,
     // and those rows are never stored. The k tail of real rows is zero-filled.
-    if (kt < full_k) {
+    if constexpr (kTmaA) {
+      // (below, with the weights)
+    } else if (kt < full_k) {
 #pragma unroll
       for (int i = 0; i < kAPasses; ++i)
         if ((a_ok >> i) & 1u) ptx::cp_async_cg_16(sA(s) + soff + 4096 * i, a_src[i] + k0);
@@ -150,7 +159,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       // The slot's previous wgmma reads are complete (every warpgroup waited for them before the
       // block barrier that precedes this call).
       if (tid == 0) {
-        ptx::mbarrier_arrive_expect_tx(&full[s], kBN * kBK * 2);
+        ptx::mbarrier_arrive_expect_tx(&full[s], (kTmaA ? kBM + kBN : kBN) * kBK * 2);
+        if constexpr (kTmaA)  // the tile's rows of A: sorted position m0 (a dense pass: m0 - offsets[e])
+          ptx::tma_load_2d(smem_al + s * kStageBytes, &map_a, kt * kBK,
+                           static_cast<int>(g.a_local ? m0 - g.offsets[e] : m0), &full[s]);
         unsigned char* dst = smem_al + s * kStageBytes + kBM * kBK * 2;
         if constexpr (kUp) {  // the gate rows, then the up rows of the same outputs
           const int brow = static_cast<int>(std::int64_t(e) * 2 * g.N + j0);
@@ -285,7 +297,7 @@ bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15
 
 }  // namespace
 
-bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
+bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles, std::int64_t a_rows) {
   const KernelOverride ov = grouped_kernel_override();
   if (ov == KernelOverride::mma) return false;
   const bool fixed = up && g.gated && gated_fixed(g.act);
@@ -311,11 +323,14 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
            : g.act == Activation::geglu ? grouped_wgmma_kernel<true, true, Activation::geglu, kS, kT>
                                         : grouped_wgmma_kernel<true, true, Activation::clamped_swiglu, kS, kT>;
   };
-  // The down-projection's weights by TMA too, where they are one contiguous [E, N, K] array.
+  // The down-projection's weights by TMA too, where they are one contiguous [E, N, K] array, and
+  // its rows of A where they are contiguous (no gather) and their count is known.
   const bool tma_down = !up && wgmma_tma_weights() && g.b_expert_stride == g.N * g.K &&
                         g.E * g.N < (std::int64_t(1) << 31);
-  auto kernel = !up      ? (tma_down ? grouped_wgmma_kernel<false, false, Activation::relu, false, true>
-                                     : grouped_wgmma_kernel<false, false, Activation::relu, false, false>)
+  const bool tma_a = tma_down && wgmma_tma_rows() && !g.gather && a_rows > 0 && a_rows < (std::int64_t(1) << 31);
+  auto kernel = !up      ? (tma_a      ? grouped_wgmma_kernel<false, false, Activation::relu, false, true, true>
+                            : tma_down ? grouped_wgmma_kernel<false, false, Activation::relu, false, true>
+                                       : grouped_wgmma_kernel<false, false, Activation::relu, false, false>)
                 : !fixed ? grouped_wgmma_kernel<true, false, Activation::relu, false, false>
                 : tma_b  ? gated_kernel(std::true_type{}, std::true_type{})
                 : staged ? gated_kernel(std::true_type{}, std::false_type{})
@@ -323,8 +338,9 @@ bool launch_grouped_wgmma(const GemmArgs& g, bool up, std::int64_t max_tiles) {
   const CUtensorMap map_b = tma_b      ? make_tensor_map_bf16(g.B, g.E * 2 * g.N, g.K, g.K, kBN / 2)
                             : tma_down ? make_tensor_map_bf16(g.B, g.E * g.N, g.K, g.K, kBN)
                                        : CUtensorMap{};
+  const CUtensorMap map_a = tma_a ? make_tensor_map_bf16(g.A, a_rows, g.K, g.lda, kBM) : CUtensorMap{};
   TILEMOE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemBytes));
-  kernel<<<grid, kThreads, kSmemBytes, current_stream()>>>(g, map_b, expert_raster());
+  kernel<<<grid, kThreads, kSmemBytes, current_stream()>>>(g, map_b, map_a, expert_raster());
   TILEMOE_CHECK_LAUNCH();
   return true;
 }

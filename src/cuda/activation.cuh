@@ -1,7 +1,7 @@
 // The expert activations on the device: the functions of src/core/activation.hpp in fp32, each
 // written as x * sigmoid(z) with the hardware's approximate exponential and reciprocal
 // (ex2.approx, rcp.approx: a few fp32 ulp, far below the bf16 rounding of the GEMM epilogues'
-// outputs) instead of expf, tanhf and an IEEE division (about 20 instructions an element more,
+// outputs) instead of expf, tanhf and an IEEE division (some 15 instructions an element more,
 // in epilogues that the tensor cores wait for). GELU's tanh form is the same function:
 // 0.5 (1 + tanh z) = sigmoid(2 z).
 #pragma once

@@ -43,11 +43,19 @@ inline bool prefer_wgmma(bool up, bool gated_fixed, std::int64_t K) { return up 
 // boxes per stage) while the threads gather the x rows, instead of every thread copying both with
 // cp.async; its down-projection too (one box per stage). TILEMOE_WGMMA_TMA_B=0 turns it off
 // (A/B timing, tests).
+// Measured (H200 runs 153-154, commit ad2f392, the `grouped` layer, two rounds in reversed
+// orders, ms, weights by cp.async / by TMA): gpt-oss-120b T 8192 4.255, 4.200 / 3.974, 3.287;
+// Mixtral-8x7B T 4096 5.748, 5.765 / 5.101, 4.889; d 4096 n 1024 T 32768 14.989, 14.820 / 13.420,
+// 13.416; Qwen3-30B-A3B T 16384 2.934, 3.097 / 2.482, 2.669; sonic-7b T 24576 1.563, 1.565 /
+// 1.546, 1.530 (the up-projection alone: Mixtral 3.795 -> 3.470, 3.342).
 inline bool wgmma_tma_weights() { return !env_is("TILEMOE_WGMMA_TMA_B", "0"); }
 // Whether its down-projection, weights by TMA, also loads its rows of A by TMA (one box per stage
-// from the same thread, where the rows are contiguous: no thread copies anything). Not yet
-// measured: off unless TILEMOE_WGMMA_TMA_A=1.
-inline bool wgmma_tma_rows() { return env_is("TILEMOE_WGMMA_TMA_A", "1"); }
+// from the same thread, where the rows are contiguous: no thread copies anything). Measured (the
+// same runs, the down-projection kernel alone, ms, rows by cp.async / by TMA): gpt-oss-120b 1.300,
+// 1.330 / 1.275, 1.273; Mixtral 1.664, 1.696 / 1.576, 1.573; d 4096 n 1024 5.348, 5.324 / 5.286,
+// 5.094; Qwen3 1.163, 1.161 / 1.148, 1.147; sonic-7b (n 256: mma.sync, not this kernel) 0.757,
+// 0.783 / 0.761, 0.781. On; TILEMOE_WGMMA_TMA_A=0 copies them (A/B timing, tests).
+inline bool wgmma_tma_rows() { return !env_is("TILEMOE_WGMMA_TMA_A", "0"); }
 
 // TILEMOE_GROUPED_KERNEL in the environment overrides the kernel choices of this file (tests,
 // A/B timing), read at every launch so that a test can switch it: `mma` keeps the grouped path

@@ -423,7 +423,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     Tensor y = Tensor::empty({A, d}, DType::bf16, Device::cuda);
     auto u16 = [](const Tensor& t) { return static_cast<const std::uint16_t*>(t.raw()); };
     const std::int64_t max_tiles = tiles[E] + 3;
-    for (const char* kernel : {"default", "mma", "wgmma", "wgmma-cp-async", "wgmma-tma-a", "fused", "fused-wgmma-up", "fused-1-stage",
+    for (const char* kernel : {"default", "mma", "wgmma", "wgmma-cp-async", "wgmma-rows-cp-async", "fused", "fused-wgmma-up", "fused-1-stage",
                                "fused-4-stage", "fused-static", "fused-dynamic", "fused-staged",
                                "fused-staged-1-stage", "wgmma-fixed-raster",
                                "fused-fixed-raster"}) {  // Hopper ones fall back elsewhere
@@ -440,10 +440,10 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
       path.x_stage_rows = A;
     }
     // mma, wgmma: forced; wgmma-cp-async: the wgmma kernel with its weights copied by cp.async, not
-    // TMA; wgmma-tma-a: its down-projection's rows of A by TMA too; fused-wgmma-up: the wgmma up-projection whatever the heuristic picks; the others under
+    // TMA; wgmma-rows-cp-async: its down-projection's rows of A by cp.async, not TMA (weights by TMA); fused-wgmma-up: the wgmma up-projection whatever the heuristic picks; the others under
     // whatever the run was given.
     const char* forced = k == "mma" || k == "wgmma" ? kernel
-                         : k == "fused-wgmma-up" || k == "wgmma-cp-async" || k == "wgmma-tma-a" ||
+                         : k == "fused-wgmma-up" || k == "wgmma-cp-async" || k == "wgmma-rows-cp-async" ||
                                    k == "wgmma-fixed-raster"
                              ? "wgmma"
                              : nullptr;
@@ -452,7 +452,7 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     // rasters within each expert)
     if (k.find("fixed-raster") != std::string::npos) raster.emplace("TILEMOE_RASTER", "fixed");
     if (k == "wgmma-cp-async") tma_b.emplace("TILEMOE_WGMMA_TMA_B", "0");  // weights by cp.async too
-    tma_a.emplace("TILEMOE_WGMMA_TMA_A", k == "wgmma-tma-a" ? "1" : "0");
+    tma_a.emplace("TILEMOE_WGMMA_TMA_A", k == "wgmma-rows-cp-async" ? "0" : nullptr);  // else the default
     gather.emplace("TILEMOE_UP_GATHER", staged ? "staged" : "kernel");
     if (forced) env.emplace("TILEMOE_GROUPED_KERNEL", forced);
     // fused-static, fused-dynamic: the warp-specialized kernels' tile hand-out either way, both

@@ -615,6 +615,12 @@ __global__ void __launch_bounds__(kThreads, 1)
         // The round's 64-column panels and its first accumulator block (8 columns each).
         constexpr int kPanels = kPP ? (kBNpp / 64 - 2 * kPart < 2 ? kBNpp / 64 - 2 * kPart : 2) : Out::kRoundCols / 64;
         constexpr int kB0 = kPP ? kHalf * (kBNpp / 8) + kPart * 16 : round * (Out::kRoundCols / 8);
+        // The round's 64 rows and first column: the warpgroup's rows, the round's 128 columns; in
+        // ping-pong the round's half of the tile's rows, its part of the kBNpp columns.
+        const int row0 = kPP ? kHalf * 64 : cw * 64;
+        // A ping-pong half with none of the tile's rows (its wgmma skipped, below) stores nothing:
+        // no staging and no barriers (row0 is the same for the whole warpgroup).
+        if (row0 >= rt.rows) return;
         // The stores issued from the staged panels (last round or last tile) have read them.
         if (tid == 0) ptx::bulk_wait_group_read_all();
         ptx::named_barrier_sync(1 + cw, 128);
@@ -634,9 +640,6 @@ __global__ void __launch_bounds__(kThreads, 1)
                 __floats2bfloat162_rn(v0, v1);
           }
         }
-        // The round's 64 rows and first column: the warpgroup's rows, the round's 128 columns; in
-        // ping-pong the round's half of the tile's rows, its part of the kBNpp columns.
-        const int row0 = kPP ? kHalf * 64 : cw * 64;
         const int j0 = kPP ? cur.col * kBNpp + kPart * 128 : cur.col * Out::kOutCols + round * Out::kRoundCols;
         if (row0 + 64 <= rt.rows) {  // all 64 rows are this tile's
           // One thread hands the panels to TMA stores, and the warpgroup goes on (to the next
@@ -703,36 +706,46 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (waits_order) ptx::mbarrier_wait(&order[cw ^ 1], ophase), ophase ^= 1;
         waits_order = true;
       }
-      for (int kt = 0; kt < ktiles; ++kt) {
-        ptx::mbarrier_wait(&full[s], phase);
-        if (gather) ptx::fence_proxy_async_shared();  // the producers' cp.async writes
-        ptx::wgmma_fence();
+      // The k loop, through the last wgmma's completion. Ping-pong: the tile's second 64 rows
+      // (kHi) only where some are the tile's, so that an expert's last tile costs its 64-row
+      // units, as in the cooperative tile (two copies of the loop: a wgmma under a branch inside
+      // it has ptxas serialize every wgmma of the kernel).
+      auto k_loop = [&](auto hi_c) {
+        [[maybe_unused]] constexpr bool kHi = decltype(hi_c)::value;
+        for (int kt = 0; kt < ktiles; ++kt) {
+          ptx::mbarrier_wait(&full[s], phase);
+          if (gather) ptx::fence_proxy_async_shared();  // the producers' cp.async writes
+          ptx::wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < kBK / 16; ++kk) {
-          const std::uint64_t db = ptx::smem_desc_sw128(sbase + stage_b(s) + kk * 32);
-          if constexpr (kPP) {  // the tile's two 64-row halves against the same weights
-            float(&lo)[kBNpp / 2] = *reinterpret_cast<float(*)[kBNpp / 2]>(acc);
-            float(&hi)[kBNpp / 2] = *reinterpret_cast<float(*)[kBNpp / 2]>(acc + kBNpp / 2);
-            ptx::wgmma_m64n192k16_bf16(lo, ptx::smem_desc_sw128(sbase + stage_a(s) + kk * 32), db, 1);
-            ptx::wgmma_m64n192k16_bf16(hi, ptx::smem_desc_sw128(sbase + stage_a(s) + 64 * 128 + kk * 32), db, 1);
-          } else {
-            const std::uint64_t da = ptx::smem_desc_sw128(sbase + stage_a(s) + cw * 64 * 128 + kk * 32);
-            ptx::wgmma_m64n256k16_bf16(acc, da, db, 1);
+          for (int kk = 0; kk < kBK / 16; ++kk) {
+            const std::uint64_t db = ptx::smem_desc_sw128(sbase + stage_b(s) + kk * 32);
+            if constexpr (kPP) {  // the tile's two 64-row halves against the same weights
+              float(&lo)[kBNpp / 2] = *reinterpret_cast<float(*)[kBNpp / 2]>(acc);
+              [[maybe_unused]] float(&hi)[kBNpp / 2] = *reinterpret_cast<float(*)[kBNpp / 2]>(acc + kBNpp / 2);
+              ptx::wgmma_m64n192k16_bf16(lo, ptx::smem_desc_sw128(sbase + stage_a(s) + kk * 32), db, 1);
+              if constexpr (kHi)
+                ptx::wgmma_m64n192k16_bf16(hi, ptx::smem_desc_sw128(sbase + stage_a(s) + 64 * 128 + kk * 32), db, 1);
+            } else {
+              const std::uint64_t da = ptx::smem_desc_sw128(sbase + stage_a(s) + cw * 64 * 128 + kk * 32);
+              ptx::wgmma_m64n256k16_bf16(acc, da, db, 1);
+            }
           }
+          ptx::wgmma_commit_group();
+          if (stages > 1) {  // one batch stays in flight; the stage before it is free
+            ptx::wgmma_wait_group<1>();
+            if (kt > 0) release(prev);
+          } else {           // one stage: load, then compute, then load again
+            ptx::wgmma_wait_group<0>();
+            release(s);
+          }
+          prev = s;
+          if (++s == stages) s = 0, phase ^= 1;
         }
-        ptx::wgmma_commit_group();
-        if (stages > 1) {  // one batch stays in flight; the stage before it is free
-          ptx::wgmma_wait_group<1>();
-          if (kt > 0) release(prev);
-        } else {           // one stage: load, then compute, then load again
-          ptx::wgmma_wait_group<0>();
-          release(s);
-        }
-        prev = s;
-        if (++s == stages) s = 0, phase ^= 1;
-      }
-      if (kPP) arrive(&order[cw]);
-      ptx::wgmma_wait_group<0>();
+        if (kPP) arrive(&order[cw]);
+        ptx::wgmma_wait_group<0>();
+      };
+      if (!kPP || 64 < cur.rows) k_loop(std::true_type{});
+      else if constexpr (kPP) k_loop(std::false_type{});
       if (stages > 1) release(prev);
       if (kPP) skip_stages(ktiles);  // the other warpgroup's next tile
       if constexpr (kMode == kModeUp || kMode == kModePair) {

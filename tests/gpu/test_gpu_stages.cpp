@@ -393,6 +393,7 @@ TEST(GpuCombine, MatchesCpu) {
 // The grouped GEMM pair against the CPU experts (bf16 storage, fp32 accumulation on both).
 TEST(GpuGroupedGemm, MatchesCpuExperts) {
   TILEMOE_REQUIRE_GPU();
+  double worst = 0;
   for (auto [d, n, E, K, T] : {std::tuple<std::int64_t, std::int64_t, int, int, std::int64_t>{128, 64, 8, 2, 300},
                                {72, 40, 13, 3, 77}, {100, 36, 10, 2, 65}, {1536, 256, 16, 4, 700}}) {
     if (test::sanitizing() && d > 1000) continue;
@@ -482,9 +483,13 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
       EXPECT_NE(up_why, "");  // ran on the portable kernels, and said why
     }
     const auto g = y.to_floats(), cref = yref.to_floats();
-    EXPECT_LT(relative_error(g, std::vector<double>(cref.begin(), cref.end())), 1e-2);
+    const double err = relative_error(g, std::vector<double>(cref.begin(), cref.end()));
+    EXPECT_LT(err, 1e-2);
+    worst = std::max(worst, err);
     }
   }
+  // The bound's margin, read from the log (the CPU experts round where the GPU does).
+  std::printf("grouped experts: largest relative error %.3g (bound 1e-2)\n", worst);
 }
 #endif  // TILEMOE_WITH_CUDA
 

@@ -51,11 +51,11 @@ __device__ __forceinline__ std::uint32_t swz(int row, int chunk) {
 // 3.670 / 3.624 vs 3.788 / 3.796, d 4096 n 1024 7.756 / 7.896 vs 8.153 / 8.181, Qwen3-30B-A3B
 // 1.675 / 1.668 vs 1.709 / 1.608. The down-projection (contiguous weights [E, N, K]) the same
 // way, one box of kBN weight rows per stage (rows past N are the next expert's: loaded, never
-// stored): 11-17% off the down-projection (heuristics.hpp, wgmma_tma_weights: H200 runs 153-154).
+// stored): 7-17% off the down-projection (heuristics.hpp, wgmma_tma_weights: H200 runs 153-154).
 // kTmaA (the down-projection over contiguous activation rows, with kTmaB): the same thread loads
 // the tile's 128 rows of A as one more box on the stage's mbarrier (rows past the expert's count
 // are the next expert's, or past A's end and zero-filled: loaded, never stored), so that no
-// thread copies anything and the k loop is the wait, the barrier and the wgmma batch: 1-5% off
+// thread copies anything and the k loop is the wait, the barrier and the wgmma batch: 1-6% off
 // the down-projection again (heuristics.hpp, wgmma_tma_rows).
 // kStaged (a fixed gated activation whose output rows are 16-byte aligned: N, ldc multiples of 8,
 // C aligned): the epilogue writes each warpgroup's 64 x 128 bf16 outputs into shared memory

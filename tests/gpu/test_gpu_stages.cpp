@@ -484,12 +484,12 @@ TEST(GpuGroupedGemm, MatchesCpuExperts) {
     }
     const auto g = y.to_floats(), cref = yref.to_floats();
     const double err = relative_error(g, std::vector<double>(cref.begin(), cref.end()));
-    EXPECT_LT(err, 1e-2);
+    EXPECT_LT(err, 5e-3);  // 3x the worst that H200 run 155 printed (0.00167)
     worst = std::max(worst, err);
     }
   }
   // The bound's margin, read from the log (the CPU experts round where the GPU does).
-  std::printf("grouped experts: largest relative error %.3g (bound 1e-2)\n", worst);
+  std::printf("grouped experts: largest relative error %.3g (bound 5e-3)\n", worst);
 }
 #endif  // TILEMOE_WITH_CUDA
 

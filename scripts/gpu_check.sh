@@ -25,8 +25,8 @@
 # (AB_VARIANTS: the benchmark's variants, default fused,dense_cublas); each entry stopped after
 # AB_TIMEOUT seconds (default 300), and not run again in the call once it has been.
 # BUILD_DIR: the build to run (default build/, which the build step makes); without the build
-# step, a folder of binaries built elsewhere and carried (scripts/prebuild.sh: tests/ and bin/, so
-# that a call spends no device time compiling).
+# step, a folder of binaries built elsewhere (tests/ and bin/: scripts/prebuild.sh builds them,
+# scripts/gpu_prebuilt.sh unpacks them and sets it, so that a call spends no device time compiling).
 # CALL_BUDGET: the seconds this script may take in all (default 560: the device tool stops a call
 # at 600 s, and then the summary below would be lost); each step's time limit is cut to what is
 # left, and a step that would start with less than a minute left is skipped with a summary line.

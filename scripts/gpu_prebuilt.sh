@@ -2,8 +2,8 @@
 # On the GPU machine: unpacks the binaries that scripts/prebuild.sh built and xz-compressed into
 # .prebench/ (carried with .commit) into /tmp/tilemoe_prebuilt (PREBUILT_DIR), then runs
 # scripts/gpu_check.sh over them with the given steps (tests, sanitize, bench, ab, ...; its
-# environment variables apply). The whole log goes to
-# $OUT/prebuilt_<steps>.log; its last 11000 characters, with the summary table, are printed.
+# environment variables apply). The whole log goes to $OUT/prebuilt_<steps>.log; its last 11000
+# characters, with the summary table, are printed.
 #   scripts/gpu_prebuilt.sh tests sanitize
 set -u
 cd "$(dirname "$0")/.."

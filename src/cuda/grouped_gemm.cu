@@ -245,16 +245,18 @@ std::string launch(const GemmArgs& g, std::int64_t max_tiles, std::int64_t a_row
       }
     }
     if (refusal.empty()) {
+      // The up-projection on the wgmma kernel where forced or where the heuristic says so and
+      // that kernel applies; else, and for the down-projection, the warp-specialized kernel.
       const KernelOverride ov = grouped_kernel_override();
-      if (!kUp || ov != KernelOverride::wgmma) {
-        launch_grouped_ws(g, kUp, max_tiles, a_rows, path.stages);
-        note_kernel(path, kUp, "ws");
-        return {};
-      }
-      if (launch_grouped_wgmma(g, kUp, max_tiles, a_rows)) {
+      const bool wgmma_up = kUp && (ov == KernelOverride::wgmma ||
+                                    (ov == KernelOverride::none && g.gather && fused_up_gathers_on_wgmma(g.K)));
+      if (wgmma_up && launch_grouped_wgmma(g, kUp, max_tiles, a_rows)) {
         note_kernel(path, kUp, "wgmma");
         return {};
       }
+      launch_grouped_ws(g, kUp, max_tiles, a_rows, path.stages);
+      note_kernel(path, kUp, "ws");
+      return {};
     }
   }
   if (max_tiles <= 0 || g.N <= 0) return refusal;

@@ -123,9 +123,21 @@ inline bool ws_dynamic_tiles(std::int64_t max_tiles, int E, bool all_tma) {
 // and the consumers waiting on its stages (H200 run 83); with the copies down to an address
 // multiply-add each, H200 run 84, up-projection ms, two rounds, ws vs wgmma: sonic-7b 0.537 /
 // 0.540 vs 0.572 / 0.571, Qwen3-30B-A3B 1.425 / 1.422 vs 1.558 / 1.522, d 4096 n 512 3.656 /
-// 3.550 vs 3.635 / 3.705. The wgmma kernel remains the `grouped` algorithm's.
+// 3.550 vs 3.635 / 3.705. The wgmma kernel remains the `grouped` algorithm's, and the fused
+// path's where d is longer than 4096 (below).
 // grouped_kernel_override() ws|wgmma forces either. The down-projection, all TMA, is faster
 // warp-specialized everywhere (sonic-7b 383 vs 214 TFLOP/s, Mixtral 682 vs 598).
+//
+// Where the fused up-projection gathers its rows of x (up_stages_x false) and d is longer than
+// 4096 (DeepSeek-V3, d 7168: 14 KiB rows, a 112-step K loop per tile), the all-thread wgmma
+// kernel, whose 256 threads all gather, runs it faster than the warp-specialized kernel's 128
+// producer threads, with or without clusters, and faster than staging the rows. H100 run 159
+// (commit 8967711, the fused layer's up-projection ms; ws with clusters of two / ws without /
+// staged rows / wgmma): DeepSeek-V3 T 24576 26.875 / 40.077 / 21.832 / 19.362, whole layer 41.707
+// (0.99x sequential, run 157) against 34.276; T 8192 9.422 / 14.038 / 12.298 / 7.540, layer
+// 15.227 against 13.320. At d 4096 and below the warp-specialized kernel was ahead or tied (run
+// 84 above). grouped_kernel_override() ws keeps the warp-specialized kernel.
+inline bool fused_up_gathers_on_wgmma(std::int64_t d) { return d > 4096; }
 
 // Whether the fused up-projection copies the routed rows of x once, in sorted order, into room
 // it is given (the down-projection's output y, not yet written; gather_rows.cu) and then loads

@@ -577,6 +577,10 @@ int main(int argc, char** argv) {
         if (rc != 0) std::printf("%s peer exited with %d\n", variant.c_str(), rc);
       }
     };
+    // Our pool's and workspaces' memory back to the driver first: the peers run in processes of
+    // their own on the same card (PyTorch ran out of memory on DeepSeek-V3 at T 24576 on an H100
+    // while this process kept 38 GB, run 157).
+    if (!dumped.empty()) release_cached_memory();
     run_peer(a.torch_script, "torch_grouped_mm");
     run_peer(a.scattermoe_script, "scattermoe");
     run_peer(a.sonicmoe_script, "sonicmoe");

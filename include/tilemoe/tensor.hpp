@@ -91,6 +91,12 @@ bool cuda_available();
 Device default_device();
 // Waits for the device's queued work (no-op for the CPU); for timing from the host.
 void synchronize(Device device);
+// Waits for the GPU, then gives back to the driver the device memory that tilemoe keeps for
+// reuse: freed tensors' memory in its pool and the calling thread's forward workspaces (each
+// grown to the largest layer so far; a workspace that a captured CUDA graph reads stays). For
+// another framework or process that needs the memory next, as torch.cuda.empty_cache() does;
+// the next forward allocates anew. Nothing happens without a GPU.
+void release_cached_memory();
 // The accelerator's name ("NVIDIA H100 80GB HBM3"), or "cpu".
 std::string device_name(Device device);
 

@@ -17,6 +17,9 @@ std::shared_ptr<void> cuda_alloc(std::size_t bytes);
 enum class CopyKind { host_to_device, device_to_host, device_to_device };
 void cuda_copy(void* dst, const void* src, std::size_t bytes, CopyKind kind);
 void cuda_synchronize();
+// Waits for the devices, then gives the pools' unused memory and this thread's scratch buffers
+// back to the driver (release_cached_memory).
+void cuda_release_cached();
 // What memory p points into: -1 not device memory (host memory, or nothing CUDA knows), else the
 // device that holds it (device or managed memory).
 int cuda_pointer_device(const void* p);

@@ -14,6 +14,7 @@ bool cuda_device_present() { return false; }
 std::shared_ptr<void> cuda_alloc(std::size_t) { no_cuda(); }
 void cuda_copy(void*, const void*, std::size_t, CopyKind) { no_cuda(); }
 void cuda_synchronize() {}
+void cuda_release_cached() {}
 int cuda_pointer_device(const void*) { return -1; }
 int cuda_current_device() { no_cuda(); }
 std::string cuda_device_name() { return "none"; }

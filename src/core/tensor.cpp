@@ -84,6 +84,9 @@ Device default_device() { return cuda_available() ? Device::cuda : Device::cpu; 
 void synchronize(Device device) {
   if (device == Device::cuda) detail::cuda_synchronize();
 }
+void release_cached_memory() {
+  if (cuda_available()) detail::cuda_release_cached();
+}
 std::string device_name(Device device) {
   return device == Device::cuda ? detail::cuda_device_name() : std::string("cpu");
 }

@@ -39,10 +39,10 @@ namespace {
 
 // tilemoe's own stream-ordered pool on device dev, created once; freed memory stays in it
 // (release threshold: never) for the next tensor of the process.
+std::mutex pools_mu;
+std::vector<cudaMemPool_t> pools;  // by device; null where none was created
 cudaMemPool_t tensor_pool(int dev) {
-  static std::mutex mu;
-  static std::vector<cudaMemPool_t> pools;
-  std::lock_guard<std::mutex> lock(mu);
+  std::lock_guard<std::mutex> lock(pools_mu);
   if (pools.size() <= static_cast<std::size_t>(dev)) pools.resize(static_cast<std::size_t>(dev) + 1, nullptr);
   cudaMemPool_t& pool = pools[static_cast<std::size_t>(dev)];
   if (!pool) {
@@ -358,6 +358,24 @@ StreamScope::~StreamScope() {
   if (ok && cudaStreamIsCapturing(cudaStreamPerThread, &c) == cudaSuccess && c == cudaStreamCaptureStatusNone)
     ok = cudaStreamWaitEvent(cudaStreamPerThread, tctx.done, 0) == cudaSuccess;
   if (!ok) cudaGetLastError();  // not the next launch's error
+}
+
+void cuda_release_cached() {
+  TILEMOE_CUDA_CHECK(cudaDeviceSynchronize());  // the frees queued on streams have happened
+  // This thread's scratch buffers (reset keeps a block that a captured graph reads).
+  for (auto& b : tctx.scratch) b.reset(0);
+  int cur = 0;
+  TILEMOE_CUDA_CHECK(cudaGetDevice(&cur));
+  std::lock_guard<std::mutex> lock(pools_mu);
+  for (std::size_t dev = 0; dev < pools.size(); ++dev) {
+    if (!pools[dev]) continue;
+    if (static_cast<int>(dev) != cur) {
+      TILEMOE_CUDA_CHECK(cudaSetDevice(static_cast<int>(dev)));
+      TILEMOE_CUDA_CHECK(cudaDeviceSynchronize());
+    }
+    TILEMOE_CUDA_CHECK(cudaMemPoolTrimTo(pools[dev], 0));
+  }
+  TILEMOE_CUDA_CHECK(cudaSetDevice(cur));
 }
 
 DeviceBuffer& scratch(Scratch which) {

@@ -201,6 +201,16 @@ TEST(Tensor, NamesAnAllocationThatFails) {
   expect_invalid([] { Tensor::empty({std::int64_t(1) << 40, std::int64_t(1) << 40}, DType::f32); }, "fewer than 2^60");
 }
 
+// release_cached_memory() without a GPU: nothing to give back, no error, CPU tensors untouched
+// (tests/gpu: what it gives back on a GPU).
+TEST(Tensor, ReleaseCachedMemoryWithoutGpu) {
+  if (cuda_available()) GTEST_SKIP() << "a GPU is present: tests/gpu ReleaseCachedMemoryGivesItBack";
+  const Tensor t = random_tokens(4, 8, DType::f32, 5);
+  const std::vector<float> before = t.to_floats();
+  EXPECT_NO_THROW(release_cached_memory());
+  EXPECT_EQ(t.to_floats(), before);
+}
+
 // Tensor::from_blob: the caller's memory, not a copy; released once, by the last copy; the same
 // forward as over tilemoe's own tensors; bad pointers named.
 TEST(Tensor, FromBlobWrapsTheCallersMemory) {

@@ -529,3 +529,25 @@ TEST(GpuForward, WorkspaceWithinBound) {
   EXPECT_GE(double(tr.workspace_bytes), act_y);
   EXPECT_LE(double(tr.workspace_bytes), act_y + metadata) << "act + y " << act_y << " bytes";
 }
+
+// release_cached_memory(): a freed tensor's memory, kept in tilemoe's pool, goes back to the
+// driver (cudaMemGetInfo's free memory grows by about its size), and so does the thread's forward
+// workspace; the next forward allocates anew and gives the same result as before.
+TEST(GpuForward, ReleaseCachedMemoryGivesItBack) {
+  TILEMOE_REQUIRE_GPU();
+  MoeConfig c = custom("release", 256, 128, 64, 8);
+  const std::int64_t T = 2048;
+  const MoeWeights w = random_weights(c, DType::bf16, 3).to(Device::cuda);
+  const Tensor x = random_tokens(T, c.d_model, DType::bf16, 4).to(Device::cuda);
+  const std::vector<float> before = moe_forward(c, w, x).to_floats();
+  const std::size_t big = std::size_t(1) << 30;
+  { Tensor t = Tensor::empty({static_cast<std::int64_t>(big / 2)}, DType::bf16, Device::cuda); }
+  synchronize(Device::cuda);
+  std::size_t free0 = 0, free1 = 0, total = 0;
+  ASSERT_EQ(cudaMemGetInfo(&free0, &total), cudaSuccess);
+  release_cached_memory();
+  ASSERT_EQ(cudaMemGetInfo(&free1, &total), cudaSuccess);
+  EXPECT_GE(free1, free0 + big) << "free before " << free0 << ", after " << free1;
+  EXPECT_EQ(moe_forward(c, w, x).to_floats(), before);
+  release_cached_memory();  // twice in a row: nothing left to give, no error
+}

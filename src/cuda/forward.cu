@@ -192,12 +192,6 @@ Tensor cuda_moe_forward(const MoeConfig& cfg, const MoeWeights& w, const Tensor&
   Carver carver(buf.get());
   const auto P = layout(carver);
 
-  // Decode sizes: the first experts' weights on their way into L2 while the router runs.
-  if (one_launch) {
-    const std::int64_t pf = decode_prefetch_bytes(max_tiles, E, static_cast<std::int64_t>(w.w13.nbytes()));
-    if (pf > 0) prefetch_l2(w.w13.raw(), static_cast<std::size_t>(pf));
-  }
-
   if (given) {
     // The caller's routing, copied where the layer's router would have written its own; checked
     // with one host wait unless the caller opts out or the stream is being captured.

@@ -158,16 +158,6 @@ inline bool up_stages_x(std::int64_t d, std::int64_t n, std::int64_t max_tiles, 
   return decode_sized(max_tiles, E) || (n >= 2048 && d <= 2 * n);
 }
 
-// Decode sizes: bytes of the first experts' up-projection weights prefetched into L2 before the
-// router (prefetch_l2.cu), for the fused kernels' first wave to read from L2 (at most the weights,
-// a part of L2 so that the first wave's own loads do not evict them). Under measurement: off
-// unless TILEMOE_DECODE_PREFETCH_MB (1..64) asks for that many MB.
-inline std::int64_t decode_prefetch_bytes(std::int64_t max_tiles, int E, std::int64_t weight_bytes) {
-  if (!decode_sized(max_tiles, E)) return 0;
-  const std::int64_t mb = env_int("TILEMOE_DECODE_PREFETCH_MB", 1, 64);
-  return mb * (std::int64_t(1) << 20) < weight_bytes ? mb * (std::int64_t(1) << 20) : weight_bytes;
-}
-
 // How many blocks of the fused path's warp-specialized kernels form a cluster (sm90/grouped_ws.cu;
 // 1: none). The blocks of a cluster take consecutive row tiles of one expert and one column tile
 // (units from each expert's first row; 2-6% faster on the d 4096 layers than units of any

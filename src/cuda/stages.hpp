@@ -125,11 +125,6 @@ bool grouped_up_down(const std::uint16_t* x, std::int64_t d, const std::uint16_t
                      std::int64_t max_tiles, const std::int32_t* gather, std::uint16_t* a_out, std::int64_t lda_act,
                      const std::uint16_t* w2, std::int64_t a_rows, std::uint16_t* y, const GroupedPath& path_up);
 
-// ---- L2 prefetch (prefetch_l2.cu) ----
-// Issues an asynchronous L2 prefetch of [p, p + bytes) (whole 16-byte granules; nothing where p
-// is not 16-byte aligned or the GPU is older than Hopper) and returns: nothing waits for it.
-void prefetch_l2(const void* p, std::size_t bytes);
-
 // ---- combine (combine.cu) ----
 // out[t] = sum_{a of t} weight[a] * y[slot[a]] + sum_s y_shared[s * T + t], fp32 accumulate,
 // stored as fp32 (out_bf16 false) or bf16. token_offsets null: uniform K (a = t*K .. t*K+K-1).

@@ -50,27 +50,6 @@ std::vector<float> summed(const std::vector<float>& l, std::int64_t T, int E, in
   return s;
 }
 
-// fp32 accumulation over d terms: a few units of 2^-24 relative to sum |x w|.
-constexpr double kBound = 2e-6;
-
-// The largest error of logits got [T, E] against the float64 dot products of x [T, d] and the
-// router w [E, d], relative to sum |x w|.
-double worst_error(const std::vector<float>& got, const std::vector<float>& xf, const std::vector<float>& wr,
-                   std::int64_t T, std::int64_t d, int E) {
-  double worst = 0;
-  for (std::int64_t t = 0; t < T; ++t)
-    for (int e = 0; e < E; ++e) {
-      double ref = 0, mag = 0;
-      for (std::int64_t k = 0; k < d; ++k) {
-        const double p = double(xf[t * d + k]) * double(wr[e * d + k]);
-        ref += p;
-        mag += std::abs(p);
-      }
-      worst = std::max(worst, std::abs(double(got[t * E + e]) - ref) / (mag + 1e-30));
-    }
-  return worst;
-}
-
 }  // namespace
 
 TEST(GpuRouter, LogitsMatchFloat64Reference) {
@@ -105,7 +84,20 @@ TEST(GpuRouter, LogitsMatchFloat64Reference) {
                   parts);
         const auto got = summed(host<float>(logits), T, E, parts);
 
-        EXPECT_LT(worst_error(got, xf, wr, T, d, E), kBound) << "largest error relative to sum |x w|";
+        double worst = 0;
+        for (std::int64_t t = 0; t < T; ++t)
+          for (int e = 0; e < E; ++e) {
+            double ref = 0, mag = 0;
+            for (std::int64_t k = 0; k < d; ++k) {
+              const double p = double(xf[t * d + k]) * double(wr[e * d + k]);
+              ref += p;
+              mag += std::abs(p);
+            }
+            // fp32 accumulation over d terms: a few units of 2^-24 relative to sum |x w|.
+            const double err = std::abs(double(got[t * E + e]) - ref) / (mag + 1e-30);
+            worst = std::max(worst, err);
+          }
+        EXPECT_LT(worst, 2e-6) << "largest error relative to sum |x w|";
 
         // Decode sizes, bf16 x: the kernel reading a bf16 router computes what it computes from
         // an fp32 router holding the same values, bit for bit (the same fp32 operations in order).
@@ -117,28 +109,6 @@ TEST(GpuRouter, LogitsMatchFloat64Reference) {
           EXPECT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float)));
         }
       }
-}
-
-// TILEMOE_ROUTER_LOGITS=gemm: bf16 router weights on the cuBLAS GEMM at decode sizes too (A/B
-// timing against the CUDA-core kernel), as accurate.
-TEST(GpuRouter, LogitsOnCublasAtDecodeSizes) {
-  TILEMOE_REQUIRE_GPU();
-  const test::ScopedEnv env("TILEMOE_ROUTER_LOGITS", "gemm");
-  for (auto [T, d, E] : {std::tuple<std::int64_t, std::int64_t, int>{1, 64, 8}, {7, 200, 37}, {256, 2048, 128}}) {
-    const std::uint64_t seed = test::fresh_seed();
-    SCOPED_TRACE("T=" + std::to_string(T) + " d=" + std::to_string(d) + " E=" + std::to_string(E) +
-                 " seed=" + std::to_string(seed));
-    MoeWeights w = random_weights(layer(d, E, 1), DType::bf16, seed);
-    w.router = w.router.to(DType::bf16);
-    const Tensor x = random_tokens(T, d, DType::bf16, seed + 1);
-    const MoeWeights wd = w.to(Device::cuda);
-    const Tensor xd = x.to(Device::cuda);
-    ASSERT_EQ(g::router_logit_parts(T, true, true), 1);
-    EXPECT_EQ(g::router_scratch_bytes(T, d, E, true, true), 0u);
-    Tensor logits = Tensor::empty({T * E}, DType::f32, Device::cuda);
-    ASSERT_EQ(g::router_logits(xd.raw(), true, wd.router.raw(), true, T, d, E, logits.data<float>(), nullptr), 1);
-    EXPECT_LT(worst_error(host<float>(logits), x.to_floats(), w.router.to_floats(), T, d, E), kBound);
-  }
 }
 
 TEST(GpuRouter, TopkAndProbsReadPartialLogits) {

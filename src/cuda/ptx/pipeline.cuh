@@ -73,11 +73,6 @@ __device__ __forceinline__ void tma_store_2d(const void* tensor_map, int inner, 
   const std::int32_t coords[2] = {inner, outer};
   cuda::ptx::cp_async_bulk_tensor(cuda::ptx::space_global, cuda::ptx::space_shared, tensor_map, coords, src);
 }
-// Brings [p, p + bytes) from global memory into L2 (p and bytes multiples of 16), asynchronously:
-// nothing completes on a barrier, nothing waits for it, and the data is unchanged.
-__device__ __forceinline__ void bulk_prefetch_l2(const void* p, std::uint32_t bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-}
 __device__ __forceinline__ void bulk_commit_group() { cuda::ptx::cp_async_bulk_commit_group(); }
 // The issuing thread's bulk groups have finished reading their shared-memory sources.
 __device__ __forceinline__ void bulk_wait_group_read_all() { cuda::ptx::cp_async_bulk_wait_group_read(cuda::ptx::n32_t<0>{}); }

@@ -248,13 +248,6 @@ inline bool ws_pair(std::int64_t max_tiles, int E) {
 // the GEMM path is launch-bound (H100 run 21: 62 us for Qwen3-30B-A3B at T 64, most of it
 // launches of the split and cuBLAS kernels).
 constexpr std::int64_t router_small_tokens() { return 512; }
-// With bf16 router weights the GEMM path is one cuBLAS launch (no split); whether it beats the
-// CUDA-core kernel at decode sizes is under measurement. TILEMOE_ROUTER_LOGITS=gemm|small forces
-// either for bf16 weights (A/B timing, tests).
-inline bool router_logits_small(std::int64_t T, bool w_bf16) {
-  if (w_bf16 && env_is("TILEMOE_ROUTER_LOGITS", "gemm")) return false;
-  return T <= router_small_tokens();
-}
 
 // Routing metadata in one block (metadata.cu's one-kernel stable counting sort) up to this many
 // assignments and experts; above, the general path (the same sort over chunks of the

@@ -497,7 +497,7 @@ int router_logits(const void* x, bool x_bf16, const void* w, bool w_bf16, std::i
     return 1;
   }
   const auto* xb = static_cast<const __nv_bfloat16*>(x);
-  if (router_logits_small(T, w_bf16)) {
+  if (T <= router_small_tokens()) {
     if (w_bf16) launch_logits_small(xb, static_cast<const __nv_bfloat16*>(w), T, d, E, logits);
     else launch_logits_small(xb, static_cast<const float*>(w), T, d, E, logits);
     return 1;

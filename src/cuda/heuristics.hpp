@@ -246,7 +246,10 @@ inline bool ws_pair(std::int64_t max_tiles, int E) {
 // Tokens up to which bf16 router logits come from one CUDA-core kernel (a block per 8 tokens and
 // 8 experts, fp32 dot products) instead of a weight split and a tensor-core GEMM: at decode sizes
 // the GEMM path is launch-bound (H100 run 21: 62 us for Qwen3-30B-A3B at T 64, most of it
-// launches of the split and cuBLAS kernels).
+// launches of the split and cuBLAS kernels). With bf16 router weights, where the GEMM path is one
+// cuBLAS launch, that launch was no faster at decode sizes either (H100 run 161, commit 1c2de9a,
+// the fused layer ms, kernel / cuBLAS: Qwen3-30B-A3B T 64 0.433, 0.434 / 0.436; T 256 0.469,
+// 0.470 / 0.464; OLMoE T 64 0.312 / 0.315; T 256 0.333 / 0.331).
 constexpr std::int64_t router_small_tokens() { return 512; }
 
 // Routing metadata in one block (metadata.cu's one-kernel stable counting sort) up to this many

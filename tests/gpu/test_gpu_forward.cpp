@@ -188,6 +188,21 @@ TEST(GpuForward, FusedBf16ShapeMatrix) {
     }
 }
 
+// The fused path with its up-projection over gathered rows on the all-thread wgmma kernel, as
+// heuristics.hpp fused_up_gathers_on_wgmma picks where d > 4096 (no shape of the matrix is that
+// wide; TILEMOE_GROUPED_KERNEL=wgmma forces it): against the CPU on every shape, and on Hopper,
+// for the aligned, gated shapes above decode sizes, the trace names that kernel.
+TEST(GpuForward, FusedUpOnWgmmaShapeMatrix) {
+  TILEMOE_REQUIRE_GPU();
+  const test::ScopedEnv env("TILEMOE_GROUPED_KERNEL", "wgmma");
+  for (const Case& c : shape_matrix()) {
+    const std::string path = check_case(c, DType::bf16, Algorithm::fused, 1e-2);
+    if (test::is_hopper() && path.rfind("fused: sm_90a", 0) == 0 && path.find("one launch") == std::string::npos &&
+        path.find("up ws staged") == std::string::npos)
+      EXPECT_NE(path.find("[up wgmma"), std::string::npos) << c.cfg.name << ": " << path;
+  }
+}
+
 // The fused up-projection with the routed x rows staged (copied once in sorted order, then read
 // by TMA) wherever the fused kernels run, whatever the heuristic would pick; the shared experts'
 // dense pass reads x in place by TMA either way.

@@ -20,7 +20,9 @@
 # SANITIZE_TOOLS="" skips the full sanitizer runs (the TEST_ENVS ones still run).
 # ab: the fused layer's stage medians under each setting of AB_ENVS ("base" = none; "old" runs
 # .old/bench_moe_variants, an older commit's build carried along; a trailing "args:--flag value"
-# passes benchmark flags too, e.g. "TILEMOE_X=1 args:--stages") on AB_CONFIGS,
+# passes benchmark flags too, e.g. "TILEMOE_X=1 args:--stages") on AB_CONFIGS (config@T entries,
+# comma-separated, one token count each: "qwen3-30b-a3b@64,qwen3-30b-a3b@256", not
+# "qwen3-30b-a3b@64,256", which BENCH_SETS takes),
 # an A/B of kernel variants chosen by environment variables, all in one run on one card
 # (AB_VARIANTS: the benchmark's variants, default fused,dense_cublas); each entry stopped after
 # AB_TIMEOUT seconds (default 300), and not run again in the call once it has been.

@@ -251,12 +251,6 @@ inline bool ws_pair(std::int64_t max_tiles, int E) {
 // the fused layer ms, kernel / cuBLAS: Qwen3-30B-A3B T 64 0.433, 0.434 / 0.436; T 256 0.469,
 // 0.470 / 0.464; OLMoE T 64 0.312 / 0.315; T 256 0.333 / 0.331).
 constexpr std::int64_t router_small_tokens() { return 512; }
-// Where those logits, with bf16 router weights, run on the tensor cores (router.cu
-// logits_mma_kernel: mma.sync over k steps of 16, so d a multiple of 16) rather than on the CUDA
-// cores (logits_small_kernel, 8.1-13.2 us at T 256 on OLMoE and Qwen3-30B-A3B under Nsight
-// Compute, H100 run 167). Under measurement; TILEMOE_LOGITS_MMA=0 keeps the CUDA-core kernel
-// (A/B timing, tests).
-inline bool logits_on_mma(std::int64_t d) { return d % 16 == 0 && !env_is("TILEMOE_LOGITS_MMA", "0"); }
 
 // Routing metadata in one block (metadata.cu's one-kernel stable counting sort) up to this many
 // assignments and experts; above, the general path (the same sort over chunks of the

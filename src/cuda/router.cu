@@ -13,7 +13,6 @@
 #include <type_traits>
 
 #include "context.cuh"
-#include "ptx/mma.cuh"
 #include "heuristics.hpp"
 #include "stages.hpp"
 
@@ -131,8 +130,7 @@ __device__ __forceinline__ void halve_over_warp(float (&v)[64], int lane) {
   }
 }
 
-// Decode-size logits (up to router_small_tokens(), heuristics.hpp) for fp32 routers, and for bf16
-// ones where logits_mma_kernel (below) does not apply: a block of 256 threads per
+// Decode-size logits (up to router_small_tokens(), heuristics.hpp): a block of 256 threads per
 // (8 tokens, 8 experts). Its threads stride d together in granules of kV elements (kV = 4: 8-byte
 // x and 16-byte w loads, where d and the pointers allow; else 1), each holding the 8 x 8 partial
 // dot products in registers, so every x and w element is loaded once per block. Then a fixed-order
@@ -203,74 +201,6 @@ __global__ void __launch_bounds__(kSmallThreads) logits_small_kernel(const __nv_
       for (int q = 0; q < kSmallThreads / 32; ++q) v += red[q][threadIdx.x];
       logits[(t0 + i) * E + e0 + j] = v;
     }
-  }
-}
-
-// Decode-size logits on the tensor cores (heuristics.hpp logits_on_mma: bf16 x and router, d a
-// multiple of 16): a block of 8 warps per (16 tokens, 16 experts), the k steps of 16 dealt to the
-// warps in turn (warp w takes steps w, w + 8, ...). Per step a warp loads its A fragment from x
-// and its two B fragments from the router's rows straight from global memory (a 32-bit load per
-// register: bf16 pairs along d) and runs two mma.sync m16n8k16 (bf16 products exact, fp32
-// accumulation, as the cuBLAS path above router_small_tokens()). Then the eight warps' partial
-// sums are added in warp order (deterministic). Against logits_small_kernel, whose 256 threads
-// hold 64 fp32 dot products each, it reads each x and w element once per block too but does the
-// multiply-adds on the tensor pipe: a quarter of the blocks at a 16 x 16 tile.
-constexpr int kMmaTok = 16, kMmaExp = 16, kMmaWarps = 8, kMmaUnroll = 4;
-
-template <int kUnroll>
-__global__ void __launch_bounds__(kMmaWarps * 32) logits_mma_kernel(const __nv_bfloat16* __restrict__ x,
-                                                                   const __nv_bfloat16* __restrict__ w,
-                                                                   std::int64_t T, std::int64_t d, int E,
-                                                                   float* __restrict__ logits) {
-  __shared__ float red[kMmaWarps][kMmaTok * kMmaExp];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, c = (lane & 3) * 2;
-  const std::int64_t t0 = std::int64_t(blockIdx.x) * kMmaTok;
-  const int e0 = blockIdx.y * kMmaExp;
-  // Rows past T or E: a valid row (the last), computed and not stored.
-  auto tok = [&](int i) { return t0 + i < T ? t0 + i : T - 1; };
-  auto expert = [&](int j) { return e0 + j < E ? e0 + j : E - 1; };
-  const __nv_bfloat16* xa = x + tok(g) * d + c;
-  const __nv_bfloat16* xb = x + tok(g + 8) * d + c;
-  const __nv_bfloat16* w0 = w + std::int64_t(expert(g)) * d + c;
-  const __nv_bfloat16* w1 = w + std::int64_t(expert(g + 8)) * d + c;
-  auto u32 = [](const __nv_bfloat16* p) { return *reinterpret_cast<const std::uint32_t*>(p); };
-  float acc[2][4] = {};
-  const std::int64_t steps = d / 16;
-  std::int64_t s = warp;
-  for (; s + (kUnroll - 1) * kMmaWarps < steps; s += kUnroll * kMmaWarps) {
-    std::uint32_t a[kUnroll][4], b[kUnroll][4];
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {  // every load of the batch first, then the math
-      const std::int64_t k = (s + u * kMmaWarps) * 16;
-      a[u][0] = u32(xa + k), a[u][1] = u32(xb + k), a[u][2] = u32(xa + k + 8), a[u][3] = u32(xb + k + 8);
-      b[u][0] = u32(w0 + k), b[u][1] = u32(w0 + k + 8), b[u][2] = u32(w1 + k), b[u][3] = u32(w1 + k + 8);
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      ptx::mma_m16n8k16_bf16(acc[0], a[u], b[u][0], b[u][1]);
-      ptx::mma_m16n8k16_bf16(acc[1], a[u], b[u][2], b[u][3]);
-    }
-  }
-  for (; s < steps; s += kMmaWarps) {
-    const std::int64_t k = s * 16;
-    const std::uint32_t a[4] = {u32(xa + k), u32(xb + k), u32(xa + k + 8), u32(xb + k + 8)};
-    ptx::mma_m16n8k16_bf16(acc[0], a, u32(w0 + k), u32(w0 + k + 8));
-    ptx::mma_m16n8k16_bf16(acc[1], a, u32(w1 + k), u32(w1 + k + 8));
-  }
-  // C fragment of n tile j: (token g, experts 8 j + c, c + 1), then token g + 8.
-#pragma unroll
-  for (int j = 0; j < 2; ++j) {
-    *reinterpret_cast<float2*>(&red[warp][g * kMmaExp + 8 * j + c]) = make_float2(acc[j][0], acc[j][1]);
-    *reinterpret_cast<float2*>(&red[warp][(g + 8) * kMmaExp + 8 * j + c]) = make_float2(acc[j][2], acc[j][3]);
-  }
-  __syncthreads();
-  static_assert(kMmaTok * kMmaExp == kMmaWarps * 32, "a thread per output");
-  const int i = threadIdx.x / kMmaExp, j = threadIdx.x % kMmaExp;
-  if (t0 + i < T && e0 + j < E) {
-    float v = 0.0f;
-#pragma unroll
-    for (int q = 0; q < kMmaWarps; ++q) v += red[q][threadIdx.x];
-    logits[(t0 + i) * E + e0 + j] = v;
   }
 }
 
@@ -547,17 +477,6 @@ void launch_logits_small(const __nv_bfloat16* x, const W* w, std::int64_t T, std
   TILEMOE_CHECK_LAUNCH();
 }
 
-// bf16 router weights at decode sizes: the tensor-core kernel where it applies, else the
-// CUDA-core one.
-void launch_logits_decode(const __nv_bfloat16* x, const __nv_bfloat16* w, std::int64_t T, std::int64_t d, int E,
-                          float* logits) {
-  const bool aligned = reinterpret_cast<std::uintptr_t>(x) % 4 == 0 && reinterpret_cast<std::uintptr_t>(w) % 4 == 0;
-  if (!aligned || !logits_on_mma(d)) return launch_logits_small(x, w, T, d, E, logits);
-  const dim3 grid(static_cast<unsigned>((T + kMmaTok - 1) / kMmaTok), static_cast<unsigned>((E + kMmaExp - 1) / kMmaExp));
-  logits_mma_kernel<kMmaUnroll><<<grid, kMmaWarps * 32, 0, current_stream()>>>(x, w, T, d, E, logits);
-  TILEMOE_CHECK_LAUNCH();
-}
-
 }  // namespace
 
 int router_logits(const void* x, bool x_bf16, const void* w, bool w_bf16, std::int64_t T, std::int64_t d, int E,
@@ -579,7 +498,7 @@ int router_logits(const void* x, bool x_bf16, const void* w, bool w_bf16, std::i
   }
   const auto* xb = static_cast<const __nv_bfloat16*>(x);
   if (T <= router_small_tokens()) {
-    if (w_bf16) launch_logits_decode(xb, static_cast<const __nv_bfloat16*>(w), T, d, E, logits);
+    if (w_bf16) launch_logits_small(xb, static_cast<const __nv_bfloat16*>(w), T, d, E, logits);
     else launch_logits_small(xb, static_cast<const float*>(w), T, d, E, logits);
     return 1;
   }

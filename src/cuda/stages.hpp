@@ -18,8 +18,7 @@ namespace tilemoe::detail::gpu {
 // `parts` fp32 partial logits per token: logits [T, parts * E], token t's logit for expert e being
 // l[e] for parts 1 and (l[e] + l[E + e]) + l[2E + e] for parts 3, l = logits + t * parts * E. x is
 // fp32 (one fp32 GEMM, parts 1; a bf16 w widened in scratch first) or bf16: up to
-// router_small_tokens() tokens one kernel (parts 1: mma.sync for a bf16 w where d % 16 == 0, else
-// CUDA cores), above that one bf16 GEMM (parts 1)
+// router_small_tokens() tokens one CUDA-core kernel (parts 1), above that one bf16 GEMM (parts 1)
 // against a bf16 w, or against an fp32 w split into three bf16 parts in scratch (parts 3).
 // router_logits returns the parts it wrote, router_logit_parts tells it beforehand.
 int router_logit_parts(std::int64_t T, bool x_bf16, bool w_bf16 = false);

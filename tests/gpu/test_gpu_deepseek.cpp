@@ -31,13 +31,37 @@ TEST(GpuForward, DeepSeekV3SizedLayer) {
   SCOPED_TRACE("seed=" + std::to_string(seed));
   const MoeWeights wh = random_weights(c, DType::bf16, seed);  // parallel, bf16 directly
   const MoeWeights wd = wh.to(Device::cuda);
-  for (const std::int64_t T : {2048, 8192})
+  // float64 reference of one expert for one token, reading bf16 weights directly.
+  auto expert = [&](const bf16* a13, const bf16* a2, std::int64_t nn, const float* xr, double scale,
+                    std::vector<double>& acc) {
+    std::vector<double> act(nn);
+    for (std::int64_t j = 0; j < nn; ++j) {
+      double g = 0, u = 0;
+      for (std::int64_t k = 0; k < d; ++k) {
+        g += double(a13[j * d + k].to_float()) * xr[k];
+        u += double(a13[(nn + j) * d + k].to_float()) * xr[k];
+      }
+      act[j] = g / (1.0 + std::exp(-g)) * u;
+    }
+    for (std::int64_t i = 0; i < d; ++i) {
+      double s = 0;
+      for (std::int64_t j = 0; j < nn; ++j) s += double(a2[i * nn + j].to_float()) * act[j];
+      acc[i] += scale * s;
+    }
+  };
+  const bf16* w13 = wh.w13.data<bf16>();
+  const bf16* w2 = wh.w2.data<bf16>();
+  const bf16* s13 = wh.shared_w13.data<bf16>();
+  const bf16* s2 = wh.shared_w2.data<bf16>();
+  for (const std::int64_t T : {2048, 8192}) {
+    const Tensor xh = random_tokens(T, d, DType::bf16, seed + 7);
+    const Tensor xd = xh.to(Device::cuda);
+    const std::vector<float> xf = xh.to_floats();
     for (const Algorithm alg : {Algorithm::grouped, Algorithm::fused}) {
-      const Tensor xh = random_tokens(T, d, DType::bf16, seed + 7);
       ForwardOptions opt;
       opt.algorithm = alg;
       ForwardTrace tr;
-      const Tensor out = moe_forward(c, wd, xh.to(Device::cuda), opt, &tr);
+      const Tensor out = moe_forward(c, wd, xd, opt, &tr);
       SCOPED_TRACE("T=" + std::to_string(T) + ": " + tr.path);
       std::printf("DeepSeek-V3-sized layer, T %lld: %s\n", static_cast<long long>(T), tr.path.c_str());
       if (test::is_hopper() && alg == Algorithm::fused) {
@@ -45,29 +69,6 @@ TEST(GpuForward, DeepSeekV3SizedLayer) {
         if (T == 8192) EXPECT_NE(tr.path.find("up wgmma"), std::string::npos);
       }
       const std::vector<float> o = out.to_floats();
-      const std::vector<float> xf = xh.to_floats();
-
-      // float64 reference of a few tokens, reading bf16 weights directly.
-      const bf16* w13 = wh.w13.data<bf16>();
-      const bf16* w2 = wh.w2.data<bf16>();
-      const bf16* s13 = wh.shared_w13.data<bf16>();
-      const bf16* s2 = wh.shared_w2.data<bf16>();
-      auto expert = [&](const bf16* a13, const bf16* a2, std::int64_t nn, const float* xr, double scale, std::vector<double>& acc) {
-        std::vector<double> act(nn);
-        for (std::int64_t j = 0; j < nn; ++j) {
-          double g = 0, u = 0;
-          for (std::int64_t k = 0; k < d; ++k) {
-            g += double(a13[j * d + k].to_float()) * xr[k];
-            u += double(a13[(nn + j) * d + k].to_float()) * xr[k];
-          }
-          act[j] = g / (1.0 + std::exp(-g)) * u;
-        }
-        for (std::int64_t i = 0; i < d; ++i) {
-          double s = 0;
-          for (std::int64_t j = 0; j < nn; ++j) s += double(a2[i * nn + j].to_float()) * act[j];
-          acc[i] += scale * s;
-        }
-      };
       double num = 0, den = 0;
       for (std::int64_t t : test::sample_tokens(T, 6, seed)) {
         std::vector<double> acc(d, 0.0);
@@ -92,4 +93,5 @@ TEST(GpuForward, DeepSeekV3SizedLayer) {
         ASSERT_LE(groups.size(), 4u);
       }
     }
+  }
 }
